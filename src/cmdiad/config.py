@@ -1,0 +1,343 @@
+"""Frozen dataclass configs, composed into :class:`DetectorConfig` and :class:`ExperimentConfig`.
+
+Every component takes its own config. Loading is strict: an unknown key raises
+:class:`~cmdiad.errors.ConfigError`. Only the CLI turns strings into configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cmdiad.errors import ConfigError
+
+C = TypeVar("C")
+
+METHODS = ("xyz", "rgb", "dual", "f2f", "f2i", "i2f")
+DISTILL_KINDS = ("f2f", "f2i", "i2f")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How samples are read and resized."""
+
+    image_size: tuple[int, int] = (224, 224)
+    """Model input size (H, W) for both modalities; masks are scored at this size too."""
+    train_with_validation: bool = False
+    """Add validation/good samples to the memory banks."""
+    skip_bad_samples: bool = False
+    """Warn and skip unreadable samples instead of raising."""
+    paired_fraction: float = 1.0
+    """Fraction of training samples that keep both modalities (partially paired experiments)."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.image_size) == 2 and min(self.image_size) >= 8, "image_size must be (H, W) >= 8")
+        _check(0.0 < self.paired_fraction <= 1.0, "paired_fraction must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class RGBFeatureConfig:
+    """The RGB feature extractor."""
+
+    name: str = "efficientnet_lite0"
+    """Registered extractor name (see ``cmdiad.features.EXTRACTORS``)."""
+    weights: Path | None = None
+    """Weights file for extractors whose weights users bring (DINO); None = shipped/none."""
+    pretrained: bool = True
+    """False builds a random-initialised backbone (tests only)."""
+
+
+@dataclass(frozen=True)
+class PointFeatureConfig:
+    """The point-cloud feature extractor."""
+
+    name: str = "fpfh"
+    """Registered extractor name: ``fpfh`` or ``point_mae``."""
+    weights: Path | None = None
+    """Point-MAE pretraining checkpoint; required for ``point_mae`` unless pretrained=False."""
+    pretrained: bool = True
+    """False builds a random-initialised backbone (tests only)."""
+    patch_stride: int = 8
+    """Input pixels per patch: the grid is image_size // patch_stride."""
+    voxel_ratio: float = 0.01
+    """FPFH: voxel size as a fraction of the object's bounding-box diagonal."""
+    normal_radius_voxels: float = 2.0
+    """FPFH: normal-estimation radius in voxels."""
+    feature_radius_voxels: float = 5.0
+    """FPFH: FPFH radius in voxels."""
+    num_groups: int = 1024
+    """Point-MAE: farthest-point-sampled group centres."""
+    group_size: int = 128
+    """Point-MAE: points per kNN group."""
+    backbone_train_mode: bool = False
+    """Point-MAE: run in train mode like the reference code (parity quirk)."""
+
+    def __post_init__(self) -> None:
+        _check(self.patch_stride >= 1, "patch_stride must be >= 1")
+        _check(0 < self.voxel_ratio < 1, "voxel_ratio must be in (0, 1)")
+        _check(self.num_groups >= 1 and self.group_size >= 1, "num_groups/group_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class CoresetConfig:
+    """Memory-bank subsampling."""
+
+    ratio: float = 0.1
+    """Fraction of patches kept (0, 1]; 1 keeps every patch."""
+    sampler: str = "greedy"
+    """``greedy`` (k-centre), ``approximate_greedy``, ``random`` or ``identity``."""
+    projection_eps: float = 0.9
+    """Johnson-Lindenstrauss eps for the random projection's dimension."""
+    seed: int = 0
+    """Seed of the projection and of random sampling."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.ratio <= 1.0, "coreset ratio must be in (0, 1]")
+        _check(0.0 < self.projection_eps < 1.0, "projection_eps must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Memory banks and patch scoring."""
+
+    coreset: CoresetConfig = field(default_factory=CoresetConfig)
+    """Subsampling of each bank."""
+    knn_backend: str = "torch"
+    """Nearest-neighbour back-end: ``torch`` or ``faiss``."""
+    faiss_index: str = "flat"
+    """FAISS index: ``flat`` (exact), ``ivf`` or ``ivfpq`` (approximate)."""
+    chunk_size: int = 4096
+    """Query rows per distance chunk (bounds memory)."""
+    standardize: str = "per_bank"
+    """``per_bank`` (clean) or ``m3dm`` (PC-bank mean, RGB-bank std for every bank)."""
+    reweight: bool = True
+    """PatchCore's image-score re-weighting."""
+    blur_sigma: float = 4.0
+    """Gaussian sigma (pixels at image_size) of the anomaly-map blur."""
+    blur_mode: str = "float"
+    """``float`` (clean) or ``pil8bit`` (reference parity)."""
+
+    def __post_init__(self) -> None:
+        _check(self.knn_backend in ("torch", "faiss"), f"unknown knn_backend {self.knn_backend!r}")
+        _check(self.faiss_index in ("flat", "ivf", "ivfpq"), f"unknown faiss_index {self.faiss_index!r}")
+        _check(self.standardize in ("per_bank", "m3dm"), f"unknown standardize {self.standardize!r}")
+        _check(self.blur_mode in ("float", "pil8bit"), f"unknown blur_mode {self.blur_mode!r}")
+        _check(self.chunk_size >= 1 and self.blur_sigma >= 0, "chunk_size >= 1 and blur_sigma >= 0")
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Decision-layer fusion of per-stream scores."""
+
+    kind: str = "ocsvm"
+    """``ocsvm`` (M3DM's linear one-class SVM) or ``sum`` (normalised sum)."""
+    rgb_weight: float = 0.1
+    """Weight of the real RGB stream's scores before fusion."""
+    xyz_weight: float = 1.0
+    """Weight of the real xyz stream's scores before fusion."""
+    hallucinated_weight: float = 1.0
+    """Weight of the hallucinated stream's scores before fusion."""
+    nu: float = 0.5
+    """OCSVM nu."""
+    max_iter: int = 1000
+    """OCSVM SGD iterations."""
+    seed: int = 42
+    """OCSVM random state."""
+    max_pixel_rows: int = 1_000_000
+    """Pixel rows sampled to fit the pixel fuser (bounds memory)."""
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("ocsvm", "sum"), f"unknown fusion kind {self.kind!r}")
+        _check(0 < self.nu <= 1, "nu must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Cross-modal distillation network and its training."""
+
+    epochs: int = 30
+    """Training epochs."""
+    batch_size: int = 8
+    """Samples per step."""
+    lr: float = 5e-4
+    """Adam learning rate after warm-up."""
+    warmup_epochs: int = 3
+    """Linear warm-up length, then constant."""
+    hidden_ratio: float = 2.5
+    """F2F hidden width = ratio x input width."""
+    width: int = 64
+    """Base channel width of the F2I decoder and I2F CNN."""
+    val_fraction: float = 0.1
+    """Held-out fraction of training samples for validation loss."""
+    seed: int = 3407
+    """Seed of initialisation, shuffling and the held-out split."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
+        _check(self.lr > 0 and self.warmup_epochs >= 0, "lr > 0 and warmup_epochs >= 0")
+        _check(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Evaluation."""
+
+    aupro_mode: str = "exact"
+    """``exact`` (every threshold) or ``official100`` (the reference's 100 thresholds)."""
+
+    def __post_init__(self) -> None:
+        _check(self.aupro_mode in ("exact", "official100"), f"unknown aupro_mode {self.aupro_mode!r}")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """One detector: which method, which main modality, and its parts."""
+
+    method: str = "dual"
+    """``xyz``, ``rgb``, ``dual`` (banks only) or ``f2f``/``f2i``/``i2f`` (MTFI)."""
+    main: str = "both"
+    """Main modality: ``xyz``/``rgb`` for MTFI and single banks, ``both`` for dual."""
+    data: DataConfig = field(default_factory=DataConfig)
+    rgb: RGBFeatureConfig = field(default_factory=RGBFeatureConfig)
+    xyz: PointFeatureConfig = field(default_factory=PointFeatureConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    seed: int = 0
+    """Global seed."""
+
+    def __post_init__(self) -> None:
+        _check(self.method in METHODS, f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        expected = {"xyz": ("xyz",), "rgb": ("rgb",), "dual": ("both",)}.get(self.method, ("xyz", "rgb"))
+        _check(self.main in expected, f"method {self.method!r} needs main in {expected}, got {self.main!r}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The paper's experiment over categories and methods."""
+
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    """Shared parts; method/main are set per row."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    categories: tuple[str, ...] = ()
+    """Categories to run; empty = all found."""
+    rows: tuple[str, ...] = ()
+    """Rows as ``method_main`` (e.g. ``f2f_xyz``); empty = all nine."""
+    device: str = "cpu"
+    """Torch device for everything."""
+    threshold_frr: float = 0.01
+    """False-reject rate on validation good samples for the deployment threshold."""
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a config (paths as strings, tuples as lists)."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (tuple, list)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        elem = args[0] if args else Any
+        return tuple(_coerce(elem, v, where) for v in value)
+    if tp is Path:
+        return Path(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[C], data: Any, where: str = "config") -> C:
+    """Build ``cls`` from a nested dict; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into a dict."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    try:
+        if Path(path).suffix == ".json":
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {Path(path).suffix.lstrip('.') or 'TOML'}: {exc}") from exc
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``dotted = "a.b.c"``, creating tables on the way."""
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {k} is not a table")
+    node[keys[-1]] = value
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``over`` into a copy of ``base``."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def replace(cfg: C, **changes: Any) -> C:
+    """``dataclasses.replace`` for configs."""
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]

@@ -1,0 +1,1 @@
+"""cmdiad.metrics."""
