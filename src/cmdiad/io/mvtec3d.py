@@ -1,0 +1,214 @@
+"""Discover and load samples laid out like MVTec 3D-AD.
+
+Layout (also produced by :mod:`cmdiad.io.eyecandies` and :mod:`cmdiad.synthetic`)::
+
+    <root>/<category>/{train,validation}/good/{rgb/<stem>.png, xyz/<stem>.tiff}
+    <root>/<category>/test/<good|defect>/{rgb/<stem>.png, xyz/<stem>.tiff, gt/<stem>.png}
+    <root>/<category>/class_ids.json   (optional: grey value -> defect name)
+
+Files are paired by stem, never by sorted position. A sample missing its rgb or its xyz file is
+still a record (that path is ``None``): incomplete modalities are expected. Ground-truth masks of
+train/validation samples are ignored, as in the reference loaders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from cmdiad.errors import DatasetError
+from cmdiad.io.image import read_mask, read_rgb
+from cmdiad.io.pointcloud import read_xyz
+from cmdiad.types import MODALITIES, Sample, SampleRecord
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+_SUFFIXES = {"rgb": (".png",), "xyz": (".tiff", ".tif"), "gt": (".png",)}
+
+
+def list_categories(root: Path | str) -> list[str]:
+    """Category folder names under ``root``, sorted.
+
+    A category is a folder holding ``train/`` or ``test/``.
+
+    Raises:
+        DatasetError: ``root`` is not a folder or holds no category.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(root, "dataset root is not a folder")
+    cats = [p.name for p in sorted(root.iterdir()) if p.is_dir() and _is_category(p)]
+    if not cats:
+        raise DatasetError(
+            root, "no category folders (with train/ or test/) found; not an MVTec-3D-style dataset"
+        )
+    return cats
+
+
+def _is_category(path: Path) -> bool:
+    return (path / "train").is_dir() or (path / "test").is_dir()
+
+
+def _files_by_stem(folder: Path, kind: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {
+        p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in _SUFFIXES[kind]
+    }
+
+
+def list_records(
+    root: Path | str, category: str, split: str, *, require: Iterable[str] | None = None
+) -> list[SampleRecord]:
+    """Records of one category and split, sorted by defect folder then stem.
+
+    Args:
+        root: Dataset root.
+        category: Category folder name.
+        split: ``"train"``, ``"validation"`` or ``"test"``. A missing validation or test folder
+            gives an empty list (Eyecandies has no validation split).
+        require: Modalities (``"rgb"``, ``"xyz"``) a record must have to be kept; others are
+            dropped with an info log. ``None`` keeps every record.
+
+    Raises:
+        DatasetError: Missing category, a mask without rgb/xyz, a defective test sample without
+            its mask, or no training samples when ``split == "train"``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    cat_dir = Path(root) / category
+    if not cat_dir.is_dir():
+        raise DatasetError(cat_dir, "category folder not found")
+    split_dir = cat_dir / split
+    defects = sorted(p for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
+    records = [r for d in defects for r in _defect_records(category, split, d)]
+    if split == "train" and not records:
+        raise DatasetError(split_dir, f"category {category!r} has no training samples")
+    return _filter_required(records, require)
+
+
+def _defect_records(category: str, split: str, folder: Path) -> list[SampleRecord]:
+    rgb = _files_by_stem(folder / "rgb", "rgb")
+    xyz = _files_by_stem(folder / "xyz", "xyz")
+    gt = _files_by_stem(folder / "gt", "gt") if split == "test" else {}
+    stems = sorted(set(rgb) | set(xyz))
+    for stem, path in gt.items():
+        if stem not in rgb and stem not in xyz:
+            raise DatasetError(path, "ground-truth mask has no rgb or xyz counterpart")
+    if folder.name != "good":
+        for stem in stems if split == "test" else []:
+            if stem not in gt:
+                raise DatasetError(
+                    folder / "gt" / f"{stem}.png", f"defective test sample {stem!r} has no mask"
+                )
+    return [SampleRecord(category, split, folder.name, s, rgb.get(s), xyz.get(s), gt.get(s)) for s in stems]
+
+
+def _filter_required(records: list[SampleRecord], require: Iterable[str] | None) -> list[SampleRecord]:
+    if require is None:
+        return records
+    need = frozenset(require)
+    unknown = need - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"unknown modalities {sorted(unknown)}; use {MODALITIES}")
+    kept = [r for r in records if need <= r.modalities]
+    if len(kept) < len(records):
+        logger.info("dropped %d records lacking %s", len(records) - len(kept), sorted(need))
+    return kept
+
+
+def class_ids(root: Path | str, category: str) -> dict[int, str]:
+    """The category's ``class_ids.json`` (grey value -> defect name); empty when absent."""
+    path = Path(root) / category / "class_ids.json"
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        return {int(k): str(v) for k, v in raw.items()}
+    except (ValueError, AttributeError) as err:
+        raise DatasetError(path, f"not a JSON object of grey value -> defect name ({err})") from err
+
+
+def load_sample(
+    record: SampleRecord, modalities: Iterable[str] | None = None, *, skip_bad: bool = False
+) -> Sample | None:
+    """Read one sample's arrays, opening only the requested modality files.
+
+    Args:
+        record: Where the sample lives.
+        modalities: Modalities to read; ``None`` reads every modality the record has. Few-modal
+            inference passes only the main modality so the other file is never opened.
+        skip_bad: Log a warning and return ``None`` instead of raising on a bad sample.
+
+    Returns:
+        The sample; ``mask`` is the ground truth, or all False at the sample's size when the
+        record has no mask. ``None`` only when ``skip_bad`` and the sample is bad.
+
+    Raises:
+        DatasetError: A requested file is missing or invalid, or rgb, xyz and mask sizes differ.
+    """
+    try:
+        return _load(record, tuple(record.modalities if modalities is None else modalities))
+    except DatasetError as err:
+        if not skip_bad:
+            raise
+        logger.warning("skipping sample %s: %s", record.key, err)
+        return None
+
+
+def iter_samples(
+    records: Iterable[SampleRecord], modalities: Iterable[str] | None = None, *, skip_bad: bool = False
+) -> Iterator[Sample]:
+    """Load records one by one; with ``skip_bad`` bad samples are logged and left out."""
+    mods = None if modalities is None else tuple(modalities)
+    for record in records:
+        sample = load_sample(record, mods, skip_bad=skip_bad)
+        if sample is not None:
+            yield sample
+
+
+def _load(record: SampleRecord, modalities: tuple[str, ...]) -> Sample:
+    sample = Sample(record)
+    for mod in modalities:
+        path = record.path_of(mod)
+        if path is None:
+            raise DatasetError(_expected_path(record, mod), f"sample {record.key} has no {mod} file")
+        if mod == "rgb":
+            sample.rgb = read_rgb(path)
+        else:
+            sample.xyz = read_xyz(path)
+    size = _common_size(sample)
+    if record.gt_path is not None and (size is not None or not modalities):
+        sample.mask = read_mask(record.gt_path)
+        if size is not None and sample.mask.shape != size:
+            raise DatasetError(
+                record.gt_path, f"mask size {sample.mask.shape} differs from the sample's size {size}"
+            )
+    elif size is not None:
+        sample.mask = np.zeros(size, dtype=bool)
+    return sample
+
+
+def _common_size(sample: Sample) -> tuple[int, int] | None:
+    rgb, xyz, rec = sample.rgb, sample.xyz, sample.record
+    if rgb is not None and xyz is not None and rgb.shape[:2] != xyz.shape[:2]:
+        raise DatasetError(
+            rec.rgb_path,
+            f"rgb size {rgb.shape[:2]} differs from xyz size {xyz.shape[:2]} of {rec.xyz_path}",
+        )
+    arr = rgb if rgb is not None else xyz
+    return None if arr is None else (int(arr.shape[0]), int(arr.shape[1]))
+
+
+def _expected_path(record: SampleRecord, modality: str) -> Path:
+    """Where the missing ``modality`` file of ``record`` would be."""
+    other = record.rgb_path or record.xyz_path or record.gt_path
+    suffix = _SUFFIXES[modality][0]
+    if other is None:
+        return Path(record.key)
+    return other.parent.parent / modality / f"{record.stem}{suffix}"

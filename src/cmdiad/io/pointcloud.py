@@ -1,0 +1,81 @@
+"""Validated readers and writers for organized point clouds (``H x W x 3`` float TIFF).
+
+Invalid points are stored as ``(0, 0, 0)``, as in MVTec 3D-AD. Coordinates are kept in the
+file's units (metres for MVTec 3D-AD and for the synthetic generator).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from cmdiad.errors import DatasetError
+
+
+def _load_tiff(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetError(path, "file not found")
+    try:
+        return np.asarray(tifffile.imread(path))
+    except Exception as err:  # tifffile raises many types (TiffFileError, ValueError, struct.error...)
+        raise DatasetError(path, f"unreadable or truncated TIFF ({type(err).__name__}: {err})") from err
+
+
+def read_xyz(path: Path | str, *, nan_to_zero: bool = False) -> np.ndarray:
+    """Read and validate an organized point cloud.
+
+    Args:
+        path: TIFF file holding an ``(H, W, 3)`` float array.
+        nan_to_zero: Turn points with a NaN/inf coordinate into invalid ``(0, 0, 0)`` points
+            instead of raising (used by preprocessing only).
+
+    Returns:
+        ``(H, W, 3)`` float32.
+
+    Raises:
+        DatasetError: Unreadable file, wrong shape or dtype, non-finite values, or no valid point.
+    """
+    path = Path(path)
+    xyz = _load_tiff(path)
+    if xyz.ndim != 3 or xyz.shape[2] != 3:
+        raise DatasetError(path, f"expected an H×W×3 organized point cloud, got shape {xyz.shape}")
+    if not np.issubdtype(xyz.dtype, np.floating):
+        raise DatasetError(path, f"expected float coordinates, got dtype {xyz.dtype}")
+    xyz = xyz.astype(np.float32, copy=True)
+    bad = ~np.isfinite(xyz).all(axis=2)
+    if bad.any():
+        if not nan_to_zero:
+            raise DatasetError(path, f"{int(bad.sum())} points have NaN/inf coordinates")
+        xyz[bad] = 0.0
+    if not xyz.any():
+        raise DatasetError(path, "all points are zero (empty point cloud)")
+    return xyz
+
+
+def write_xyz(path: Path | str, xyz: np.ndarray) -> None:
+    """Write an organized point cloud as a float32 TIFF, creating parent folders.
+
+    Args:
+        path: Target file.
+        xyz: ``(H, W, 3)`` coordinates.
+    """
+    xyz = np.asarray(xyz)
+    if xyz.ndim != 3 or xyz.shape[2] != 3:
+        raise ValueError(f"xyz must be (H, W, 3), got {xyz.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, xyz.astype(np.float32), photometric="minisblack", planarconfig="contig")
+
+
+def xyz_to_depth(xyz: np.ndarray) -> np.ndarray:
+    """The depth (z) channel of an organized point cloud.
+
+    Args:
+        xyz: ``(H, W, 3)`` coordinates.
+
+    Returns:
+        ``(H, W)`` float32; 0 where the point is invalid.
+    """
+    return np.ascontiguousarray(xyz[..., 2], dtype=np.float32)
