@@ -1,0 +1,124 @@
+"""The self-contained report.html and the raw npz reader."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from cmdiad.errors import DatasetError
+from cmdiad.viz.html import load_raw, select_samples, write_html_report
+
+CATEGORIES = ("bagel", "cable_gland")
+
+
+def _records() -> list[dict]:
+    rows = [("xyz", "xyz"), ("f2f", "rgb")]
+    return [
+        {"method": m, "main": main, "category": c, "i_auroc": 0.9, "p_auroc": 0.95, "aupro_30": 0.8,
+         "aupro_1": 0.3, "fit_seconds": 1.5, "ms_per_sample": 12.0}
+        for m, main in rows for c in CATEGORIES
+    ]
+
+
+def _write_raw(path, rng, data_dir, n: int = 8, size: int = 24) -> None:
+    """n samples: even ones have an RGB png, odd ones only an xyz tiff, the last has neither."""
+    rgb_files, xyz_files = [], []
+    for i in range(n):
+        rgb = xyz = ""
+        if i == n - 1:
+            pass
+        elif i % 2 == 0:
+            rgb = str(data_dir / f"{path.stem}_{i}.png")
+            Image.fromarray(rng.integers(0, 256, (size * 2, size * 2, 3), dtype=np.uint8)).save(rgb)
+        else:
+            xyz = str(data_dir / f"{path.stem}_{i}.tiff")
+            tifffile.imwrite(xyz, rng.random((size, size, 3)).astype(np.float32) + 1.0)
+        rgb_files.append(rgb)
+        xyz_files.append(xyz)
+    masks = np.zeros((n, size, size), bool)
+    masks[: n // 2, 5:12, 5:12] = True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path, image_scores=rng.random(n), labels=(np.arange(n) < n // 2).astype(int),
+        anomaly_maps=rng.random((n, size, size)).astype(np.float16), gt_masks=masks,
+        paths=np.array([f"{path.stem}/test/x/{i:03d}" for i in range(n)]),
+        rgb_files=np.array(rgb_files), xyz_files=np.array(xyz_files),
+    )
+
+
+@pytest.fixture
+def report(tmp_path, rng) -> str:
+    raw = tmp_path / "raw"
+    data = tmp_path / "data"
+    data.mkdir()
+    for row in ("xyz", "f2f_rgb"):
+        for c in CATEGORIES:
+            _write_raw(raw / row / f"{c}.npz", rng, data)
+    path = write_html_report(tmp_path / "out", _records(), raw, top_k=2, title="T <1>", command="cmdiad x")
+    return path.read_text(encoding="utf-8")
+
+
+def test_report_has_every_table_and_no_external_link(report) -> None:
+    for heading in ("I-AUROC", "P-AUROC", "AUPRO@30%", "AUPRO@1%", "Timing"):
+        assert f"<h2>{heading}</h2><table>" in report
+    assert report.count("<th>Cable_Gland</th>") == 4
+    assert "Single xyz bank" in report and "MTFI F2F (RGB main)" in report
+    assert "T &lt;1&gt;" in report and "cmdiad x" in report
+    assert "http" not in report and "<script" not in report and "src=\"/" not in report
+
+
+def test_report_embeds_png_thumbnails(report) -> None:
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', report)
+    # 2 rows x 2 categories x (2 top + 2 bottom) samples x (image + overlay)
+    assert len(uris) == 2 * 2 * 4 * 2
+    sizes = {Image.open(io.BytesIO(base64.b64decode(u))).size for u in uris}
+    assert max(max(s) for s in sizes) <= 192
+    assert len(report) < 1_000_000
+
+
+def test_missing_raw_file_is_reported_not_fatal(tmp_path) -> None:
+    text = write_html_report(tmp_path, _records()[:1], tmp_path / "nowhere").read_text()
+    assert "no raw results" in text and "data:image/png" not in text
+
+
+def test_unreadable_image_falls_back_to_grey(tmp_path, rng) -> None:
+    raw = tmp_path / "raw" / "xyz" / "bagel.npz"
+    raw.parent.mkdir(parents=True)
+    np.savez(
+        raw, image_scores=np.array([0.2]), labels=np.array([1]), anomaly_maps=np.zeros((1, 8, 8)),
+        gt_masks=np.zeros((1, 8, 8), bool), paths=np.array(["bagel/test/x/000"]),
+        rgb_files=np.array([str(tmp_path / "gone.png")]), xyz_files=np.array([""]),
+    )
+    text = write_html_report(tmp_path, _records()[:1], tmp_path / "raw", top_k=1).read_text()
+    first = re.search(r'src="data:image/png;base64,([^"]+)"', text).group(1)
+    assert (np.asarray(Image.open(io.BytesIO(base64.b64decode(first)))) == 128).all()
+
+
+def test_select_samples_top_and_bottom_without_repeats() -> None:
+    assert select_samples(np.array([0.5, 0.9, 0.1, 0.7, 0.3]), 2) == [1, 3, 2, 4]
+    assert sorted(select_samples(np.array([0.2, 0.1]), 3)) == [0, 1]
+
+
+def test_load_raw_rejects_missing_keys_and_length_mismatch(tmp_path) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, image_scores=np.zeros(2))
+    with pytest.raises(DatasetError, match="missing arrays"):
+        load_raw(bad)
+    np.savez(
+        bad, image_scores=np.zeros(2), labels=np.zeros(3), anomaly_maps=np.zeros((2, 4, 4)),
+        gt_masks=np.zeros((2, 4, 4), bool), paths=np.array(["a", "b"]),
+    )
+    with pytest.raises(DatasetError, match="disagree"):
+        load_raw(bad)
+    loaded_ok = tmp_path / "ok.npz"
+    np.savez(
+        loaded_ok, image_scores=np.zeros(2), labels=np.zeros(2), anomaly_maps=np.zeros((2, 4, 4)),
+        gt_masks=np.zeros((2, 4, 4), bool), paths=np.array(["a", "b"]),
+    )
+    assert list(load_raw(loaded_ok).rgb_files) == ["", ""]

@@ -1,0 +1,160 @@
+"""Result tables, rounding rules and the results.{json,csv,md} files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from cmdiad.errors import DatasetError
+from cmdiad.viz.report import (
+    ROW_ORDER,
+    format_markdown,
+    load_records,
+    merge_records,
+    metric_table,
+    row_name,
+    timing_table,
+    write_results,
+)
+
+
+def _record(method: str, main: str, category: str, value: float = 0.9, **extra: float) -> dict:
+    rec = {
+        "method": method, "main": main, "category": category, "i_auroc": value, "p_auroc": value,
+        "aupro_30": value, "aupro_1": value, "fit_seconds": 2.0, "ms_per_sample": 5.0,
+    }
+    rec.update(extra)
+    return rec
+
+
+ALL_ROWS = [
+    ("i2f", "rgb"), ("xyz", "xyz"), ("f2f", "xyz"), ("dual", "both"), ("f2i", "rgb"),
+    ("rgb", "rgb"), ("i2f", "xyz"), ("f2f", "rgb"), ("f2i", "xyz"),
+]
+
+
+def test_row_name_keeps_single_and_dual_methods_plain() -> None:
+    assert row_name(_record("xyz", "xyz", "a")) == "xyz"
+    assert row_name(_record("dual", "both", "a")) == "dual"
+    assert row_name(_record("f2i", "rgb", "a")) == "f2i_rgb"
+
+
+def test_table_shape_and_paper_order() -> None:
+    records = [_record(m, main, c) for m, main in ALL_ROWS for c in ("tire", "cable_gland", "bagel")]
+    header, rows = metric_table(records, "i_auroc")
+    assert header == ["Method", "Bagel", "Cable_Gland", "Tire", "Mean"]
+    assert len(rows) == len(ROW_ORDER) and all(len(r) == len(header) for r in rows)
+    assert [r[0] for r in rows] == [
+        "Single xyz bank", "Single RGB bank", "Dual bank",
+        "MTFI F2F (xyz main)", "MTFI F2I (xyz main)", "MTFI I2F (xyz main)",
+        "MTFI F2F (RGB main)", "MTFI F2I (RGB main)", "MTFI I2F (RGB main)",
+    ]
+
+
+def test_only_present_rows_are_listed_and_unknown_rows_come_last() -> None:
+    records = [_record("zz", "xyz", "a"), _record("f2f", "rgb", "a"), _record("rgb", "rgb", "a")]
+    _, rows = metric_table(records, "i_auroc")
+    assert [r[0] for r in rows] == ["Single RGB bank", "MTFI F2F (RGB main)", "zz_xyz"]
+
+
+def test_mean_is_mean_of_rounded_values() -> None:
+    # Rounded per category: 0.100, 0.100, 0.101 -> mean 0.10033 -> 0.100; the raw mean 0.10053
+    # would round to 0.101.
+    records = [_record("xyz", "xyz", c, v) for c, v in (("a", 0.1004), ("b", 0.1004), ("c", 0.1008))]
+    _, rows = metric_table(records, "i_auroc")
+    assert rows[0][1:] == [0.1, 0.1, 0.101, 0.1]
+    assert round(sum(r["i_auroc"] for r in records) / 3, 3) == 0.101
+
+
+def test_missing_or_nan_cell_gives_no_mean() -> None:
+    records = [
+        _record("xyz", "xyz", "a"), _record("xyz", "xyz", "b", float("nan")), _record("rgb", "rgb", "a"),
+    ]
+    _, rows = metric_table(records, "p_auroc")
+    assert rows[0][1:] == [0.9, None, None]
+    assert rows[1][1:] == [0.9, None, None]
+
+
+def test_format_markdown_parses_back() -> None:
+    header, rows = metric_table([_record("xyz", "xyz", "a", 0.12345)], "i_auroc")
+    lines = format_markdown(header, rows).strip().splitlines()
+    assert lines[0] == "| Method | A | Mean |"
+    assert lines[1] == "|:---|---:|---:|"
+    assert [c.strip() for c in lines[2].strip("|").split("|")] == ["Single xyz bank", "0.123", "0.123"]
+
+
+def test_timing_table_sums_and_means() -> None:
+    records = [
+        _record("xyz", "xyz", "a", fit_seconds=1.0, ms_per_sample=10.0),
+        _record("xyz", "xyz", "b", fit_seconds=3.0, ms_per_sample=20.0),
+    ]
+    header, rows = timing_table(records)
+    assert header[0] == "Method"
+    assert rows == [["Single xyz bank", "2", 4.0, 2.0, 15.0]]
+
+
+def test_merge_replaces_same_pair_and_keeps_others() -> None:
+    old = [_record("xyz", "xyz", "a", 0.1), _record("xyz", "xyz", "b", 0.2), _record("rgb", "rgb", "a", 0.3)]
+    new = [_record("xyz", "xyz", "b", 0.9), _record("f2f", "xyz", "a", 0.8)]
+    merged = merge_records(old, new)
+    assert [(row_name(r), r["category"], r["i_auroc"]) for r in merged] == [
+        ("xyz", "a", 0.1), ("xyz", "b", 0.9), ("rgb", "a", 0.3), ("f2f_xyz", "a", 0.8),
+    ]
+
+
+def test_write_results_files_are_parseable(tmp_path) -> None:
+    records = [_record(m, main, c, 0.123456789) for m, main in ALL_ROWS[:3] for c in ("bagel", "foam")]
+    records[0]["aupro_1"] = float("nan")
+    write_results(tmp_path, records, command="cmdiad evaluate --set x=1", config={"seed": 7})
+    loaded = json.loads((tmp_path / "results.json").read_text())
+    assert len(loaded) == 6 and loaded[1]["i_auroc"] == 0.123456789 and loaded[0]["aupro_1"] is None
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text())))
+    assert len(rows) == 6 and float(rows[1]["i_auroc"]) == 0.123456789
+    assert {r["row"] for r in rows} == {"i2f_rgb", "xyz", "f2f_xyz"}
+    md = (tmp_path / "results.md").read_text()
+    for heading in ("## I-AUROC", "## P-AUROC", "## AUPRO@30%", "## AUPRO@1%", "## Timing"):
+        assert heading in md
+    assert "cmdiad evaluate --set x=1" in md and '"seed": 7' in md
+    assert md.count("| Method | Bagel | Foam | Mean |") == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_rerun_updates_some_rows_and_keeps_the_rest(tmp_path) -> None:
+    first = [_record("xyz", "xyz", "a", 0.1), _record("rgb", "rgb", "a", 0.2)]
+    write_results(tmp_path, first, command="run 1", config={})
+    write_results(tmp_path, [_record("rgb", "rgb", "a", 0.7)], command="run 2", config={})
+    loaded = {row_name(r): r["i_auroc"] for r in load_records(tmp_path)}
+    assert loaded == {"xyz": 0.1, "rgb": 0.7}
+    md = (tmp_path / "results.md").read_text()
+    assert "run 2" in md and "1 record(s) above were kept" in md
+
+
+def test_merge_false_replaces_everything(tmp_path) -> None:
+    write_results(tmp_path, [_record("xyz", "xyz", "a")], command="a", config={})
+    write_results(tmp_path, [_record("rgb", "rgb", "a")], command="b", config={}, merge=False)
+    assert [r["method"] for r in load_records(tmp_path)] == ["rgb"]
+
+
+def test_corrupt_results_json_names_the_file(tmp_path) -> None:
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="results.json"):
+        write_results(tmp_path, [_record("xyz", "xyz", "a")], command="c", config={})
+    assert (tmp_path / "results.json").read_text() == "{not json"
+
+
+def test_record_without_category_is_rejected(tmp_path) -> None:
+    bad = _record("xyz", "xyz", "a")
+    del bad["category"]
+    with pytest.raises(ValueError, match="category"):
+        write_results(tmp_path, [bad], command="c", config={})
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_no_nan_token_in_json(tmp_path) -> None:
+    write_results(tmp_path, [_record("xyz", "xyz", "a", float("inf"))], command="c", config={})
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)[0]["i_auroc"] is None
