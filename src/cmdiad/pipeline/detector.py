@@ -1,0 +1,265 @@
+"""The Detector: memory banks per stream, optional distiller, decision-layer fusion.
+
+Every method of the paper is a :class:`~cmdiad.config.DetectorConfig` over these same parts
+(see :mod:`cmdiad.pipeline.streams`); there is no per-method subclass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cmdiad.config import DetectorConfig
+from cmdiad.distill.train import TrainReport
+from cmdiad.memory.bank import MemoryBank
+from cmdiad.pipeline.encoder import Encoder, Progress
+from cmdiad.pipeline.mtfi import Hallucinator, PairedData, train_hallucinator
+from cmdiad.pipeline.streams import OTHER, Stream, needed_modalities, streams_for
+from cmdiad.scoring.fusion import build_fuser
+from cmdiad.scoring.patch import anomaly_map
+from cmdiad.types import PatchFeatures, SampleRecord, Scores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitReport:
+    """What fitting did. ``distill`` is None for bank-only methods."""
+
+    fit_seconds: float
+    num_train: int
+    num_paired: int
+    bank_sizes: dict[str, int] = field(default_factory=dict)
+    distill: TrainReport | None = None
+
+
+def paired_subset(records: Sequence[SampleRecord], fraction: float, seed: int) -> list[SampleRecord]:
+    """Training records that keep both modalities: all fully paired ones, or a seeded fraction."""
+    paired = [r for r in records if r.modalities >= {"rgb", "xyz"}]
+    if fraction >= 1.0 or not paired:
+        return paired
+    keep = max(1, round(fraction * len(paired)))
+    order = np.random.default_rng(seed).permutation(len(paired))[:keep]
+    return [paired[i] for i in sorted(order)]
+
+
+class Detector:
+    """A fitted anomaly detector for one category.
+
+    Args:
+        config: Method, main modality and parts.
+        encoder: Reads samples and computes features (shared across detectors of an experiment).
+        device: Torch device of banks, networks and scoring.
+    """
+
+    def __init__(self, config: DetectorConfig, encoder: Encoder, *, device: str | torch.device = "cpu") -> None:
+        self.config = config
+        self.encoder = encoder
+        self.device = torch.device(device)
+        self.streams: list[Stream] = streams_for(config)
+        self.banks: dict[str, MemoryBank] = {}
+        self.hallucinator: Hallucinator | None = None
+        self.fuser = build_fuser(config.fusion)
+        self.threshold: float | None = None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modalities read from disk at inference."""
+        return needed_modalities(self.config)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        train: Sequence[SampleRecord],
+        *,
+        validation: Sequence[SampleRecord] = (),
+        threshold_frr: float = 0.01,
+        progress: Progress | None = None,
+    ) -> FitReport:
+        """Build banks (and the distiller), fit fusion and calibrate the threshold.
+
+        Args:
+            train: Good training samples; the main-modality bank uses every sample that has the
+                main modality, the distiller the samples that have both.
+            validation: Good samples for the threshold; training scores are used when empty.
+            threshold_frr: Target false-reject rate on ``validation``.
+            progress: Optional ``progress(stage, done, total)``.
+        """
+        t0 = time.perf_counter()
+        usable = [r for r in train if set(self.modalities) <= r.modalities]
+        if not usable:
+            raise ValueError(f"no training sample has the modalities {self.modalities}")
+        feats = {m: self.encoder.features(usable, m, progress) for m in self.modalities}
+        report = FitReport(0.0, len(usable), 0)
+        stream_feats = self._training_stream_features(train, usable, feats, report, progress)
+        mean_std = self._standardization(train, feats, stream_feats)
+        for s in self.streams:
+            bank = MemoryBank(self.config.memory, device=self.device)
+            bank.add(stream_feats[s.name])
+            bank.finalize(*mean_std.get(s.target, (None, None)))
+            self.banks[s.name] = bank
+            report.bank_sizes[s.name] = bank.size
+        self._fit_fusion(stream_feats)
+        self._calibrate(validation or usable, threshold_frr, progress)
+        report.fit_seconds = time.perf_counter() - t0
+        return report
+
+    def _training_stream_features(self, train, usable, feats, report, progress) -> dict[str, PatchFeatures]:
+        out = {s.name: feats[s.source] for s in self.streams if not s.hallucinated}
+        hall = [s for s in self.streams if s.hallucinated]
+        if not hall:
+            return out
+        s = hall[0]
+        paired = paired_subset(train, self.config.data.paired_fraction, self.config.seed)
+        if len(paired) < 2:
+            raise ValueError(f"MTFI needs at least 2 training samples with both modalities, got {len(paired)}")
+        report.num_paired = len(paired)
+        self.hallucinator, report.distill = self._train_distiller(s, paired, progress)
+        inputs = self.encoder.inputs(usable, s.source) if self.config.method == "i2f" else None
+        out[s.name] = self._hallucinate(feats[s.source], inputs)
+        return out
+
+    def _train_distiller(self, s: Stream, paired, progress) -> tuple[Hallucinator, TrainReport]:
+        kind = self.config.method
+        data = PairedData(
+            main_features=self.encoder.features(paired, s.source),
+            main_inputs=self.encoder.inputs(paired, s.source) if kind == "i2f" else None,
+            target_features=self.encoder.features(paired, s.target),
+            target_inputs=self.encoder.inputs(paired, s.target) if kind == "f2i" else None,
+        )
+        cb = None
+        if progress is not None:
+            epochs = self.config.distill.epochs
+            cb = lambda e, tr, va: progress(f"train {kind} ({s.name}) loss {tr:.4f}", e + 1, epochs)  # noqa: E731
+        return train_hallucinator(
+            kind,
+            data,
+            target=s.target,
+            target_extractor=self.encoder.extractor(s.target),
+            image_size=self.encoder.image_size,
+            cfg=self.config.distill,
+            device=self.device,
+            progress=cb,
+        )
+
+    def _hallucinate(self, main: PatchFeatures, inputs: torch.Tensor | None) -> PatchFeatures:
+        assert self.hallucinator is not None
+        parts, step = [], self.encoder.batch_size
+        for i in range(0, main.features.shape[0], step):
+            pf = PatchFeatures(main.features[i : i + step], main.valid[i : i + step])
+            x = inputs[i : i + step] if inputs is not None else None
+            parts.append(self.hallucinator(pf, x).to("cpu"))
+        return PatchFeatures(torch.cat([p.features for p in parts]), torch.cat([p.valid for p in parts]))
+
+    def _standardization(self, train, feats, stream_feats) -> dict[str, tuple[float, float]]:
+        """Per-bank constants (empty dict) or M3DM's mixed ones: xyz-bank mean, rgb-bank std."""
+        if self.config.memory.standardize != "m3dm":
+            return {}
+        real = dict(feats)
+        paired = paired_subset(train, self.config.data.paired_fraction, self.config.seed)
+        for m in ("rgb", "xyz"):
+            if m not in real and paired:
+                real[m] = self.encoder.features(paired, m)
+        if not {"rgb", "xyz"} <= set(real):
+            log.warning("m3dm standardisation needs both modalities at training; using per-bank constants")
+            return {}
+        xyz, rgb = real["xyz"], real["rgb"]
+        mean = float(xyz.features.permute(0, 2, 3, 1)[xyz.valid].mean())
+        std = float(rgb.features.permute(0, 2, 3, 1)[rgb.valid].std())
+        return {"rgb": (mean, std), "xyz": (mean, std)}
+
+    # ------------------------------------------------------------------ scoring
+    def _stream_scores(
+        self, feats: dict[str, PatchFeatures], inputs: torch.Tensor | None
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Weighted per-stream image scores ``(B,)`` and maps ``(B, H, W)``."""
+        out = {}
+        mem = self.config.memory
+        for s in self.streams:
+            pf = feats[s.source] if not s.hallucinated else self._hallucinate(feats[s.source], inputs)
+            image, patch = self.banks[s.name].score(pf.to(self.device))
+            amap = anomaly_map(patch, self.encoder.image_size, sigma=mem.blur_sigma, mode=mem.blur_mode)
+            out[s.name] = (s.weight * image.cpu(), s.weight * amap.cpu())
+        return out
+
+    def _fit_fusion(self, stream_feats: dict[str, PatchFeatures]) -> None:
+        n = next(iter(stream_feats.values())).features.shape[0]
+        per = {}
+        for s in self.streams:
+            per[s.name] = self._score_bank_only(s, stream_feats[s.name])
+        image_rows = torch.stack([per[s.name][0] for s in self.streams], dim=1).numpy()
+        maps = torch.stack([per[s.name][1] for s in self.streams], dim=-1)  # (N, H, W, K)
+        pixel_rows = maps.reshape(-1, len(self.streams)).numpy()
+        budget = self.config.fusion.max_pixel_rows
+        if pixel_rows.shape[0] > budget:
+            rng = np.random.default_rng(self.config.fusion.seed)
+            pixel_rows = pixel_rows[rng.choice(pixel_rows.shape[0], budget, replace=False)]
+        self.fuser.fit(image_rows, pixel_rows)
+        log.info("fusion fitted on %d samples, %d pixel rows", n, pixel_rows.shape[0])
+
+    def _score_bank_only(self, s: Stream, pf: PatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        images, maps, step, mem = [], [], self.encoder.batch_size, self.config.memory
+        for i in range(0, pf.features.shape[0], step):
+            part = PatchFeatures(pf.features[i : i + step], pf.valid[i : i + step]).to(self.device)
+            image, patch = self.banks[s.name].score(part)
+            amap = anomaly_map(patch, self.encoder.image_size, sigma=mem.blur_sigma, mode=mem.blur_mode)
+            images.append(s.weight * image.cpu())
+            maps.append(s.weight * amap.cpu())
+        return torch.cat(images), torch.cat(maps)
+
+    def score_features(self, feats: dict[str, PatchFeatures], inputs: torch.Tensor | None = None) -> Scores:
+        """Fused scores of a batch given its main-modality features (and inputs for ``i2f``).
+
+        Args:
+            feats: Patch features per modality read, batch ``B``.
+            inputs: ``(B, 3, H, W)`` main-modality inputs, needed by ``i2f`` only.
+        """
+        per = self._stream_scores(feats, inputs)
+        image_rows = torch.stack([per[s.name][0] for s in self.streams], dim=1).numpy()
+        maps = torch.stack([per[s.name][1] for s in self.streams], dim=-1)
+        b, h, w, k = maps.shape
+        image = torch.as_tensor(self.fuser.image_scores(image_rows), dtype=torch.float32)
+        pixel = torch.as_tensor(self.fuser.pixel_scores(maps.reshape(-1, k).numpy()), dtype=torch.float32)
+        return Scores(image, pixel.reshape(b, h, w), per)
+
+    def score(self, records: Sequence[SampleRecord], progress: Progress | None = None) -> Scores:
+        """Score samples, reading only the modalities this detector needs."""
+        if not self.banks:
+            raise RuntimeError("the detector is not fitted")
+        lacking = [r.key for r in records if not set(self.modalities) <= r.modalities]
+        if lacking:
+            raise ValueError(f"samples lack the {'/'.join(self.modalities)} modality: {', '.join(lacking[:5])}")
+        parts = []
+        step = self.encoder.batch_size
+        for i in range(0, len(records), step):
+            chunk = records[i : i + step]
+            feats = {m: self.encoder.features(chunk, m) for m in self.modalities}
+            needs_inputs = self.config.method == "i2f"
+            inputs = self.encoder.inputs(chunk, self.config.main) if needs_inputs else None
+            parts.append(self.score_features(feats, inputs))
+            if progress is not None:
+                progress("score", min(i + step, len(records)), len(records))
+        return _concat_scores(parts)
+
+    def _calibrate(self, records: Sequence[SampleRecord], frr: float, progress: Progress | None) -> None:
+        scores = self.score(list(records)).image_score.numpy()
+        self.threshold = float(np.quantile(scores, 1.0 - frr, method="higher"))
+        log.info("threshold %.5g at FRR %.3f on %d samples", self.threshold, frr, len(scores))
+
+
+def _concat_scores(parts: list[Scores]) -> Scores:
+    per = {
+        k: (torch.cat([p.per_modality[k][0] for p in parts]), torch.cat([p.per_modality[k][1] for p in parts]))
+        for k in parts[0].per_modality
+    }
+    return Scores(
+        torch.cat([p.image_score for p in parts]), torch.cat([p.anomaly_map for p in parts]), per
+    )
+
+
+__all__ = ["Detector", "FitReport", "OTHER", "paired_subset"]

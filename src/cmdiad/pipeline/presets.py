@@ -1,0 +1,37 @@
+"""Named presets: partial config dicts merged under the user's file and ``--set`` overrides."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cmdiad.errors import ConfigError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Offline, CPU-sized: shipped EfficientNet-Lite0 weights + FPFH, short distillation.
+    "default": {
+        "detector": {
+            "data": {"image_size": [224, 224]},
+            "rgb": {"name": "efficientnet_lite0"},
+            "xyz": {"name": "fpfh", "patch_stride": 8},
+            "memory": {"coreset": {"ratio": 0.1}},
+            "distill": {"epochs": 20, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 2, "width": 32},
+        }
+    },
+    # The paper's configuration (method-spec §2-§4): DINO ViT-B/8 + Point-MAE, user weights.
+    "paper": {
+        "detector": {
+            "data": {"image_size": [224, 224]},
+            "rgb": {"name": "dino_vitb8"},
+            "xyz": {"name": "point_mae", "patch_stride": 4, "num_groups": 1024, "group_size": 128},
+            "memory": {"coreset": {"ratio": 0.1}, "standardize": "m3dm"},
+            "distill": {"epochs": 100, "batch_size": 32, "lr": 5e-4, "warmup_epochs": 10, "width": 96},
+        }
+    },
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The override dict of preset ``name``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
