@@ -1,0 +1,150 @@
+"""Decision-layer fusion of per-stream scores (method-spec §3.4).
+
+Rows hold one column per stream (K columns). The per-stream weights of
+:class:`~cmdiad.config.FusionConfig` (``rgb_weight``, ``xyz_weight``, ``hallucinated_weight``)
+are applied by the pipeline to the columns *before* they reach a fuser; fusers only learn a
+linear combination on top.
+
+Every fuser here reduces to two weight vectors (image, pixel) with ``score = rows · w``:
+- :class:`OCSVMFuser`: the coefficients of a linear ``SGDOneClassSVM`` (``score_samples``
+  without the offset). A non-positive coefficient would silently invert a stream, so when one
+  appears the fuser falls back to the normalised sum below and logs a warning.
+- :class:`SumFuser`: each column divided by its mean absolute training value, then summed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from cmdiad.config import FusionConfig, from_dict, to_dict
+from cmdiad.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+def _as_numpy(rows: torch.Tensor | np.ndarray) -> np.ndarray:
+    arr = rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"expected non-empty (N, K) score rows, got shape {arr.shape}")
+    return arr.astype(np.float64, copy=False)
+
+
+def normalised_sum_weights(rows: np.ndarray) -> np.ndarray:
+    """``1 / mean|column|`` per column (K,); a column that is all 0 gets weight 1."""
+    scale = np.abs(rows).mean(axis=0)
+    return 1.0 / np.where(scale > 0, scale, 1.0)
+
+
+class Fuser:
+    """Linear fusion of K per-stream score columns, fitted on training rows.
+
+    Args:
+        config: Fusion settings.
+    """
+
+    kind = "base"
+
+    def __init__(self, config: FusionConfig) -> None:
+        self.config = config
+        self.image_weights: np.ndarray | None = None
+        self.pixel_weights: np.ndarray | None = None
+
+    def fit(self, image_rows: torch.Tensor | np.ndarray, pixel_rows: torch.Tensor | np.ndarray) -> Fuser:
+        """Fit on training image rows ``(N, K)`` and pixel rows ``(P, K)``; returns self."""
+        image, pixel = _as_numpy(image_rows), _as_numpy(pixel_rows)
+        if image.shape[1] != pixel.shape[1]:
+            raise ValueError(f"image rows have {image.shape[1]} columns, pixel rows {pixel.shape[1]}")
+        self.image_weights = self._fit_weights(image, "image")
+        self.pixel_weights = self._fit_weights(self._subsample(pixel), "pixel")
+        return self
+
+    def _fit_weights(self, rows: np.ndarray, what: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def _subsample(self, rows: np.ndarray) -> np.ndarray:
+        limit = self.config.max_pixel_rows
+        if rows.shape[0] <= limit:
+            return rows
+        keep = np.random.default_rng(self.config.seed).choice(rows.shape[0], limit, replace=False)
+        return rows[np.sort(keep)]
+
+    def _apply(self, rows: torch.Tensor, weights: np.ndarray | None) -> torch.Tensor:
+        if weights is None:
+            raise RuntimeError("the fuser is not fitted")
+        if rows.ndim != 2 or rows.shape[1] != weights.shape[0]:
+            raise ValueError(f"rows {tuple(rows.shape)} do not have {weights.shape[0]} columns")
+        return rows.float() @ torch.as_tensor(weights, dtype=torch.float32, device=rows.device)
+
+    def image_scores(self, rows: torch.Tensor) -> torch.Tensor:
+        """Fused image scores (N,) of rows (N, K)."""
+        return self._apply(rows, self.image_weights)
+
+    def pixel_scores(self, rows: torch.Tensor) -> torch.Tensor:
+        """Fused pixel scores (P,) of rows (P, K)."""
+        return self._apply(rows, self.pixel_weights)
+
+    def save_state(self) -> dict[str, Any]:
+        """A JSON-able state: kind, version, config and the two weight vectors."""
+        if self.image_weights is None or self.pixel_weights is None:
+            raise RuntimeError("the fuser is not fitted")
+        return {
+            "kind": self.kind, "version": STATE_VERSION, "config": to_dict(self.config),
+            "image_weights": self.image_weights.tolist(), "pixel_weights": self.pixel_weights.tolist(),
+        }  # fmt: skip
+
+    @staticmethod
+    def from_state(state: dict[str, Any]) -> Fuser:
+        """Rebuild a fitted fuser from :meth:`save_state` output (ValueError if malformed)."""
+        missing = {"kind", "version", "config", "image_weights", "pixel_weights"} - set(state)
+        if missing or state["version"] != STATE_VERSION:
+            raise ValueError(f"not a fuser state (missing {sorted(missing)}, version {state.get('version')})")
+        fuser = FUSERS.get(state["kind"])(from_dict(FusionConfig, state["config"], "fuser config"))
+        fuser.image_weights = np.asarray(state["image_weights"], dtype=np.float64)
+        fuser.pixel_weights = np.asarray(state["pixel_weights"], dtype=np.float64)
+        return fuser
+
+
+FUSERS: Registry[Fuser] = Registry("fuser")
+
+
+@FUSERS.register("sum")
+class SumFuser(Fuser):
+    """Normalised sum: each column divided by its training mean absolute value."""
+
+    kind = "sum"
+
+    def _fit_weights(self, rows: np.ndarray, what: str) -> np.ndarray:
+        return normalised_sum_weights(rows)
+
+
+@FUSERS.register("ocsvm")
+class OCSVMFuser(Fuser):
+    """M3DM's linear one-class SVM (``SGDOneClassSVM``), with a sign check and fallback."""
+
+    kind = "ocsvm"
+
+    def _fit_weights(self, rows: np.ndarray, what: str) -> np.ndarray:
+        from sklearn.linear_model import SGDOneClassSVM
+
+        cfg = self.config
+        model = SGDOneClassSVM(nu=cfg.nu, max_iter=cfg.max_iter, random_state=cfg.seed)
+        coef = np.asarray(model.fit(rows).coef_, dtype=np.float64).reshape(-1)
+        if np.all(coef > 0):
+            return coef
+        logger.warning(
+            "%s OCSVM fuser learned non-positive coefficient(s) %s, which would invert a stream; "
+            "falling back to the normalised sum (columns / mean |training value|)",
+            what, np.array2string(coef, precision=4),
+        )  # fmt: skip
+        return normalised_sum_weights(rows)
+
+
+def build_fuser(cfg: FusionConfig) -> Fuser:
+    """The fuser ``cfg.kind`` built from ``cfg``."""
+    return FUSERS.get(cfg.kind)(cfg)
