@@ -12,7 +12,8 @@ import tifffile
 from PIL import Image
 
 from cmdiad.errors import DatasetError
-from cmdiad.viz.html import load_raw, select_samples, write_html_report
+from cmdiad.viz.heatmaps import depth_render
+from cmdiad.viz.html import background_image, load_raw, select_samples, write_html_report
 
 CATEGORIES = ("bagel", "cable_gland")
 
@@ -97,7 +98,7 @@ def test_unreadable_image_falls_back_to_grey(tmp_path, rng) -> None:
     )
     text = write_html_report(tmp_path, _records()[:1], tmp_path / "raw", top_k=1).read_text()
     first = re.search(r'src="data:image/png;base64,([^"]+)"', text).group(1)
-    assert (np.asarray(Image.open(io.BytesIO(base64.b64decode(first)))) == 128).all()
+    assert (np.asarray(Image.open(io.BytesIO(base64.b64decode(first))).convert("RGB")) == 128).all()
 
 
 def test_select_samples_top_and_bottom_without_repeats() -> None:
@@ -122,3 +123,15 @@ def test_load_raw_rejects_missing_keys_and_length_mismatch(tmp_path) -> None:
         gt_masks=np.zeros((2, 4, 4), bool), paths=np.array(["a", "b"]),
     )
     assert list(load_raw(loaded_ok).rgb_files) == ["", ""]
+
+
+def test_background_image_reads_rgb_then_xyz_then_grey(tmp_path, rng) -> None:
+    path = tmp_path / "raw.npz"
+    _write_raw(path, rng, tmp_path, n=3, size=10)
+    raw = load_raw(path)
+    rgb = background_image(raw, 0, (10, 10))  # png at 20x20, resized
+    expected = np.asarray(Image.open(raw.rgb_files[0]).resize((10, 10), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(rgb, expected)
+    xyz = background_image(raw, 1, (10, 10))
+    np.testing.assert_array_equal(xyz, depth_render(tifffile.imread(raw.xyz_files[1])))
+    assert (background_image(raw, 2, (4, 6)) == 128).all()
