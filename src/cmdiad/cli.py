@@ -117,10 +117,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.size:
         h, _, w = args.size.partition("x")
         kwargs["image_size"] = (int(h), int(w or h))
-    for name in ("train", "validation", "test_good", "test_defect"):
+    for name, field in (("train", "train"), ("validation", "validation"), ("test_good", "test_good"),
+                        ("test_defect", "test_per_defect")):
         value = getattr(args, name)
         if value is not None:
-            kwargs[name] = value
+            kwargs[field] = value
     cfg = SynthConfig(**kwargs)
     t0 = time.perf_counter()
     summary = generate_dataset(args.out, cfg, progress=Bars(not args.quiet))

@@ -1,0 +1,25 @@
+"""A tiny generated dataset shared by the integration tests (one category, 64x64)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cmdiad.synthetic.generator import SynthConfig, generate_dataset
+
+TINY_SETS = [
+    "--set", "data.image_size=[64,64]",
+    "--set", "distill.epochs=2",
+    "--set", "distill.width=8",
+    "--set", "memory.coreset.ratio=0.5",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    cfg = SynthConfig(categories=("ring",), image_size=(64, 64), train=6, validation=3, test_good=3,
+                      test_per_defect=2, seed=1)
+    generate_dataset(root, cfg)
+    return root
