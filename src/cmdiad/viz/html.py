@@ -114,7 +114,7 @@ def png_data_uri(img: np.ndarray, *, palette: bool = True) -> str:
     """
     picture = Image.fromarray(img)
     if palette and picture.mode == "RGB":
-        picture = picture.quantize(256)
+        picture = picture.quantize(256, method=Image.Quantize.FASTOCTREE)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
