@@ -158,3 +158,10 @@ def test_no_nan_token_in_json(tmp_path) -> None:
     text = (tmp_path / "results.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text)[0]["i_auroc"] is None
+
+
+def test_report_module_reexports_html_writer(tmp_path) -> None:
+    from cmdiad.viz.report import write_html_report
+
+    path = write_html_report(tmp_path, [_record("xyz", "xyz", "a")], tmp_path / "raw", title="R")
+    assert path == tmp_path / "report.html" and "<h2>I-AUROC</h2>" in path.read_text()
