@@ -1,0 +1,170 @@
+"""MemoryBank: valid-patch collection, training scores ≈ 0, persistence, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmdiad.config import CoresetConfig, MemoryConfig
+from cmdiad.errors import ModelFileError
+from cmdiad.memory.bank import MemoryBank, reweighted_image_score
+from cmdiad.types import PatchFeatures
+
+
+def _features(b: int = 3, c: int = 12, h: int = 5, seed: int = 0, invalid: float = 0.2) -> PatchFeatures:
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(b, c, h, h, generator=gen) * 2.0 + 0.5
+    valid = torch.rand(b, h, h, generator=gen) > invalid
+    return PatchFeatures(feats, valid)
+
+
+def _bank(ratio: float = 1.0, **kw) -> MemoryBank:
+    return MemoryBank(MemoryConfig(coreset=CoresetConfig(ratio=ratio), **kw))
+
+
+def test_only_valid_patches_are_collected() -> None:
+    pf = _features()
+    bank = _bank()
+    bank.add(pf)
+    bank.finalize()
+    assert bank.bank.shape == (int(pf.valid.sum()), 12)
+    invalid_rows = bank.standardize(pf.features.permute(0, 2, 3, 1)[~pf.valid])
+    dist = torch.cdist(invalid_rows, bank.bank).min(dim=1).values
+    assert (dist > 1e-4).all()
+
+
+def test_training_samples_score_zero_against_full_bank() -> None:
+    pf = _features()
+    bank = _bank()
+    bank.add(PatchFeatures(pf.features[:2], pf.valid[:2]))
+    bank.add(PatchFeatures(pf.features[2:], pf.valid[2:]))
+    bank.finalize()
+    image, patch = bank.score(pf)
+    assert image.shape == (3,) and patch.shape == (3, 5, 5)
+    assert float(patch.abs().max()) == 0.0 and float(image.abs().max()) == 0.0
+
+
+def test_invalid_patches_score_zero_and_anomalies_score_higher() -> None:
+    bank = _bank()
+    bank.add(_features(seed=0, invalid=0.0))
+    bank.finalize()
+    test = _features(b=2, seed=1, invalid=0.3)
+    test.features[1, :, 2, 2] += 40.0
+    test.valid[1, 2, 2] = True
+    image, patch = bank.score(test)
+    assert (patch[~test.valid] == 0).all() and (patch[test.valid] > 0).all()
+    assert patch[1].argmax() == 2 * 5 + 2 and image[1] > image[0] > 0
+
+
+def test_sample_without_valid_patches_scores_zero() -> None:
+    bank = _bank()
+    bank.add(_features(invalid=0.0))
+    bank.finalize()
+    test = _features(b=2, seed=3, invalid=0.0)
+    test.valid[0] = False
+    image, patch = bank.score(test)
+    assert image[0] == 0 and (patch[0] == 0).all() and image[1] > 0
+
+
+def test_standardisation_per_bank_and_given_constants() -> None:
+    pf = _features(invalid=0.0)
+    bank = _bank()
+    bank.add(pf)
+    raw = pf.features.permute(0, 2, 3, 1).reshape(-1, 12)
+    assert bank.collected_stats() == pytest.approx((float(raw.mean()), float(raw.std())), rel=1e-5)
+    bank.finalize()
+    assert bank.stats == pytest.approx((float(raw.mean()), float(raw.std())), rel=1e-5)
+    assert abs(float(bank.bank.mean())) < 1e-5 and float(bank.bank.std()) == pytest.approx(1.0, rel=1e-5)
+    fixed = _bank()
+    fixed.add(pf)
+    fixed.finalize(mean=1.0, std=4.0)
+    assert fixed.stats == (1.0, 4.0)
+    assert torch.allclose(fixed.bank, (raw - 1.0) / 4.0)
+
+
+def test_coreset_size_and_subset() -> None:
+    pf = _features(b=4, invalid=0.0)
+    bank = _bank(ratio=0.3)
+    bank.add(pf)
+    bank.finalize()
+    n = 4 * 25
+    assert bank.bank.shape[0] == math.ceil(0.3 * n)
+    full = (pf.features.permute(0, 2, 3, 1).reshape(-1, 12) - bank.mean) / bank.std
+    exact = torch.cdist(bank.bank, full, compute_mode="donot_use_mm_for_euclid_dist")
+    assert exact.min(dim=1).values.max() < 1e-5
+
+
+def test_reweighting_formula_and_plain_max() -> None:
+    s = torch.tensor([2.0])
+    d = torch.tensor([[3.0, 4.0]])
+    t = math.sqrt(16)
+    expected = (1 - math.exp(2 / t) / (math.exp(3 / t) + math.exp(4 / t))) * 2.0
+    assert float(reweighted_image_score(s, d, 16)) == pytest.approx(expected, rel=1e-6)
+    assert float(reweighted_image_score(s, d, 16, reweight=False)) == 2.0
+    huge = reweighted_image_score(torch.tensor([5000.0]), torch.tensor([[5001.0, 5002.0]]), 1)
+    assert torch.isfinite(huge).all()
+
+
+def test_reweight_false_gives_max_patch_score() -> None:
+    bank = _bank(reweight=False)
+    bank.add(_features(invalid=0.0))
+    bank.finalize()
+    image, patch = bank.score(_features(b=2, seed=5))
+    assert torch.allclose(image, patch.flatten(1).max(dim=1).values)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_save_load_gives_identical_scores(tmp_path: Path, backend: str) -> None:
+    bank = _bank(ratio=0.5, knn_backend=backend)
+    bank.add(_features(b=4))
+    bank.finalize()
+    bank.save(tmp_path / "bank")
+    loaded = MemoryBank.load(tmp_path / "bank")
+    test = _features(b=2, seed=9)
+    for a, b in zip(bank.score(test), loaded.score(test), strict=True):
+        assert torch.equal(a, b)
+    assert loaded.stats == bank.stats and loaded.config == bank.config
+
+
+def _saved(tmp_path: Path) -> Path:
+    bank = _bank()
+    bank.add(_features())
+    bank.finalize()
+    bank.save(tmp_path)
+    return tmp_path
+
+
+def test_corrupt_tensor_file_names_the_file(tmp_path: Path) -> None:
+    path = _saved(tmp_path) / "bank.safetensors"
+    path.write_bytes(b"\x00garbage")
+    with pytest.raises(ModelFileError, match="bank.safetensors"):
+        MemoryBank.load(tmp_path)
+
+
+def test_missing_and_foreign_metadata(tmp_path: Path) -> None:
+    meta = _saved(tmp_path) / "bank.json"
+    data = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**data, "format": "something-else"}))
+    with pytest.raises(ModelFileError, match="bank.json"):
+        MemoryBank.load(tmp_path)
+    meta.write_text(json.dumps({**data, "dim": 99}))
+    with pytest.raises(ModelFileError, match="shape"):
+        MemoryBank.load(tmp_path)
+    meta.unlink()
+    with pytest.raises(ModelFileError, match="bank.json"):
+        MemoryBank.load(tmp_path)
+
+
+def test_misuse_raises() -> None:
+    bank = _bank()
+    with pytest.raises(ValueError, match="no valid patches"):
+        bank.finalize()
+    with pytest.raises(RuntimeError, match="not finalized"):
+        bank.score(_features())
+    bank.add(_features())
+    with pytest.raises(ValueError, match="channels"):
+        bank.add(_features(c=7))
