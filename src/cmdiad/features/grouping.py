@@ -1,0 +1,163 @@
+"""Pure-PyTorch point grouping: farthest point sampling, kNN groups, interpolation, scatter.
+
+These replace the reference's CUDA extensions (``pointnet2_ops`` FPS, ``knn_cuda``) with
+batched tensor code that runs on any device (method-spec §8 item 13). Distance matrices are
+computed in chunks so memory stays bounded for clouds of ~50k points.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_CHUNK_ELEMENTS = 1 << 22
+"""Upper bound on the entries of one chunk's distance matrix (16 MiB in float32)."""
+
+
+def _check_points(points: torch.Tensor, name: str = "points") -> None:
+    if points.ndim != 3 or points.shape[-1] != 3:
+        raise ValueError(f"{name} must be (B, N, 3), got {tuple(points.shape)}")
+
+
+def farthest_point_sample(points: torch.Tensor, k: int, start_index: int = 0) -> torch.Tensor:
+    """Iterative farthest point sampling, as pointnet2's FPS (deterministic start).
+
+    Each of the ``k`` steps is one vectorised O(N) update of the distance of every point to
+    its nearest selected centre; ties go to the lowest index.
+
+    Args:
+        points: ``(B, N, 3)``.
+        k: Number of centres, ``1 <= k <= N``.
+        start_index: Index of the first centre.
+
+    Returns:
+        ``(B, k)`` int64 indices into ``N``.
+    """
+    _check_points(points)
+    b, n, _ = points.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    # Coordinate rows (B, 3, N) and fused per-axis updates are ~2x faster than (B, N, 3)
+    # reductions; centring keeps float32 distances precise for raw scanner coordinates.
+    rows = (points - points.mean(dim=1, keepdim=True)).transpose(1, 2).contiguous()
+    batch = torch.arange(b, device=points.device)
+    out = torch.empty(b, k, dtype=torch.long, device=points.device)
+    nearest = torch.full((b, n), float("inf"), dtype=rows.dtype, device=points.device)
+    d, tmp = torch.empty_like(nearest), torch.empty_like(nearest)
+    current = torch.full((b,), start_index, dtype=torch.long, device=points.device)
+    for i in range(k):
+        out[:, i] = current
+        centre = rows[batch, :, current].unsqueeze(-1)  # (B, 3, 1)
+        torch.sub(rows[:, 0], centre[:, 0], out=d).square_()
+        for axis in (1, 2):
+            torch.sub(rows[:, axis], centre[:, axis], out=tmp)
+            d.addcmul_(tmp, tmp)
+        torch.minimum(nearest, d, out=nearest)
+        current = nearest.argmax(dim=1)
+    return out
+
+
+def _chunk_rows(other: int) -> int:
+    return max(1, MAX_CHUNK_ELEMENTS // max(other, 1))
+
+
+def knn_group(points: torch.Tensor, centres: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Indices of the ``group_size`` nearest points of every centre (centre itself included).
+
+    Args:
+        points: ``(B, N, 3)``.
+        centres: ``(B, k, 3)``.
+        group_size: Points per group, ``1 <= group_size <= N``.
+
+    Returns:
+        ``(B, k, group_size)`` int64 indices into ``N``, nearest first.
+    """
+    _check_points(points)
+    _check_points(centres, "centres")
+    n = points.shape[1]
+    if not 1 <= group_size <= n:
+        raise ValueError(f"group_size must be in [1, {n}], got {group_size}")
+    shift = points.mean(dim=1, keepdim=True)
+    pts, ctr = points - shift, centres - shift
+    step = _chunk_rows(n)
+    parts = []
+    for s in range(0, ctr.shape[1], step):
+        d = torch.cdist(ctr[:, s : s + step], pts)
+        parts.append(d.topk(group_size, dim=-1, largest=False, sorted=True).indices)
+    return torch.cat(parts, dim=1)
+
+
+def _nearest_centres(pts: torch.Tensor, ctr: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k centres by ``cdist``, then exact squared distances by differences.
+
+    Recomputing the k chosen distances from coordinate differences makes a point that sits
+    on a centre get distance exactly 0 (matrix-product distances are only approximate).
+    """
+    idx = torch.cdist(pts, ctr).topk(k, dim=-1, largest=False).indices  # (B, n, k)
+    batch = torch.arange(pts.shape[0], device=pts.device).view(-1, 1, 1)
+    d2 = (pts.unsqueeze(2) - ctr[batch, idx]).square_().sum(dim=-1)
+    return d2, idx
+
+
+def interpolate_to_points(
+    points: torch.Tensor,
+    centres: torch.Tensor,
+    centre_feats: torch.Tensor,
+    k_nearest: int = 3,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Inverse squared-distance interpolation of centre features onto every point.
+
+    Weights are ``w_j = 1 / (d_j^2 + 1e-8)`` over the ``k_nearest`` centres, normalised to
+    sum to 1 (method-spec §2.3); only the top-k distances are kept, never a full sort.
+
+    Args:
+        points: ``(B, N, 3)``.
+        centres: ``(B, k, 3)``.
+        centre_feats: ``(B, C, k)``.
+        k_nearest: Centres per point (clamped to ``k``).
+        chunk_size: Points per chunk; default bounds the chunk's distance tensor.
+
+    Returns:
+        ``(B, C, N)``.
+    """
+    _check_points(points)
+    _check_points(centres, "centres")
+    b, n, _ = points.shape
+    kc = centres.shape[1]
+    knn = min(k_nearest, kc)
+    c = centre_feats.shape[1]
+    flat = centre_feats.transpose(1, 2).reshape(b * kc, c)  # row j of sample i at i * kc + j
+    offset = (torch.arange(b, device=points.device) * kc).view(b, 1, 1)
+    step = chunk_size or _chunk_rows(kc)
+    out = flat.new_empty(b, n, c)
+    for s in range(0, n, step):
+        d2, idx = _nearest_centres(points[:, s : s + step], centres, knn)
+        w = 1.0 / (d2 + 1e-8)
+        w = (w / w.sum(dim=-1, keepdim=True)).to(flat.dtype)
+        rows = (idx + offset).flatten(0, 1)  # (B * n, knn)
+        acc = flat[rows[:, 0]] * w.flatten(0, 1)[:, :1]
+        for j in range(1, knn):
+            acc.addcmul_(flat[rows[:, j]], w.flatten(0, 1)[:, j : j + 1])
+        out[:, s : s + step] = acc.view(b, -1, c)
+    return out.transpose(1, 2)
+
+
+def scatter_to_grid(
+    point_feats: torch.Tensor, flat_index: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """Write per-point features onto an organized grid; other cells are 0.
+
+    Args:
+        point_feats: ``(C, N)``.
+        flat_index: ``(N,)`` row-major cell index ``y * W + x`` of each point.
+        grid: ``(H, W)``.
+
+    Returns:
+        ``(C, H, W)`` (channels-last strides; call ``.contiguous()`` if needed).
+    """
+    c = point_feats.shape[0]
+    # Rows per cell (channels last): with the (N, C)-major output of interpolate_to_points
+    # this is a plain row copy; the result is a (C, H, W) view with channels-last strides.
+    out = point_feats.new_zeros(grid[0] * grid[1], c)
+    out[flat_index] = point_feats.T
+    return out.T.view(c, grid[0], grid[1])
