@@ -8,7 +8,7 @@ import pytest
 
 from cmdiad.synthetic.generator import SynthConfig, generate_dataset
 
-TINY_SETS = [
+_TINY_SETS = [
     "--set", "data.image_size=[64,64]",
     "--set", "distill.epochs=2",
     "--set", "distill.width=8",
@@ -23,3 +23,9 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       test_per_defect=2, seed=1)
     generate_dataset(root, cfg)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sets() -> list[str]:
+    """CLI overrides that shrink the default preset for the tiny dataset."""
+    return list(_TINY_SETS)

@@ -16,8 +16,6 @@ from cmdiad.io.mvtec3d import list_records
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.persist import build_encoder, load_detector, save_detector
 
-from .conftest import TINY_SETS
-
 
 def _cfg(method: str, main: str, **data) -> DetectorConfig:
     return DetectorConfig(
@@ -86,10 +84,10 @@ def test_paired_fraction_option(tiny_dataset: Path) -> None:
     assert report.num_paired == 3
 
 
-def test_cli_fit_predict_mixed_folder(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_cli_fit_predict_mixed_folder(tiny_dataset: Path, tmp_path: Path, tiny_sets) -> None:
     model = tmp_path / "model"
     assert main(["fit", str(tiny_dataset), "--category", "ring", "--method", "mixed", "--out", str(model),
-                 *TINY_SETS]) == 0
+                 *tiny_sets]) == 0
     folder = tmp_path / "incoming"
     src = tiny_dataset / "ring" / "test"
     shutil.copytree(src / "good", folder / "a")

@@ -13,13 +13,11 @@ from cmdiad.cli import main
 from cmdiad.pipeline.evaluate import recompute_records
 from cmdiad.pipeline.streams import ALL_ROWS
 
-from .conftest import TINY_SETS
-
 
 @pytest.fixture(scope="module")
-def experiment_dir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def experiment_dir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory, tiny_sets) -> Path:
     out = tmp_path_factory.mktemp("run")
-    assert main(["experiment", str(tiny_dataset), "--out", str(out), *TINY_SETS]) == 0
+    assert main(["experiment", str(tiny_dataset), "--out", str(out), *tiny_sets]) == 0
     return out
 
 

@@ -103,7 +103,7 @@ class Detector:
             bank.add(stream_feats[s.name])
             bank.finalize(*mean_std.get(s.target, (None, None)))
             self.banks[s.name] = bank
-            report.bank_sizes[s.name] = bank.size
+            report.bank_sizes[s.name] = int(bank.bank.shape[0])
         self._fit_fusion(stream_feats)
         self._calibrate(validation or usable, threshold_frr, progress)
         report.fit_seconds = time.perf_counter() - t0
@@ -192,13 +192,13 @@ class Detector:
         per = {}
         for s in self.streams:
             per[s.name] = self._score_bank_only(s, stream_feats[s.name])
-        image_rows = torch.stack([per[s.name][0] for s in self.streams], dim=1).numpy()
+        image_rows = torch.stack([per[s.name][0] for s in self.streams], dim=1)
         maps = torch.stack([per[s.name][1] for s in self.streams], dim=-1)  # (N, H, W, K)
-        pixel_rows = maps.reshape(-1, len(self.streams)).numpy()
+        pixel_rows = maps.reshape(-1, len(self.streams))
         budget = self.config.fusion.max_pixel_rows
         if pixel_rows.shape[0] > budget:
             rng = np.random.default_rng(self.config.fusion.seed)
-            pixel_rows = pixel_rows[rng.choice(pixel_rows.shape[0], budget, replace=False)]
+            pixel_rows = pixel_rows[torch.as_tensor(rng.choice(pixel_rows.shape[0], budget, replace=False))]
         self.fuser.fit(image_rows, pixel_rows)
         log.info("fusion fitted on %d samples, %d pixel rows", n, pixel_rows.shape[0])
 
@@ -220,11 +220,11 @@ class Detector:
             inputs: ``(B, 3, H, W)`` main-modality inputs, needed by ``i2f`` only.
         """
         per = self._stream_scores(feats, inputs)
-        image_rows = torch.stack([per[s.name][0] for s in self.streams], dim=1).numpy()
+        image_rows = torch.stack([per[s.name][0] for s in self.streams], dim=1)
         maps = torch.stack([per[s.name][1] for s in self.streams], dim=-1)
         b, h, w, k = maps.shape
-        image = torch.as_tensor(self.fuser.image_scores(image_rows), dtype=torch.float32)
-        pixel = torch.as_tensor(self.fuser.pixel_scores(maps.reshape(-1, k).numpy()), dtype=torch.float32)
+        image = self.fuser.image_scores(image_rows)
+        pixel = self.fuser.pixel_scores(maps.reshape(-1, k))
         return Scores(image, pixel.reshape(b, h, w), per)
 
     def score(self, records: Sequence[SampleRecord], progress: Progress | None = None) -> Scores:

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from cmdiad.config import DistillConfig
-from cmdiad.distill.networks import build_distiller, decode_xyz
+from cmdiad.distill.networks import build_distiller, loss_name
 from cmdiad.distill.train import TrainReport, fit_distiller
 from cmdiad.features.base import FeatureExtractor, to_grid
-from cmdiad.preprocessing.organized import foreground_mask
+from cmdiad.pipeline.streams import OTHER
 from cmdiad.types import PatchFeatures
 
 log = logging.getLogger(__name__)
@@ -76,23 +76,13 @@ class Hallucinator(nn.Module):
             out = self.net(main_features.features.to(dev))
             return PatchFeatures(out, main_features.valid.to(dev))
         if self.kind == "f2i":
-            decoded = self.net(main_features.features.to(dev))
-            if self.target == "xyz":
-                decoded = decode_xyz(decoded)
+            decoded = self.net.generate(main_features.features.to(dev))
             return self.target_extractor.patch_features(decoded.to(self.target_extractor.device))
         if main_inputs is None:
             raise ValueError("i2f needs the main modality's inputs")
         out = self.net(main_inputs.to(dev))
         grid = (int(out.shape[2]), int(out.shape[3]))
         return PatchFeatures(out, to_grid(main_features, grid).valid.to(dev))
-
-
-def _f2i_targets(data: PairedData, target: str) -> torch.Tensor:
-    assert data.target_inputs is not None
-    if target != "xyz":
-        return data.target_inputs
-    fg = foreground_mask(data.target_inputs).unsqueeze(1).to(data.target_inputs.dtype)
-    return torch.cat([data.target_inputs, fg], dim=1)
 
 
 def train_hallucinator(
@@ -114,20 +104,22 @@ def train_hallucinator(
     main, tgt = data.main_features, data.target_features
     net = build_distiller(
         kind,
+        main_modality=OTHER[target],
+        target_modality=target,
         main_channels=main.features.shape[1],
         target_channels=tgt.features.shape[1],
         main_grid=main.grid,
+        main_image_size=image_size,
         target_grid=tgt.grid,
-        image_size=image_size,
-        target_is_xyz=target == "xyz",
+        target_image_size=image_size,
         cfg=cfg,
     )
     if kind == "f2f":
         aligned = to_grid(tgt, main.grid)
         x, y, valid, loss = main.features, aligned.features, aligned.valid & main.valid, "patch_l2"
     elif kind == "f2i":
-        x, y, valid = main.features, _f2i_targets(data, target), None
-        loss = "xyz_l2" if target == "xyz" else "pixel_l2"
+        assert data.target_inputs is not None
+        x, y, valid, loss = main.features, data.target_inputs, None, loss_name(kind, target)
     else:
         assert data.main_inputs is not None
         x, y, valid, loss = data.main_inputs, tgt.features, tgt.valid, "patch_l2"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from cmdiad.config import DetectorConfig, from_dict, to_dict
-from cmdiad.distill.networks import load_distiller, save_distiller
+from cmdiad.distill.train import load_distiller, save_distiller
 from cmdiad.errors import CmdiadError, ConfigError, ModelFileError
 from cmdiad.features import build_extractor
 from cmdiad.features.cache import FeatureCache
@@ -25,7 +25,7 @@ from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.encoder import Encoder
 from cmdiad.pipeline.mtfi import Hallucinator
 from cmdiad.pipeline.streams import needed_modalities, streams_for
-from cmdiad.scoring.fusion import fuser_from_state
+from cmdiad.scoring.fusion import Fuser
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def load_detector(path: Path, *, device: str | torch.device = "cpu", cache: Feat
         target = hall[0].target
         det.hallucinator = Hallucinator(cfg.method, net, target, det.encoder.extractors.get(target))
     try:
-        det.fuser = fuser_from_state(meta["fusion"])
+        det.fuser = Fuser.from_state(meta["fusion"])
     except (KeyError, ValueError, TypeError, CmdiadError) as exc:
         raise ModelFileError(path / "detector.json", f"invalid fusion state: {exc}") from exc
     det.threshold = meta.get("threshold")
