@@ -15,6 +15,7 @@ the defect changed. Everything is a deterministic function of the sample's seed.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -89,11 +90,17 @@ class SynthConfig:
 
 
 def _rays(cfg: SynthConfig) -> np.ndarray:
-    """``(H, W, 3)`` viewing rays with unit z, through pixel centres."""
-    h, w = cfg.image_size
+    """``(H, W, 3)`` viewing rays with unit z, through pixel centres (read-only, cached)."""
+    return _cached_rays(tuple(cfg.image_size), cfg.focal)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_rays(size: tuple[int, int], focal: float) -> np.ndarray:
+    h, w = size
     v, u = np.mgrid[0:h, 0:w].astype(np.float64)
-    f = cfg.focal
-    return np.stack([(u - (w - 1) / 2) / f, (v - (h - 1) / 2) / f, np.ones_like(u)], axis=-1)
+    rays = np.stack([(u - (w - 1) / 2) / focal, (v - (h - 1) / 2) / focal, np.ones_like(u)], axis=-1)
+    rays.flags.writeable = False
+    return rays
 
 
 def _normals(xyz: np.ndarray) -> np.ndarray:
@@ -117,6 +124,7 @@ class _Scene:
     y: np.ndarray
     height: np.ndarray
     albedo: np.ndarray
+    normals: np.ndarray
 
 
 def _scene(category: str, cfg: SynthConfig, rng: np.random.Generator) -> _Scene:
@@ -133,9 +141,11 @@ def _scene(category: str, cfg: SynthConfig, rng: np.random.Generator) -> _Scene:
     y = (-sin * (tx - shift[0]) + cos * (ty - shift[1])) / scale
     shape = SHAPES[category]
     height = shape.height(x, y, rng.uniform(0.9, 1.1)) * scale
-    table = np.asarray(BACKGROUND_COLOR) * (1 + 0.08 * smooth_noise(tx, ty, rng, scale=0.02))[..., None]
-    albedo = np.where((height > 0)[..., None], shape.albedo(x, y, rng), table)
-    return _Scene(depth, x, y, height, albedo)
+    albedo = np.asarray(BACKGROUND_COLOR) * (1 + 0.08 * smooth_noise(tx, ty, rng, scale=0.02))[..., None]
+    support = height > 0
+    albedo[support] = shape.albedo(x[support], y[support], rng)
+    normals = _normals(_rays(cfg) * (depth - height)[..., None])
+    return _Scene(depth, x, y, height, albedo, normals)
 
 
 def _backproject(depth: np.ndarray, cfg: SynthConfig) -> np.ndarray:
@@ -176,8 +186,7 @@ def render_sample(
 def _render_rgb(
     scene: _Scene, defect: Defect | None, cfg: SynthConfig, rng: np.random.Generator
 ) -> np.ndarray:
-    clean = _backproject(scene.table_depth - scene.height, cfg)
-    shading = _shade(_normals(clean))
+    shading = _shade(scene.normals)
     albedo = scene.albedo
     if defect is not None and defect.shows_in_rgb:
         foot = defect.footprint
@@ -209,8 +218,7 @@ def _invalid_points(scene: _Scene, cfg: SynthConfig, rng: np.random.Generator) -
     side = max(1, round(0.02 * w))
     invalid[:, :side] = True
     invalid[:, w - side :] = True
-    normals = _normals(_backproject(scene.table_depth - scene.height, cfg))
-    return invalid | (np.abs(normals[..., 2]) < 0.25)
+    return invalid | (np.abs(scene.normals[..., 2]) < 0.25)
 
 
 def sample_seed(cfg: SynthConfig, category: str, split: str, defect: str, index: int) -> int:

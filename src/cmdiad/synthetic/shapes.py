@@ -21,14 +21,14 @@ def smooth_noise(
     """A smooth random field in ``[-1, 1]``: a sum of random plane waves.
 
     Args:
-        x: ``(H, W)`` metric coordinates.
-        y: ``(H, W)`` metric coordinates.
+        x: Metric coordinates of any shape ``(...)``.
+        y: Metric coordinates, same shape.
         rng: Source of the wave directions and phases.
         scale: Typical wavelength in metres.
         terms: Number of waves.
 
     Returns:
-        ``(H, W)`` float64.
+        Field of the shape of ``x``, float64.
     """
     angles = rng.uniform(0.0, np.pi, terms)
     freqs = rng.uniform(0.5, 1.5, terms) * (2 * np.pi / scale)
@@ -77,17 +77,18 @@ class Shape:
         """Texture in the object's local coordinates.
 
         Returns:
-            ``(H, W, 3)`` albedo in [0.2, 0.9] (keeps shaded pixels far from 0 and 255).
+            ``(..., 3)`` albedo in [0.2, 0.9] (keeps shaded pixels far from 0 and 255) for
+            coordinates of any shape ``(...)``.
         """
         base = np.asarray(self.color)
         if self.pattern == "stripes":
             mod = 0.12 * np.sin(2 * np.pi * x / 0.012 + rng.uniform(0, 2 * np.pi))
         elif self.pattern == "speckle":
-            mod = 0.06 * smooth_noise(x, y, rng, scale=0.004, terms=10)
+            mod = 0.06 * smooth_noise(x, y, rng, scale=0.004, terms=8)
         else:
             mod = 0.15 * smooth_noise(x, y, rng, scale=0.03)
         mod = mod + 0.05 * smooth_noise(x, y, rng, scale=0.01)
-        return np.clip(base[None, None, :] * (1.0 + mod[..., None]), 0.2, 0.9)
+        return np.clip(base * (1.0 + mod[..., None]), 0.2, 0.9)
 
 
 SHAPES: dict[str, Shape] = {

@@ -1,0 +1,109 @@
+"""The synthetic generator: layout, determinism, pixel-exact masks, modality of each defect."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cmdiad.io.mvtec3d import class_ids, list_categories, list_records, load_sample
+from cmdiad.synthetic.defects import APPEARANCE_ONLY, BOTH, DEFECT_TYPES, GEOMETRY_ONLY
+from cmdiad.synthetic.generator import SynthConfig, generate_dataset, render_sample
+
+SMALL = SynthConfig(image_size=(64, 80), train=3, validation=1, test_good=2, test_per_defect=1)
+
+
+def _changed(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels whose rgb / xyz differ between two renders."""
+    return (a[0] != b[0]).any(-1), (a[1] != b[1]).any(-1)
+
+
+@pytest.mark.parametrize("category", SMALL.categories)
+@pytest.mark.parametrize("defect", DEFECT_TYPES)
+def test_mask_is_exactly_the_changed_pixels(category: str, defect: str) -> None:
+    cfg = SynthConfig(image_size=(96, 96))
+    good = render_sample(category, cfg, 11, None)
+    bad = render_sample(category, cfg, 11, defect)
+    rgb_changed, xyz_changed = _changed(good, bad)
+    mask = bad[2]
+    assert mask.any()
+    assert np.array_equal(mask, rgb_changed | xyz_changed)
+    if defect in GEOMETRY_ONLY:
+        assert not rgb_changed.any() and np.array_equal(mask, xyz_changed)
+    if defect in APPEARANCE_ONLY:
+        assert not xyz_changed.any() and np.array_equal(mask, rgb_changed)
+    if defect in BOTH:
+        assert np.array_equal(mask, rgb_changed) and np.array_equal(mask, xyz_changed)
+
+
+def test_render_is_deterministic_and_seed_dependent() -> None:
+    a = render_sample("ring", SMALL, 3, "crack")
+    b = render_sample("ring", SMALL, 3, "crack")
+    c = render_sample("ring", SMALL, 4, "crack")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_render_shapes_units_and_invalid_points() -> None:
+    rgb, xyz, mask = render_sample("dome", SynthConfig(image_size=(48, 72)), 0)
+    assert rgb.shape == (48, 72, 3) and rgb.dtype == np.uint8
+    assert xyz.shape == (48, 72, 3) and xyz.dtype == np.float32
+    assert mask.shape == (48, 72) and not mask.any()
+    invalid = (xyz == 0).all(-1)
+    assert invalid[:, 0].all() and invalid[:, -1].all()  # scanner's invalid side columns
+    z = xyz[~invalid, 2]
+    assert 0.2 < z.min() and z.max() < 0.4  # metres, like MVTec 3D-AD
+    assert z.max() - z.min() > 0.02  # an object stands out of the table
+
+
+def test_generated_dataset_loads_through_the_mvtec_loader(tmp_path) -> None:
+    summary = generate_dataset(tmp_path, SMALL)
+    assert list_categories(tmp_path) == sorted(SMALL.categories)
+    cat = "tile"
+    assert summary["counts"][cat]["train/good"] == 3
+    assert len(list_records(tmp_path, cat, "train")) == 3
+    assert len(list_records(tmp_path, cat, "validation")) == 1
+    test = list_records(tmp_path, cat, "test")
+    assert len(test) == 2 + len(DEFECT_TYPES)
+    assert sorted({r.defect for r in test}) == sorted(("good",) + DEFECT_TYPES)
+    ids = class_ids(tmp_path, cat)
+    assert ids[0] == "good" and ids[255] == DEFECT_TYPES[0]
+    assert (tmp_path / cat / "calibration" / "camera_parameters.json").is_file()
+    for rec in test:
+        sample = load_sample(rec)
+        assert sample.rgb.shape == (64, 80, 3) and sample.rgb.dtype == np.uint8
+        assert sample.xyz.shape == (64, 80, 3) and sample.xyz.dtype == np.float32
+        assert sample.mask.dtype == bool and sample.mask.any() == bool(rec.label)
+        assert rec.modalities == {"rgb", "xyz"}
+        grey = np.unique(np.asarray(Image.open(rec.gt_path)))
+        if rec.label:  # gt pixels carry the defect's grey value from class_ids.json
+            assert ids[int(grey.max())] == rec.defect and set(grey) <= {0, int(grey.max())}
+    assert json.loads((tmp_path / cat / "class_ids.json").read_text())["0"] == "good"
+
+
+def test_generate_refuses_existing_category_folders(tmp_path) -> None:
+    cfg = SynthConfig(
+        categories=("ring",), image_size=(32, 32), train=1, validation=0, test_good=0, test_per_defect=0
+    )
+    generate_dataset(tmp_path, cfg)
+    with pytest.raises(FileExistsError, match="ring"):
+        generate_dataset(tmp_path, cfg)
+
+
+def test_config_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="teapot"):
+        SynthConfig(categories=("teapot",))
+
+
+@pytest.mark.slow
+def test_default_dataset_generates_quickly(tmp_path) -> None:
+    start = time.perf_counter()
+    seen = []
+    summary = generate_dataset(tmp_path, progress=lambda done, total: seen.append((done, total)))
+    elapsed = time.perf_counter() - start
+    total = sum(sum(c.values()) for c in summary["counts"].values())
+    assert seen[-1] == (total, total) and total == 3 * (30 + 6 + 12 + 6 * len(DEFECT_TYPES))
+    assert elapsed < 30
