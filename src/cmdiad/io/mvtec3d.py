@@ -152,8 +152,11 @@ def load_sample(
     Raises:
         DatasetError: A requested file is missing or invalid, or rgb, xyz and mask sizes differ.
     """
+    wanted = set(record.modalities if modalities is None else modalities)
+    if not wanted <= set(MODALITIES):
+        raise ValueError(f"unknown modalities {sorted(wanted - set(MODALITIES))}; use {MODALITIES}")
     try:
-        return _load(record, tuple(record.modalities if modalities is None else modalities))
+        return _load(record, tuple(m for m in MODALITIES if m in wanted))
     except DatasetError as err:
         if not skip_bad:
             raise
