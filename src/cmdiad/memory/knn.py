@@ -89,7 +89,8 @@ class KnnIndex:
         index: FAISS index kind: ``"flat"`` (exact), ``"ivf"`` or ``"ivfpq"`` (approximate).
         chunk_size: Query rows per block (torch back-end, and FAISS query batches).
         bank_chunk_size: Bank rows per block (torch back-end).
-        nlist: IVF cells; default ``clamp(4·sqrt(N), 1, N // 39)``.
+        nlist: IVF cells; default ``clamp(sqrt(N), 1, N // 39)``. IVF/PQ training uses a seeded
+            subsample of at most ``64·nlist`` bank rows (bounds the k-means cost).
         nprobe: IVF cells visited per query.
         m: PQ sub-quantizers (must divide D); default the largest of 64, 32, ... dividing D.
         seed: Seed of the IVF/PQ k-means training.
@@ -165,6 +166,13 @@ def _default_m(dim: int) -> int:
     return next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0 and m <= max(1, dim // 4))
 
 
+def _training_rows(data: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    if data.shape[0] <= limit:
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(data.shape[0], limit, replace=False))
+    return np.ascontiguousarray(data[keep])
+
+
 def _build_faiss(bank: torch.Tensor, kind: str, *, nlist: int | None, nprobe: int, m: int | None, seed: int):
     """A trained, filled FAISS index over ``bank`` (N, D)."""
     faiss = _import_faiss()
@@ -173,7 +181,7 @@ def _build_faiss(bank: torch.Tensor, kind: str, *, nlist: int | None, nprobe: in
     if kind == "flat":
         index = faiss.IndexFlatL2(dim)
     else:
-        nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        nlist = nlist or max(1, min(int(math.sqrt(n)), n // 39))
         quantizer = faiss.IndexFlatL2(dim)
         if kind == "ivf":
             index = faiss.IndexIVFFlat(quantizer, dim, nlist)
@@ -183,7 +191,7 @@ def _build_faiss(bank: torch.Tensor, kind: str, *, nlist: int | None, nprobe: in
             index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits)
             index.pq.cp.seed = seed
         index.cp.seed = seed
-        index.train(data)
+        index.train(_training_rows(data, 64 * nlist, seed))
         index.nprobe = min(nprobe, nlist)
     index.add(data)
     return index
