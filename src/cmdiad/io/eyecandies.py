@@ -127,7 +127,9 @@ def to_mvtec_frame(points: np.ndarray) -> np.ndarray:
     """
     h, w, _ = points.shape
     line = points[h - 1, w // 2] - points[0, w // 2]
-    rot = _rotation_x(np.arctan2(line[1], line[2]))  # the rotated line has no y component
+    angle = np.arctan2(line[1], line[2])  # the rotated line has no y component ...
+    angle = (angle + np.pi / 2) % np.pi - np.pi / 2  # ... with the smaller of the two rotations
+    rot = _rotation_x(angle)
     rotated = points @ rot.T
     x, y, z = rotated[..., 0], rotated[..., 1], rotated[..., 2]
     background = (y > -0.02) | (z > 1.8) | (np.abs(x) > 1.0) | ~np.isfinite(rotated).all(axis=-1)
