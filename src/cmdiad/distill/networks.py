@@ -181,9 +181,9 @@ class FeatureToInput(Distiller):
     """Conv decoder from main-modality features to the target modality's input (§4.4).
 
     Per-patch LayerNorm (the reference creates but never applies it) -> Conv3x3 in->4w ->
-    bicubic upsample to the input size -> Conv3x3 4w->w -> ReLU -> Conv3x3 w->w/3 -> ReLU ->
+    bicubic upsample to the input size -> Conv3x3 4w->w -> ReLU -> Conv3x3 w->n -> ReLU ->
     Conv3x3 -> out -> per-channel de-normalisation fitted to the training targets.
-    ``width=96`` gives the reference widths 384/96/32.
+    ``n = max(w // 3, 2 * out_channels)``; ``width=96`` gives the reference widths 384/96/32.
 
     Args:
         in_channels: Main feature channels.
@@ -218,12 +218,13 @@ class FeatureToInput(Distiller):
         self.target_is_xyz = out_channels == 4
         self.norm = nn.LayerNorm(in_channels)
         self.reduce = nn.Conv2d(in_channels, 4 * width, 3, padding=1)
+        narrow = max(width // 3, 2 * out_channels)  # no ReLU bottleneck below the output width
         self.refine = nn.Sequential(
             nn.Conv2d(4 * width, width, 3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(width, max(1, width // 3), 3, padding=1),
+            nn.Conv2d(width, narrow, 3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(max(1, width // 3), out_channels, 3, padding=1),
+            nn.Conv2d(narrow, out_channels, 3, padding=1),
         )
         self.out_scale = OutputScale(out_channels, fitted=3 if self.target_is_xyz else None)
 
