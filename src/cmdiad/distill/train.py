@@ -79,9 +79,11 @@ def xyz_l2(
     """Loss of a hallucinated organized point cloud.
 
     ``coord + bce_weight * bce``: ``coord`` is the mean Euclidean coordinate error over pixels
-    with a target point (any coordinate != 0), divided per sample by the target cloud's RMS
-    distance to its centroid, so that it is unit-free (scanner units vary) and comparable to
-    ``bce``, the binary cross-entropy of the validity logit against "has a point" on all pixels.
+    with a target point (any coordinate != 0), divided by the batch's RMS distance of target
+    points to their own cloud's centroid, so that it is unit-free (scanner units vary) and
+    comparable to ``bce``, the binary cross-entropy of the validity logit against "has a point"
+    on all pixels. The divisor is pooled over the batch so that a cloud with a single point
+    does not blow it up (and is 1 when no cloud has two points).
 
     Args:
         pred: ``(B, 4, H, W)`` coordinates and validity logit.
@@ -97,8 +99,9 @@ def xyz_l2(
     m = mask.unsqueeze(1).to(target.dtype)
     count = m.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
     centred = (target - (target * m).sum(dim=(2, 3), keepdim=True) / count) * m
-    spread = ((centred * centred).sum(dim=(1, 2, 3)) / count.view(-1)).sqrt().clamp_min(1e-8)
-    dist = torch.linalg.vector_norm(pred[:, :3] - target, dim=1) / spread.view(-1, 1, 1)
+    spread = ((centred * centred).sum() / mask.sum().clamp_min(1)).sqrt()
+    spread = torch.where(spread > 0, spread, torch.ones_like(spread))  # all clouds of <= 1 point
+    dist = torch.linalg.vector_norm(pred[:, :3] - target, dim=1) / spread
     coord = (dist * mask).sum() / mask.sum().clamp_min(1)
     bce = F.binary_cross_entropy_with_logits(pred[:, 3], has_point.to(pred.dtype), reduction="none")
     bce = bce.mean() if valid is None else (bce * valid).sum() / valid.sum().clamp_min(1)

@@ -304,3 +304,10 @@ def test_fit_ignores_invalid_target_patches() -> None:
     cfg = DistillConfig(epochs=5, batch_size=4, lr=1e-2, warmup_epochs=0, val_fraction=0.2)
     report = fit_distiller(FeatureToFeature(4, 3), x, y, loss="patch_l2", cfg=cfg, device="cpu", valid=valid)
     assert max(report.train_loss + report.val_loss) < 10
+
+
+def test_xyz_l2_stays_finite_for_single_point_clouds() -> None:
+    target = torch.zeros(2, 3, 4, 4)
+    target[:, :, 1, 1] = torch.tensor([1.0, 2.0, 3.0])
+    pred = torch.cat([target + 0.5, torch.zeros(2, 1, 4, 4)], dim=1)
+    assert xyz_l2(pred, target, bce_weight=0.0) == pytest.approx(0.5 * 3**0.5)
