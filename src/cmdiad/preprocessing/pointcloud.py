@@ -110,6 +110,7 @@ def remove_background_plane(
     Returns:
         New ``(xyz, rgb)``; unchanged copies when the border holds too few points.
     """
+    cfg = cfg or PreprocessConfig()
     xyz, rgb = xyz.copy(), None if rgb is None else rgb.copy()
     plane = fit_background_plane(xyz, cfg, seed=seed)
     if plane is None:
