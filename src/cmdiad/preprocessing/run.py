@@ -84,7 +84,7 @@ def _copy_metadata(src_cat: Path, out_cat: Path) -> None:
             shutil.copy2(path, out_cat / name)
 
 
-def process_sample(task: _Task, cfg: PreprocessConfig, seed: int) -> None:
+def _process_sample(task: _Task, cfg: PreprocessConfig, seed: int) -> None:
     """Preprocess one sample and write it under the output root.
 
     A sample without xyz only gets its rgb and mask padded; one without rgb is processed alone.
@@ -113,7 +113,7 @@ def _run_task(task: _Task, cfg: PreprocessConfig, seed: int) -> tuple[str, Path 
     """Process one task; returns ``(key, failed path or None, message or None)``."""
     rec = task.record
     try:
-        process_sample(task, cfg, seed)
+        _process_sample(task, cfg, seed)
     except DatasetError as err:
         return rec.key, err.path, str(err)
     except Exception as err:  # report any other failure without aborting the others
