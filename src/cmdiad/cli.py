@@ -124,7 +124,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
             kwargs[field] = value
     cfg = SynthConfig(**kwargs)
     t0 = time.perf_counter()
-    summary = generate_dataset(args.out, cfg, progress=Bars(not args.quiet))
+    bars = Bars(not args.quiet)
+    summary = generate_dataset(args.out, cfg, progress=lambda done, total: bars("synth", done, total))
     print(json.dumps(summary, indent=2, default=str))
     print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0
@@ -133,7 +134,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from cmdiad.preprocessing.run import preprocess_dataset
 
-    report = preprocess_dataset(args.src, args.out, workers=args.workers, seed=args.seed, progress=Bars())
+    bars = Bars()
+    report = preprocess_dataset(args.src, args.out, workers=args.workers, seed=args.seed,
+                                progress=lambda done, total: bars("preprocess", done, total))
     print(f"processed {len(report.processed)} samples into {args.out}")
     for path, err in report.failures:
         print(f"FAILED {path}: {err}", file=sys.stderr)
@@ -144,7 +147,8 @@ def cmd_convert_eyecandies(args: argparse.Namespace) -> int:
     from cmdiad.io.eyecandies import convert_eyecandies
 
     cats = tuple(args.categories.split(",")) if args.categories else None
-    convert_eyecandies(args.src, args.out, categories=cats)
+    bars = Bars()
+    convert_eyecandies(args.src, args.out, categories=cats, progress=lambda done, total: bars("convert", done, total))
     print(f"wrote {args.out}")
     return 0
 
@@ -185,7 +189,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not (args.data.is_dir() and any(args.data.iterdir())):
         print(f"generating the default synthetic dataset in {args.data}")
-        generate_dataset(args.data, SynthConfig(), progress=Bars())
+        bars = Bars()
+        generate_dataset(args.data, SynthConfig(), progress=lambda done, total: bars("synth", done, total))
     args.preset, args.config, args.set, args.seed = "default", None, args.set, None
     args.categories = args.methods = None
     return cmd_experiment(args)
