@@ -7,25 +7,10 @@ default RGB backbone), ``dino_vitb8``, ``dino_vits8``, ``dinov2_vitb14``, ``fpfh
 
 from __future__ import annotations
 
-import importlib
-
 from cmdiad.config import PointFeatureConfig, RGBFeatureConfig
 from cmdiad.errors import ConfigError
-from cmdiad.features import rgb, vit  # noqa: F401 - registers the RGB extractors
+from cmdiad.features import fpfh, point_mae, rgb, vit  # noqa: F401 - register the extractors
 from cmdiad.features.base import EXTRACTORS, FeatureExtractor, FeatureInfo, to_grid
-
-
-def _import_if_present(module: str) -> None:
-    # The point extractors are written in parallel; drop this guard once both modules exist.
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-
-
-_import_if_present("cmdiad.features.fpfh")  # registers "fpfh"
-_import_if_present("cmdiad.features.point_mae")  # registers "point_mae"
 
 __all__ = ["EXTRACTORS", "FeatureExtractor", "FeatureInfo", "build_extractor", "to_grid"]
 
