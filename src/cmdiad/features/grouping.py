@@ -160,4 +160,4 @@ def scatter_to_grid(
     # this is a plain row copy; the result is a (C, H, W) view with channels-last strides.
     out = point_feats.new_zeros(grid[0] * grid[1], c)
     out[flat_index] = point_feats.T
-    return out.T.view(c, grid[0], grid[1])
+    return out.view(grid[0], grid[1], c).permute(2, 0, 1)
