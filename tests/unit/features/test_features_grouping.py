@@ -33,7 +33,9 @@ def test_fps_matches_brute_force(rng: np.random.Generator) -> None:
 
 def test_fps_all_points_distinct_and_rejects_bad_k(rng: np.random.Generator) -> None:
     pts = torch.tensor(rng.normal(size=(1, 20, 3)), dtype=torch.float32)
+    threads = torch.get_num_threads()
     assert sorted(farthest_point_sample(pts, 20)[0].tolist()) == list(range(20))
+    assert torch.get_num_threads() == threads  # the single-threaded loop restores the setting
     with pytest.raises(ValueError, match="k must be"):
         farthest_point_sample(pts, 21)
 
