@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import _common  # benchmarks/_common.py (the script folder is on sys.path)
 import numpy as np
 import timm
 import torch
@@ -91,15 +91,8 @@ def render(rows: list[dict], args: argparse.Namespace, fg_points: int) -> str:
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace (or append) only this section; the others belong to other benchmarks."""
-    current = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        new = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        new = current.rstrip("\n") + "\n\n" + text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new, encoding="utf-8")
+    """Replace (or append) only this section; the shared writer keeps the other sections."""
+    _common.write_section(text, path)
 
 
 def main() -> int:

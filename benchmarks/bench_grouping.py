@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import _common  # benchmarks/_common.py (the script folder is on sys.path)
 import numpy as np
 import torch
 
@@ -134,15 +134,8 @@ def render(args: argparse.Namespace, r: dict[str, float]) -> str:
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace (or append) only this section; other sections belong to other benchmarks."""
-    current = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        new = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        new = current.rstrip("\n") + "\n\n" + text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new, encoding="utf-8")
+    """Replace (or append) only this section; the shared writer keeps the other sections."""
+    _common.write_section(text, path)
 
 
 def main() -> int:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
 
+import _common  # benchmarks/_common.py (the script folder is on sys.path)
 import torch
 
 from cmdiad.memory.coreset import coreset_size, johnson_lindenstrauss_dim, random_projection
@@ -129,15 +129,8 @@ def render(args: argparse.Namespace, search: dict[int, dict], coreset: dict[int,
 
 
 def write_section(path: Path, text: str) -> None:
-    """Replace (or append) only the memory section; other sections belong to other benchmarks."""
-    current = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        new = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        new = current.rstrip("\n") + "\n\n" + text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new, encoding="utf-8")
+    """Replace (or append) only this section; the shared writer keeps the other sections."""
+    _common.write_section(text, path)
 
 
 def main() -> int:
