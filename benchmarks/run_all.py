@@ -14,6 +14,7 @@ full splits on three categories).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -48,7 +49,8 @@ pipeline and peer benchmarks.
 def run_script(name: str, full: bool, doc: Path) -> tuple[int, float]:
     """Run one benchmark in a fresh Python process; returns (exit code, seconds)."""
     script, quick_args, full_args = SCRIPTS[name]
-    cmd = [sys.executable, str(HERE / script), *(full_args if full else quick_args), "--out", str(doc)]
+    out = os.path.relpath(doc, HERE.parent)
+    cmd = [sys.executable, f"benchmarks/{script}", *(full_args if full else quick_args), "--out", out]
     print(f"== {name}: {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
     code = subprocess.call(cmd, cwd=HERE.parent)
