@@ -144,6 +144,40 @@ def _nearest_centres(
     return d2, idx
 
 
+def interpolation_weights(
+    points: torch.Tensor, centres: torch.Tensor, k_nearest: int = 3, chunk_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k_nearest`` centres of every point and their inverse squared-distance weights.
+
+    ``w_j = 1 / (d_j^2 + 1e-8)`` normalised to sum to 1 (method-spec §2.3); only the top-k
+    distances are computed per chunk of points, never a full sort.
+
+    Args:
+        points: ``(B, N, 3)``.
+        centres: ``(B, k, 3)``.
+        k_nearest: Centres per point (clamped to ``k``).
+        chunk_size: Points per chunk; default bounds the chunk's distance tensor.
+
+    Returns:
+        Centre indices ``(B, N, kn)`` int64 and weights ``(B, N, kn)`` float32.
+    """
+    _check_points(points)
+    _check_points(centres, "centres")
+    kc = centres.shape[1]
+    knn = min(k_nearest, kc)
+    shift = points.mean(dim=1, keepdim=True)
+    pts, ctr = points - shift, centres - shift
+    rank = _ranking_terms(ctr)
+    step = chunk_size or _chunk_rows(kc)
+    idx_parts, w_parts = [], []
+    for s in range(0, points.shape[1], step):
+        d2, idx = _nearest_centres(pts[:, s : s + step], ctr, rank, knn)
+        w = 1.0 / (d2 + 1e-8)
+        idx_parts.append(idx)
+        w_parts.append(w / w.sum(dim=-1, keepdim=True))
+    return torch.cat(idx_parts, dim=1), torch.cat(w_parts, dim=1)
+
+
 def interpolate_to_points(
     points: torch.Tensor,
     centres: torch.Tensor,
@@ -153,42 +187,26 @@ def interpolate_to_points(
 ) -> torch.Tensor:
     """Inverse squared-distance interpolation of centre features onto every point.
 
-    Weights are ``w_j = 1 / (d_j^2 + 1e-8)`` over the ``k_nearest`` centres, normalised to
-    sum to 1 (method-spec §2.3); only the top-k distances are kept, never a full sort.
-
     Args:
         points: ``(B, N, 3)``.
         centres: ``(B, k, 3)``.
         centre_feats: ``(B, C, k)``.
-        k_nearest: Centres per point (clamped to ``k``).
-        chunk_size: Points per chunk; default bounds the chunk's distance tensor.
+        k_nearest: Centres per point (clamped to ``k``), see :func:`interpolation_weights`.
+        chunk_size: Points per chunk.
 
     Returns:
-        ``(B, C, N)``.
+        ``(B, C, N)`` (a transposed view of a ``(B, N, C)`` tensor).
     """
-    _check_points(points)
-    _check_points(centres, "centres")
     b, n, _ = points.shape
-    kc = centres.shape[1]
-    knn = min(k_nearest, kc)
-    c = centre_feats.shape[1]
+    kc, c = centres.shape[1], centre_feats.shape[1]
+    idx, w = interpolation_weights(points, centres, k_nearest, chunk_size)
     flat = centre_feats.transpose(1, 2).reshape(b * kc, c)  # row j of sample i at i * kc + j
-    offset = (torch.arange(b, device=points.device) * kc).view(b, 1, 1)
-    step = chunk_size or _chunk_rows(kc)
-    out = flat.new_empty(b, n, c)
-    shift = points.mean(dim=1, keepdim=True)
-    pts, ctr = points - shift, centres - shift
-    rank = _ranking_terms(ctr)
-    for s in range(0, n, step):
-        d2, idx = _nearest_centres(pts[:, s : s + step], ctr, rank, knn)
-        w = 1.0 / (d2 + 1e-8)
-        w = (w / w.sum(dim=-1, keepdim=True)).to(flat.dtype)
-        rows = (idx + offset).flatten(0, 1)  # (B * n, knn)
-        acc = flat[rows[:, 0]] * w.flatten(0, 1)[:, :1]
-        for j in range(1, knn):
-            acc.addcmul_(flat[rows[:, j]], w.flatten(0, 1)[:, j : j + 1])
-        out[:, s : s + step] = acc.view(b, -1, c)
-    return out.transpose(1, 2)
+    rows = (idx + (torch.arange(b, device=points.device) * kc).view(b, 1, 1)).flatten(0, 1)
+    w = w.flatten(0, 1).to(flat.dtype)
+    out = flat[rows[:, 0]] * w[:, :1]
+    for j in range(1, idx.shape[-1]):
+        out.addcmul_(flat[rows[:, j]], w[:, j : j + 1])
+    return out.view(b, n, c).transpose(1, 2)
 
 
 def scatter_to_grid(

@@ -7,7 +7,9 @@ grouped by farthest point sampling (``num_groups`` centres, start index 0) and k
 groups, and the outputs of blocks 3 and 11 (0-based) go through the shared final LayerNorm
 and are concatenated. Group features are interpolated back to every point (inverse squared
 distance, 3 nearest centres), scattered onto the grid (background 0), averaged over 3x3
-pixels and pooled to ``image_size // patch_stride``.
+pixels and pooled to ``image_size // patch_stride``. Those four steps are linear, so they run
+as one ``(patches, groups)`` matrix (:func:`patch_operator`, tested equal to the literal
+steps) instead of materialising ``(C, N)`` and ``(C, H, W)`` tensors (~3x faster on CPU).
 
 Deviations from the reference, all deliberate:
 
@@ -37,12 +39,7 @@ from torch.nn import functional as F
 from cmdiad.config import PointFeatureConfig
 from cmdiad.errors import ConfigError, ModelFileError
 from cmdiad.features.base import EXTRACTORS, FeatureExtractor, FeatureInfo
-from cmdiad.features.grouping import (
-    farthest_point_sample,
-    interpolate_to_points,
-    knn_group,
-    scatter_to_grid,
-)
+from cmdiad.features.grouping import farthest_point_sample, interpolation_weights, knn_group
 from cmdiad.preprocessing.organized import foreground_mask, resize_organized
 from cmdiad.types import PatchFeatures
 
@@ -313,15 +310,16 @@ class PointMAEExtractor(FeatureExtractor):
         if flat.numel() == 0:
             return xyz.new_zeros(self.out_channels, *grid)
         points = xyz.flatten(1)[:, flat].T.unsqueeze(0)  # (1, N, 3)
-        point_feats = self._point_features(points)
-        pixels = scatter_to_grid(point_feats[0], flat, (xyz.shape[1], xyz.shape[2]))
-        # (1, C, H, W) with true channels-last strides: CPU pooling is ~5x faster than NCHW.
-        pixels = pixels.permute(1, 2, 0).unsqueeze(0).permute(0, 3, 1, 2)
-        smooth = F.avg_pool2d(pixels, 3, stride=1, padding=0 if self.reference_shift else 1)
-        return F.adaptive_avg_pool2d(smooth, grid)[0]
+        centres, group_feats = self._group_features(points)
+        idx, weights = interpolation_weights(points, centres)
+        padding = 0 if self.reference_shift else 1
+        op = patch_operator(
+            flat, (xyz.shape[1], xyz.shape[2]), grid, idx[0], weights[0], centres.shape[1], padding
+        )
+        return (op @ group_feats[0].T).T.reshape(-1, *grid)
 
-    def _point_features(self, points: torch.Tensor) -> torch.Tensor:
-        """``(1, C, N)`` features of every point of ``(1, N, 3)``."""
+    def _group_features(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centres ``(1, G, 3)`` and their features ``(1, C, G)`` for ``(1, N, 3)`` points."""
         n = points.shape[1]
         num_groups, group_size = min(self.cfg.num_groups, n), min(self.cfg.group_size, n)
         if (num_groups, group_size) != (self.cfg.num_groups, self.cfg.group_size):
@@ -331,10 +329,67 @@ class PointMAEExtractor(FeatureExtractor):
         # Train-mode BatchNorm needs more than one value per channel.
         self.backbone.train(self.cfg.backbone_train_mode and num_groups * group_size > 1)
         try:
-            group_feats = self.backbone(groups, centres)
+            return centres, self.backbone(groups, centres)
         finally:
             self.backbone.train(self.training)
-        return interpolate_to_points(points, centres, group_feats)
+
+
+def box_average_matrix(size: int, padding: int) -> torch.Tensor:
+    """1-D factor ``(size + 2 padding - 2, size)`` of a 3x3 average with zero padding counted."""
+    i = torch.arange(size + 2 * padding - 2).unsqueeze(1) - padding
+    j = torch.arange(size).unsqueeze(0)
+    return ((j >= i) & (j <= i + 2)).float() / 3
+
+
+def adaptive_average_matrix(size: int, out: int) -> torch.Tensor:
+    """1-D factor ``(out, size)`` of ``adaptive_avg_pool2d`` (PyTorch's window bounds)."""
+    i = torch.arange(out).unsqueeze(1)
+    start, end = (i * size) // out, ((i + 1) * size + out - 1) // out
+    j = torch.arange(size).unsqueeze(0)
+    return ((j >= start) & (j < end)).float() / (end - start).float()
+
+
+def _axis_entries(
+    size: int, out: int, padding: int, coord: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel coordinate ``(N,)``: the patches it reaches along one axis and the weights."""
+    g = adaptive_average_matrix(size + 2 * padding - 2, out) @ box_average_matrix(size, padding)
+    values, rows = g.topk(int((g > 0).sum(0).max()), dim=0)  # only the non-zero band
+    return rows.to(coord.device)[:, coord].T, values.to(coord.device)[:, coord].T
+
+
+def patch_operator(
+    flat: torch.Tensor,
+    image: tuple[int, int],
+    grid: tuple[int, int],
+    idx: torch.Tensor,
+    weights: torch.Tensor,
+    num_centres: int,
+    padding: int = 1,
+) -> torch.Tensor:
+    """The linear map from centre features to patch features, as a ``(h * w, G)`` matrix.
+
+    Interpolating to the points, scattering onto the grid, the 3x3 average and the adaptive
+    pooling are all linear and the two poolings are separable, so they compose into one small
+    matrix; this never materialises the ``(C, N)`` point or ``(C, H, W)`` pixel features.
+
+    Args:
+        flat: ``(N,)`` row-major pixel index of every point.
+        image: Grid ``(H, W)`` of the organized cloud.
+        grid: Patch grid ``(h, w)``.
+        idx: ``(N, kn)`` interpolation centres of every point.
+        weights: ``(N, kn)`` their weights.
+        num_centres: ``G``.
+        padding: Of the 3x3 average (1 keeps the grid aligned, 0 is the reference's shift).
+    """
+    rows, row_w = _axis_entries(image[0], grid[0], padding, flat // image[1])
+    cols, col_w = _axis_entries(image[1], grid[1], padding, flat % image[1])
+    patch = rows.unsqueeze(2) * grid[1] + cols.unsqueeze(1)  # (N, mh, mw)
+    value = (row_w.unsqueeze(2) * col_w.unsqueeze(1)).unsqueeze(1) * weights[:, :, None, None]
+    target = patch.unsqueeze(1) * num_centres + idx[:, :, None, None]  # (N, kn, mh, mw)
+    op = weights.new_zeros(grid[0] * grid[1] * num_centres)
+    op.index_add_(0, target.flatten(), value.flatten())
+    return op.view(grid[0] * grid[1], num_centres)
 
 
 @EXTRACTORS.register("point_mae")

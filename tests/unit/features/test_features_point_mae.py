@@ -11,12 +11,14 @@ import torch
 from cmdiad.config import PointFeatureConfig
 from cmdiad.errors import ConfigError, ModelFileError
 from cmdiad.features.base import EXTRACTORS
+from cmdiad.features.grouping import interpolate_to_points, interpolation_weights, scatter_to_grid
 from cmdiad.features.point_mae import (
     GroupEncoder,
     PointMAEEncoder,
     PointMAEExtractor,
     build_point_mae,
     load_encoder_weights,
+    patch_operator,
 )
 
 TINY = {"pretrained": False, "num_groups": 32, "group_size": 16, "patch_stride": 4}
@@ -86,6 +88,25 @@ def test_reference_shift_keeps_grid_and_changes_alignment() -> None:
     a = PointMAEExtractor(cfg, backbone).patch_features(x).features
     b = PointMAEExtractor(cfg, backbone, reference_shift=True).patch_features(x).features
     assert a.shape == b.shape and not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("padding", [1, 0])
+@pytest.mark.parametrize(("size", "grid"), [((24, 32), (6, 8)), ((21, 30), (4, 7)), ((9, 10), (9, 10))])
+def test_patch_operator_equals_interpolate_scatter_pool(
+    rng: np.random.Generator, padding: int, size: tuple[int, int], grid: tuple[int, int]
+) -> None:
+    """The composed operator equals the literal pipeline of method-spec §2.3."""
+    fg = torch.tensor(rng.uniform(size=size) < 0.6)
+    flat = fg.flatten().nonzero().squeeze(1)
+    points = torch.tensor(rng.normal(size=(1, flat.numel(), 3)), dtype=torch.float32)
+    centres = points[:, :7]
+    feats = torch.randn(1, 5, 7)
+    pixels = scatter_to_grid(interpolate_to_points(points, centres, feats)[0], flat, size)
+    smooth = torch.nn.functional.avg_pool2d(pixels.unsqueeze(0), 3, stride=1, padding=padding)
+    want = torch.nn.functional.adaptive_avg_pool2d(smooth, grid)[0]
+    idx, w = interpolation_weights(points, centres)
+    got = (patch_operator(flat, size, grid, idx[0], w[0], 7, padding) @ feats[0].T).T.reshape(5, *grid)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_group_encoder_equals_concatenated_formulation() -> None:
