@@ -165,6 +165,7 @@ def _print_tables(out: Path) -> None:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from cmdiad.pipeline.runs import run_experiment
+    from cmdiad.pipeline.streams import row_name
 
     extra: dict[str, Any] = {}
     if args.categories:
@@ -175,7 +176,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     command = "cmdiad " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run_experiment(args.data, args.out, cfg, cache_dir=args.cache, command=command, progress=Bars(),
-                   on_record=lambda r: print(f"  {r['category']:>14} {r['method']}_{r['main']:<5} "
+                   on_record=lambda r: print(f"  {r['category']:>14} {row_name(r['method'], r['main']):<8} "
                                              f"I-AUROC {r['i_auroc']:.3f}  P-AUROC {r['p_auroc']:.3f}  "
                                              f"AUPRO@30% {r['aupro_30']:.3f}  fit {r['fit_seconds']:.1f} s"))
     _print_tables(args.out)
@@ -247,10 +248,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cmdiad.pipeline.evaluate import recompute_records
+    from cmdiad.pipeline.streams import row_name
 
     records = recompute_records(args.run, mode=args.aupro_mode)
     for r in records:
-        print(f"{r['category']:>14} {r['method']}_{r['main']:<5} I-AUROC {r['i_auroc']:.4f} "
+        print(f"{r['category']:>14} {row_name(r['method'], r['main']):<8} I-AUROC {r['i_auroc']:.4f} "
               f"P-AUROC {r['p_auroc']:.4f} AUPRO@30% {r['aupro_30']:.4f} AUPRO@1% {r['aupro_1']:.4f}")
     return 0
 

@@ -12,6 +12,8 @@ _TINY_SETS = [
     "--set", "data.image_size=[64,64]",
     "--set", "distill.epochs=2",
     "--set", "distill.width=8",
+    "--set", "distill.trunk_width=4",
+    "--set", "distill.trunk_blocks=1",
     "--set", "memory.coreset.ratio=0.5",
 ]
 

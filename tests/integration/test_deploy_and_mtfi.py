@@ -20,7 +20,7 @@ from cmdiad.pipeline.persist import build_encoder, load_detector, save_detector
 def _cfg(method: str, main: str, **data) -> DetectorConfig:
     return DetectorConfig(
         method=method, main=main, data=DataConfig(image_size=(64, 64), **data),
-        memory=MemoryConfig(coreset=CoresetConfig(ratio=0.5)), distill=DistillConfig(epochs=2, width=8),
+        memory=MemoryConfig(coreset=CoresetConfig(ratio=0.5)), distill=DistillConfig(epochs=2, width=8, trunk_width=4, trunk_blocks=1),
     )
 
 

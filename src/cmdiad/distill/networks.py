@@ -444,7 +444,8 @@ def build_distiller(
             return FeatureToInput(main_channels, out, scale, cfg.width, output_size=tuple(target_image_size))
         if kind == "i2f":
             stride = _stride_between(main_image_size, target_grid)
-            return InputToFeature(3, target_channels, stride, cfg.width, input_is_xyz=main_modality == "xyz")
+            return InputToFeature(3, target_channels, stride, cfg.trunk_width, num_blocks=cfg.trunk_blocks,
+                                  input_is_xyz=main_modality == "xyz")
     raise KeyError(f"unknown distiller {kind!r}; known: {', '.join(DISTILLERS.names())}")
 
 

@@ -57,8 +57,16 @@ class Detector:
         device: Torch device of banks, networks and scoring.
     """
 
-    def __init__(self, config: DetectorConfig, encoder: Encoder, *, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        config: DetectorConfig,
+        encoder: Encoder,
+        *,
+        device: str | torch.device = "cpu",
+        shared_banks: dict | None = None,
+    ) -> None:
         self.config = config
+        self._shared = shared_banks
         self.encoder = encoder
         self.device = torch.device(device)
         self.streams: list[Stream] = streams_for(config)
@@ -98,13 +106,13 @@ class Detector:
         report = FitReport(0.0, len(usable), 0)
         stream_feats = self._training_stream_features(train, usable, feats, report, progress)
         mean_std = self._standardization(train, feats, stream_feats)
+        train_scores = {}
         for s in self.streams:
-            bank = MemoryBank(self.config.memory, device=self.device)
-            bank.add(stream_feats[s.name])
-            bank.finalize(*mean_std.get(s.target, (None, None)))
-            self.banks[s.name] = bank
-            report.bank_sizes[s.name] = int(bank.bank.shape[0])
-        self._fit_fusion(stream_feats)
+            self.banks[s.name], train_scores[s.name] = self._build_bank(
+                s, stream_feats[s.name], mean_std.get(s.target, (None, None)), usable
+            )
+            report.bank_sizes[s.name] = int(self.banks[s.name].bank.shape[0])
+        self._fit_fusion(train_scores)
         self._calibrate(validation or usable, threshold_frr, progress)
         report.fit_seconds = time.perf_counter() - t0
         return report
@@ -187,11 +195,25 @@ class Detector:
             out[s.name] = (s.weight * image.cpu(), s.weight * amap.cpu())
         return out
 
-    def _fit_fusion(self, stream_feats: dict[str, PatchFeatures]) -> None:
-        n = next(iter(stream_feats.values())).features.shape[0]
-        per = {}
-        for s in self.streams:
-            per[s.name] = self._score_bank_only(s, stream_feats[s.name])
+    def _build_bank(self, s: Stream, feats: PatchFeatures, mean_std, usable) -> tuple[MemoryBank, tuple]:
+        """The stream's bank and its training samples' (image, map) scores, reused when shared."""
+        key = None
+        if self._shared is not None and not s.hallucinated:
+            cfg = self.config
+            key = (s.name, tuple(r.key for r in usable), mean_std, cfg.memory, cfg.data, cfg.rgb, cfg.xyz, s.weight)
+            if key in self._shared:
+                return self._shared[key]
+        bank = MemoryBank(self.config.memory, device=self.device)
+        bank.add(feats)
+        bank.finalize(*mean_std)
+        self.banks[s.name] = bank
+        result = (bank, self._score_bank_only(s, feats))
+        if key is not None:
+            self._shared[key] = result
+        return result
+
+    def _fit_fusion(self, per: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        n = next(iter(per.values()))[0].shape[0]
         image_rows = torch.stack([per[s.name][0] for s in self.streams], dim=1)
         maps = torch.stack([per[s.name][1] for s in self.streams], dim=-1)  # (N, H, W, K)
         pixel_rows = maps.reshape(-1, len(self.streams))

@@ -55,14 +55,14 @@ def _save_raw(path: Path, recs: Sequence[SampleRecord], scores, labels, masks) -
 
 def run_row(
     row: str, cfg: ExperimentConfig, encoder: Encoder, splits, *, out: Path, category: str,
-    progress: Progress | None = None,
+    progress: Progress | None = None, shared_banks: dict | None = None,
 ) -> dict:
     """Fit and evaluate one row on one category; writes ``raw/<row>/<category>.npz``."""
     method, main = parse_row(row)
     dcfg = replace(cfg.detector, method=method, main=main)
     torch.manual_seed(dcfg.seed)
     train, val, test = splits
-    det = Detector(dcfg, encoder, device=cfg.device)
+    det = Detector(dcfg, encoder, device=cfg.device, shared_banks=shared_banks)
     fit = det.fit(train, validation=val, threshold_frr=cfg.threshold_frr, progress=progress)
     modalities = needed_modalities(dcfg)
     test = [r for r in test if set(modalities) <= r.modalities]
@@ -116,9 +116,11 @@ def run_experiment(
     existing = load_records(out)
     for category in categories:
         splits = category_splits(root, category, with_validation=cfg.detector.data.train_with_validation)
+        shared: dict = {}  # real-modality banks, built once per category
         for row in rows:
             log.info("%s: %s", category, row)
-            rec = run_row(row, cfg, encoder, splits, out=out, category=category, progress=progress)
+            rec = run_row(row, cfg, encoder, splits, out=out, category=category, progress=progress,
+                          shared_banks=shared)
             records.append(rec)
             existing = merge_records(existing, [rec])
             write_results(out, existing, command=command, config=resolved)
