@@ -154,7 +154,7 @@ def cmd_convert_eyecandies(args: argparse.Namespace) -> int:
 
 
 def _print_tables(out: Path) -> None:
-    from cmdiad.viz.report import load_records, metric_table, format_markdown
+    from cmdiad.viz.report import format_markdown, load_records, metric_table
 
     records = load_records(out)
     for metric, title in (("i_auroc", "I-AUROC"), ("p_auroc", "P-AUROC"), ("aupro_30", "AUPRO@30%"),

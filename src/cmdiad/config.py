@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 from cmdiad.errors import ConfigError
 
@@ -260,6 +261,19 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
+def _coerce_scalar(tp: Any, value: Any, where: str) -> Any:
+    """Check/convert a leaf value; bool is never accepted as a number."""
+    if tp is Path:
+        return Path(value)
+    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(tp)
+    if expected is None:
+        return value
+    if not isinstance(value, expected) or (tp is not bool and isinstance(value, bool)):
+        names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+        raise ConfigError(f"{where}: expected {names[tp]}, got {value!r}")
+    return float(value) if tp is float else value
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -275,23 +289,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         elem = args[0] if args else Any
         return tuple(_coerce(elem, v, where) for v in value)
-    if tp is Path:
-        return Path(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str and not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
+    return _coerce_scalar(tp, value, where)
 
 
 def from_dict(cls: type[C], data: Any, where: str = "config") -> C:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cmdiad.cli import main
-from cmdiad.config import DataConfig, DetectorConfig, DistillConfig, MemoryConfig, CoresetConfig
+from cmdiad.config import CoresetConfig, DataConfig, DetectorConfig, DistillConfig, MemoryConfig
 from cmdiad.errors import ModelFileError
 from cmdiad.io.mvtec3d import list_records
 from cmdiad.pipeline.detector import Detector
@@ -20,7 +20,8 @@ from cmdiad.pipeline.persist import build_encoder, load_detector, save_detector
 def _cfg(method: str, main: str, **data) -> DetectorConfig:
     return DetectorConfig(
         method=method, main=main, data=DataConfig(image_size=(64, 64), **data),
-        memory=MemoryConfig(coreset=CoresetConfig(ratio=0.5)), distill=DistillConfig(epochs=2, width=8, trunk_width=4, trunk_blocks=1),
+        memory=MemoryConfig(coreset=CoresetConfig(ratio=0.5)),
+        distill=DistillConfig(epochs=2, width=8, trunk_width=4, trunk_blocks=1),
     )
 
 

@@ -10,12 +10,14 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from cmdiad.config import DetectorConfig
 from cmdiad.distill.train import TrainReport
+from cmdiad.errors import DatasetError
 from cmdiad.memory.bank import MemoryBank
 from cmdiad.pipeline.encoder import Encoder, Progress
 from cmdiad.pipeline.mtfi import Hallucinator, PairedData, train_hallucinator
@@ -101,7 +103,8 @@ class Detector:
         t0 = time.perf_counter()
         usable = [r for r in train if set(self.modalities) <= r.modalities]
         if not usable:
-            raise ValueError(f"no training sample has the modalities {self.modalities}")
+            raise DatasetError(_folder_of(train), f"no training sample has the {' and '.join(self.modalities)} "
+                               f"file(s) that the {self.config.method!r} method needs")
         feats = {m: self.encoder.features(usable, m, progress) for m in self.modalities}
         report = FitReport(0.0, len(usable), 0)
         stream_feats = self._training_stream_features(train, usable, feats, report, progress)
@@ -125,7 +128,8 @@ class Detector:
         s = hall[0]
         paired = paired_subset(train, self.config.data.paired_fraction, self.config.seed)
         if len(paired) < 2:
-            raise ValueError(f"MTFI needs at least 2 training samples with both modalities, got {len(paired)}")
+            raise DatasetError(_folder_of(train), f"MTFI needs at least 2 training samples with both rgb and "
+                               f"xyz files, found {len(paired)}")
         report.num_paired = len(paired)
         self.hallucinator, report.distill = self._train_distiller(s, paired, progress)
         inputs = self.encoder.inputs(usable, s.source) if self.config.method == "i2f" else None
@@ -253,9 +257,11 @@ class Detector:
         """Score samples, reading only the modalities this detector needs."""
         if not self.banks:
             raise RuntimeError("the detector is not fitted")
-        lacking = [r.key for r in records if not set(self.modalities) <= r.modalities]
+        lacking = [r for r in records if not set(self.modalities) <= r.modalities]
         if lacking:
-            raise ValueError(f"samples lack the {'/'.join(self.modalities)} modality: {', '.join(lacking[:5])}")
+            missing = sorted(set(self.modalities) - lacking[0].modalities)
+            raise DatasetError(_folder_of(lacking), f"sample {lacking[0].stem} has no {'/'.join(missing)} file, "
+                               f"which this {self.config.method!r} detector needs ({len(lacking)} such samples)")
         parts = []
         step = self.encoder.batch_size
         for i in range(0, len(records), step):
@@ -272,6 +278,16 @@ class Detector:
         scores = self.score(list(records)).image_score.numpy()
         self.threshold = float(np.quantile(scores, 1.0 - frr, method="higher"))
         log.info("threshold %.5g at FRR %.3f on %d samples", self.threshold, frr, len(scores))
+
+
+def _folder_of(records: Sequence[SampleRecord]) -> Path | str:
+    """The folder of the first record's first file, for error messages."""
+    for r in records:
+        for m in ("rgb", "xyz"):
+            path = r.path_of(m)
+            if path is not None:
+                return path.parent.parent
+    return records[0].key if records else "training set"
 
 
 def _concat_scores(parts: list[Scores]) -> Scores:

@@ -14,7 +14,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "rgb": {"name": "efficientnet_lite0"},
             "xyz": {"name": "fpfh", "patch_stride": 8},
             "memory": {"coreset": {"ratio": 0.1}},
-            "distill": {"epochs": 20, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 2, "width": 32},
+            "distill": {"epochs": 20, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 2, "width": 8,
+                        "trunk_width": 16, "trunk_blocks": 3},
         }
     },
     # The paper's configuration (method-spec §2-§4): DINO ViT-B/8 + Point-MAE, user weights.

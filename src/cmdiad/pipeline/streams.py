@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cmdiad.config import DISTILL_KINDS, DetectorConfig
+from cmdiad.errors import ConfigError
 
 OTHER = {"rgb": "xyz", "xyz": "rgb"}
 
@@ -69,7 +70,7 @@ def parse_row(row: str) -> tuple[str, str]:
         return "dual", "both"
     method, _, main = row.partition("_")
     if method not in DISTILL_KINDS or main not in ("xyz", "rgb"):
-        raise ValueError(f"unknown row {row!r}")
+        raise ConfigError(f"unknown row {row!r}; known: {', '.join(ALL_ROWS)}")
     return method, main
 
 
