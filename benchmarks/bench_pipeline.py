@@ -271,6 +271,10 @@ def render_infer(res: dict[str, dict]) -> list[str]:
         lines.append(f"| {row} | {'+'.join(r['modalities'])} | {opened} | " + " | ".join(cells)
                      + f" | {other:.1f} | **{r['score_ms']:.0f}** | {r['i_auroc']:.3f} "
                      f"| {r['aupro_30']:.3f} |")
+    twice = [row for row, r in res.items() if max(r["opened"].values(), default=0) > 1]
+    if twice:
+        lines += ["", f"{', '.join(twice)} open the main-modality file more than once per sample: "
+                  "`Encoder.features` and `Encoder.inputs` (the distiller's raw input) each read it."]
     return lines
 
 
