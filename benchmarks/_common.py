@@ -68,6 +68,21 @@ def machine_description(load_before: tuple[float, float, float] | None = None) -
     return text
 
 
+def git_revision() -> str:
+    """Short commit of the working tree, noting uncommitted changes under ``src/``."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return f"commit {rev}" + (" with uncommitted changes in src/" if dirty else "")
+
+
 def command_line() -> str:
     """The command that ran this script, as a copy-pasteable string."""
     script = Path(sys.argv[0])

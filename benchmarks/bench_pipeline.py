@@ -44,6 +44,7 @@ import _common  # noqa: E402
 
 import cmdiad.pipeline.detector as detector_module  # noqa: E402
 import cmdiad.pipeline.encoder as encoder_module  # noqa: E402
+from cmdiad.config import to_dict  # noqa: E402
 from cmdiad.memory.bank import MemoryBank  # noqa: E402
 from cmdiad.metrics.segmentation import evaluate  # noqa: E402
 from cmdiad.pipeline.detector import Detector  # noqa: E402
@@ -320,15 +321,24 @@ def render_target(res: dict[str, dict], prof: tuple[str, float, list] | None) ->
     return lines
 
 
-def render(args, res: dict[str, dict], prof, load_before, cats: list[str], wall_s: float) -> str:
+def describe(cfg) -> str:
+    """The parts of the resolved config that set the costs."""
+    d = cfg.detector
+    distill = ", ".join(f"{k} {v}" for k, v in to_dict(d.distill).items())
+    return (f"{d.rgb.name} RGB, {d.xyz.name} xyz (patch stride {d.xyz.patch_stride}), input "
+            f"{d.data.image_size[0]}x{d.data.image_size[1]}, coreset {d.memory.coreset.ratio:g} "
+            f"({d.memory.coreset.sampler}), kNN {d.memory.knn_backend}, fusion {d.fusion.kind}, "
+            f"distillation: {distill}; batch 8, device {cfg.device}")
+
+
+def render(args, res: dict[str, dict], prof, load_before, cats: list[str], wall_s: float, cfg) -> str:
     first = next(iter(res.values()))
     lines = [SECTION, "", f"Command: `{_common.command_line()}` ({wall_s / 60:.1f} min)", "",
              f"Machine: {_common.machine_description(load_before)}.", "",
              f"Data: synthetic demo data (`cmdiad.synthetic`), categories {', '.join(cats)}, "
              f"{first['n_train']:.0f} training and {first['n_test']:.0f} test samples per category"
              + (f" (means over {len(cats)} categories)" if len(cats) > 1 else "")
-             + ". Config: preset `default` (EfficientNet-Lite0 RGB, FPFH xyz, 224x224, coreset 10%, "
-             "20 distillation epochs), batch 8, device cpu.", "",
+             + f". Config: preset `default` at {_common.git_revision()}: {describe(cfg)}.", "",
              METHOD_NOTE, ""]
     lines += render_fit(res) + [""] + render_infer(res) + [""] + render_speedup(res) + [""]
     lines += render_target(res, prof)
@@ -385,7 +395,7 @@ def main(argv=None) -> int:
             for row, r in res.items():
                 per_cat[row].append(r)
     res = {row: mean_dicts(items) for row, items in per_cat.items()}
-    text = render(args, res, prof, load_before, cats, time.perf_counter() - t_start)
+    text = render(args, res, prof, load_before, cats, time.perf_counter() - t_start, cfg)
     print(text)
     if not args.no_write:
         _common.write_section(text, args.out)
