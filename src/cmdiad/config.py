@@ -179,6 +179,8 @@ class DistillConfig:
     """F2F hidden width = ratio x input width."""
     width: int = 64
     """Base channel width of the F2I decoder (96 gives the reference 384/96/32)."""
+    decoder_resolution: float = 0.5
+    """F2I: fraction of the input size at which the decoder's convolutions run (reference 1.0)."""
     trunk_width: int = 32
     """Base channel width of the I2F CNN (64 gives the reference 512-channel trunk)."""
     trunk_blocks: int = 4
@@ -192,6 +194,7 @@ class DistillConfig:
         _check(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
         _check(self.lr > 0 and self.warmup_epochs >= 0, "lr > 0 and warmup_epochs >= 0")
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
+        _check(0.0 < self.decoder_resolution <= 1.0, "decoder_resolution must be in (0, 1]")
         _check(self.width >= 1 and self.trunk_width >= 1 and self.trunk_blocks >= 0, "widths >= 1, blocks >= 0")
 
 

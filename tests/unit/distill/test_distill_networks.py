@@ -174,3 +174,19 @@ def test_output_scale_calibration_matches_target_statistics() -> None:
     torch.testing.assert_close(net.out_scale.mean[:3], pts.mean(0), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(net.out_scale.std[:3], pts.std(0, unbiased=False), rtol=1e-3, atol=1e-5)
     assert net.out_scale.mean[3] == 0 and net.out_scale.std[3] == 1  # validity logit untouched
+
+
+def test_decoder_resolution_and_trunk_fields_change_the_network() -> None:
+    full = FeatureToInput(5, 3, scale=4, width=4, output_size=(22, 30))
+    half = FeatureToInput(5, 3, scale=4, width=4, output_size=(22, 30), resolution=0.5)
+    x = torch.randn(2, 5, 6, 8)
+    assert full(x).shape == half(x).shape == (2, 3, 22, 30)
+    half.load_state_dict(full.state_dict())
+    assert not torch.allclose(full(x), half(x))
+    kw = dict(main_modality="rgb", target_modality="xyz", main_channels=6, target_channels=5, main_grid=(4, 4),
+              main_image_size=(32, 32), target_grid=(4, 4), target_image_size=(32, 32))
+    small = build_distiller("i2f", cfg=DistillConfig(trunk_width=4, trunk_blocks=1), **kw)
+    deep = build_distiller("i2f", cfg=DistillConfig(trunk_width=4, trunk_blocks=3), **kw)
+    wide = build_distiller("i2f", cfg=DistillConfig(trunk_width=8, trunk_blocks=1), **kw)
+    counts = [sum(p.numel() for p in n.parameters()) for n in (small, deep, wide)]
+    assert counts[0] < counts[1] and counts[0] < counts[2]
