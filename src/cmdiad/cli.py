@@ -192,7 +192,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"generating the default synthetic dataset in {args.data}")
         bars = Bars()
         generate_dataset(args.data, SynthConfig(), progress=lambda done, total: bars("synth", done, total))
-    args.preset, args.config, args.set, args.seed = "default", None, args.set, None
+    # The demo runs at the generated images' own size (no upsampling); a user --set still wins.
+    size = SynthConfig().image_size
+    args.set = [f"data.image_size=[{size[0]},{size[1]}]", *(args.set or [])]
+    args.preset, args.config, args.seed = "default", None, None
     args.categories = args.methods = None
     return cmd_experiment(args)
 

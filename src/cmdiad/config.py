@@ -177,6 +177,8 @@ class DistillConfig:
     """Linear warm-up length, then constant."""
     hidden_ratio: float = 2.5
     """F2F hidden width = ratio x input width."""
+    f2f_parity: bool = False
+    """F2F as the reference: final GELU, no output calibration (clean: calibrated, no GELU)."""
     width: int = 64
     """Base channel width of the F2I decoder (96 gives the reference 384/96/32)."""
     decoder_resolution: float = 0.5

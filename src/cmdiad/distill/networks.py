@@ -122,12 +122,20 @@ class FeatureToFeature(Distiller):
         hidden_ratio: Hidden width over input width (reference 2.5).
         final_activation: Keep the reference's final GELU (outputs >= about -0.17). Harmless
             for non-negative targets (FPFH); disable it for targets with large negative values.
+        calibrated: End with a per-channel de-normalisation fitted to the training targets
+            (see :class:`OutputScale`), so the MLP works at unit scale whatever the target
+            extractor's magnitudes. Off in the reference design.
     """
 
     kind = "f2f"
 
     def __init__(
-        self, in_channels: int, out_channels: int, hidden_ratio: float = 2.5, final_activation: bool = True
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden_ratio: float = 2.5,
+        final_activation: bool = True,
+        calibrated: bool = False,
     ) -> None:
         super().__init__()
         self.init_kwargs = {
@@ -135,7 +143,9 @@ class FeatureToFeature(Distiller):
             "out_channels": out_channels,
             "hidden_ratio": hidden_ratio,
             "final_activation": final_activation,
+            "calibrated": calibrated,
         }
+        self.out_scale = OutputScale(out_channels) if calibrated else None
         hidden = max(1, int(in_channels * hidden_ratio))
         layers: list[nn.Module] = [
             nn.LayerNorm(in_channels),
@@ -151,7 +161,13 @@ class FeatureToFeature(Distiller):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map features ``(B, in_channels, h, w)`` to ``(B, out_channels, h, w)``."""
-        return _per_patch(self.mlp, x)
+        y = _per_patch(self.mlp, x)
+        return y if self.out_scale is None else self.out_scale(y)
+
+    def calibrate(self, batches: TargetBatches) -> None:
+        """Fit the output de-normalisation when ``calibrated`` (valid patches only)."""
+        if self.out_scale is not None:
+            self.out_scale.fit(batches)
 
 
 def decode_xyz(output: torch.Tensor) -> torch.Tensor:
@@ -448,7 +464,8 @@ def build_distiller(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         if kind == "f2f":
-            return FeatureToFeature(main_channels, target_channels, cfg.hidden_ratio)
+            return FeatureToFeature(main_channels, target_channels, cfg.hidden_ratio,
+                                    final_activation=cfg.f2f_parity, calibrated=not cfg.f2f_parity)
         if kind == "f2i":
             scale = (target_image_size[0] / main_grid[0], target_image_size[1] / main_grid[1])
             out = 4 if target_modality == "xyz" else 3

@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "xyz": {"name": "point_mae", "patch_stride": 4, "num_groups": 1024, "group_size": 128},
             "memory": {"coreset": {"ratio": 0.1}, "standardize": "m3dm"},
             "distill": {"epochs": 100, "batch_size": 32, "lr": 5e-4, "warmup_epochs": 10, "width": 96,
-                        "decoder_resolution": 1.0,
+                        "decoder_resolution": 1.0, "f2f_parity": True,
                         "trunk_width": 64, "trunk_blocks": 12},
         }
     },

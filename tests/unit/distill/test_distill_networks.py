@@ -190,3 +190,15 @@ def test_decoder_resolution_and_trunk_fields_change_the_network() -> None:
     wide = build_distiller("i2f", cfg=DistillConfig(trunk_width=8, trunk_blocks=1), **kw)
     counts = [sum(p.numel() for p in n.parameters()) for n in (small, deep, wide)]
     assert counts[0] < counts[1] and counts[0] < counts[2]
+
+
+def test_f2f_parity_switches_reference_gelu_and_calibration() -> None:
+    kw = dict(main_modality="xyz", target_modality="rgb", main_channels=6, target_channels=5, main_grid=(4, 4),
+              main_image_size=(32, 32), target_grid=(4, 4), target_image_size=(32, 32))
+    clean = build_distiller("f2f", cfg=DistillConfig(), **kw)
+    parity = build_distiller("f2f", cfg=DistillConfig(f2f_parity=True), **kw)
+    assert clean.out_scale is not None and parity.out_scale is None
+    assert isinstance(parity.mlp[-1], torch.nn.GELU) and not isinstance(clean.mlp[-1], torch.nn.GELU)
+    targets = torch.full((3, 5, 4, 4), -7.0)
+    clean.calibrate([(targets, None)])
+    assert torch.allclose(clean.out_scale.mean, torch.full((5,), -7.0))
