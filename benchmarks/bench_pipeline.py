@@ -184,30 +184,30 @@ def timed_score(det: Detector, test, clock: StageClock, opened: dict[str, int]):
         return scores, time.perf_counter() - t0
 
 
-def bench_row(row: str, cfg, base: Encoder, splits, monitor, truth) -> tuple[dict, Detector]:
-    """Fit and score one row on one category; every stage measured."""
+def fit_row(row: str, cfg, base: Encoder, splits, monitor) -> tuple[dict, Detector]:
+    """Fit one row on one category (cold feature cache); every stage measured."""
     method, main = parse_row(row)
     dcfg = replace(cfg.detector, method=method, main=main)
     torch.manual_seed(dcfg.seed)
     det = Detector(dcfg, _common.cold_encoder(base), device=cfg.device)
-    fit_clock, score_clock = StageClock(monitor), StageClock(monitor)
-    fit_s = timed_fit(det, splits, fit_clock)
-    test = [r for r in splits[2] if set(needed_modalities(dcfg)) <= r.modalities]
-    opened: dict[str, int] = defaultdict(int)
+    clock = StageClock(monitor)
+    fit_s = timed_fit(det, splits, clock)
+    return {"fit_s": fit_s, "fit": dict(clock.seconds), "fit_mem": dict(clock.grow),
+            "modalities": needed_modalities(dcfg), "n_train": len(splits[0])}, det
+
+
+def score_row(det: Detector, test, monitor, truth, aupro_mode: str) -> dict:
+    """Score the test split from files with a cold cache; every stage measured."""
+    clock, opened = StageClock(monitor), defaultdict(int)
     cpu0 = time.process_time()
-    scores, score_s = timed_score(det, test, score_clock, opened)
-    cpu_s = time.process_time() - cpu0
+    scores, score_s = timed_score(det, test, clock, opened)
+    cpu_s, n = time.process_time() - cpu0, len(test)
     labels, masks = truth
     metrics = evaluate(scores.image_score.numpy(), labels, scores.anomaly_map.numpy(), masks.numpy(),
-                       mode=cfg.metrics.aupro_mode)
-    n = len(test)
-    return {
-        "fit_s": fit_s, "fit": dict(fit_clock.seconds), "fit_mem": dict(fit_clock.grow),
-        "score_ms": 1000 * score_s / n, "score": {k: 1000 * v / n for k, v in score_clock.seconds.items()},
-        "score_mem": dict(score_clock.grow), "score_cpu_ms": 1000 * cpu_s / n,
-        "opened": {m: c / n for m, c in opened.items()},
-        "modalities": needed_modalities(dcfg), "n_test": n, "n_train": len(splits[0]), **metrics,
-    }, det
+                       mode=aupro_mode)
+    return {"score_ms": 1000 * score_s / n, "score": {k: 1000 * v / n for k, v in clock.seconds.items()},
+            "score_mem": dict(clock.grow), "score_cpu_ms": 1000 * cpu_s / n,
+            "opened": {m: c / n for m, c in opened.items()}, "n_test": n, **metrics}
 
 
 def profile_score(det: Detector, test, top: int) -> tuple[float, list[tuple[str, float, float]]]:
@@ -262,6 +262,8 @@ def render_fit(res: dict[str, dict]) -> list[str]:
 
 def render_infer(res: dict[str, dict]) -> list[str]:
     lines = ["### Inference from files, cold feature cache: ms per sample (peak RSS growth, MiB)", "",
+             "All rows were fitted first, then scored in turn; each row's fastest of the scoring rounds "
+             "is shown.", "",
              "| row | reads | files opened per sample | " + " | ".join(INFER_STAGES)
              + " | other | total ms/sample | I-AUROC | AUPRO@30% |",
              "|---|---|---|" + "---:|" * (len(INFER_STAGES) + 4)]
@@ -352,29 +354,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rows", default=",".join(ALL_ROWS), help="comma-separated rows")
     p.add_argument("--full", action="store_true", help="the demo's default split sizes and categories")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the target is for 2 cores)")
+    p.add_argument("--rounds", type=int, default=2, help="scoring rounds over all rows; fastest kept")
     p.add_argument("--profile-row", default="f2f_xyz", help="row profiled with cProfile ('' for none)")
     p.add_argument("--out", type=Path, default=_common.DOC)
     p.add_argument("--no-write", action="store_true")
     return p.parse_args(argv)
 
 
-def run_category(cat: str, root: Path, rows: list[str], cfg, base: Encoder, monitor, profile_row: str):
-    """All rows on one category; returns per-row results and the profile of ``profile_row``."""
+def run_category(cat: str, root: Path, rows: list[str], cfg, base: Encoder, monitor, args):
+    """All rows on one category; returns per-row results and the profile of ``args.profile_row``.
+
+    Every row is fitted first; then the rows are scored in turn, ``args.rounds`` times, keeping
+    each row's fastest round, so that a change of machine load hits all rows alike.
+    """
     splits = category_splits(root, cat, with_validation=False)
-    truth_cache: dict[tuple, tuple] = {}
-    res, prof = {}, None
+    res, dets, tests, truth = {}, {}, {}, {}
     for row in rows:
-        dcfg = replace(cfg.detector, **dict(zip(("method", "main"), parse_row(row), strict=True)))
-        test = [r for r in splits[2] if set(needed_modalities(dcfg)) <= r.modalities]
-        key = tuple(r.key for r in test)
-        if key not in truth_cache:
-            truth_cache[key] = (np.array([r.label for r in test]), base.masks(test))
-        res[row], det = bench_row(row, cfg, base, splits, monitor, truth_cache[key])
-        print(f"{cat}/{row}: fit {res[row]['fit_s']:.1f} s, {res[row]['score_ms']:.0f} ms/sample", flush=True)
-        if row == profile_row:
-            ms, top = profile_score(det, test, top=8)
-            prof = (row, ms, top)
-    return res, prof
+        res[row], dets[row] = fit_row(row, cfg, base, splits, monitor)
+        tests[row] = [r for r in splits[2] if set(res[row]["modalities"]) <= r.modalities]
+        key = tuple(r.key for r in tests[row])
+        if key not in truth:
+            truth[key] = (np.array([r.label for r in tests[row]]), base.masks(tests[row]))
+        print(f"{cat}/{row}: fit {res[row]['fit_s']:.1f} s", flush=True)
+    best: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for row in rows:
+            r = score_row(dets[row], tests[row], monitor, truth[tuple(x.key for x in tests[row])],
+                          cfg.metrics.aupro_mode)
+            if row not in best or r["score_ms"] < best[row]["score_ms"]:
+                best[row] = r
+            print(f"{cat}/{row}: {r['score_ms']:.0f} ms/sample", flush=True)
+    prof = None
+    if args.profile_row in dets:
+        ms, top = profile_score(dets[args.profile_row], tests[args.profile_row], top=8)
+        prof = (args.profile_row, ms, top)
+    return {row: {**res[row], **best[row]} for row in rows}, prof
 
 
 def main(argv=None) -> int:
@@ -390,7 +404,7 @@ def main(argv=None) -> int:
     per_cat, prof = defaultdict(list), None
     with _common.RssMonitor() as monitor:
         for cat in cats:
-            res, p = run_category(cat, root, rows, cfg, base, monitor, args.profile_row)
+            res, p = run_category(cat, root, rows, cfg, base, monitor, args)
             prof = prof or p
             for row, r in res.items():
                 per_cat[row].append(r)
