@@ -220,7 +220,8 @@ def render(per_cat: dict[str, dict] | None, status: str, load_before, wall_s: fl
         return "\n".join(lines) + "\n"
     first = next(iter(per_cat.values()))["ours"]
     diff = max(r["anomalib"]["diff"] for r in per_cat.values())
-    lines += [f"Setup: synthetic demo data, {first['n_train']} training / {first['n_test']} test samples per "
+    lines += [f"Setup: cmdiad at {_common.git_revision()}, preset `default` (rgb row); synthetic demo data, "
+              f"{first['n_train']} training / {first['n_test']} test samples per "
               "category, 224x224, EfficientNet-Lite0 stride-8 + stride-16 stages with the shipped ImageNet "
               "weights loaded by `cmdiad.features.rgb.build_efficientnet_lite` into both models (largest "
               f"stage-output difference between the two backbones on a random input: {diff:.1e}), 10% "
