@@ -49,8 +49,8 @@ def cpu_name() -> str:
 def machine_description(load_before: tuple[float, float, float] | None = None) -> str:
     """One sentence describing the machine, with the load before (if given) and now.
 
-    A 1-minute load above the number of cores means other processes competed for the CPUs; the
-    sentence then says that the numbers come from a shared machine.
+    A 1-minute load before the run above half the cores (or, without it, a load after the run above
+    the cores) means other processes competed for the CPUs; the sentence then says so.
     """
     import torch
 
@@ -60,11 +60,13 @@ def machine_description(load_before: tuple[float, float, float] | None = None) -
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
             f"{platform.system()} {platform.release()}, no GPU used")
     fmt = lambda x: "/".join(f"{v:.1f}" for v in x)  # noqa: E731
-    loads = [after] if load_before is None else [load_before, after]
     text += ("; load average (1/5/15 min) " + (f"before {fmt(load_before)}, after " if load_before else "")
              + fmt(after))
-    if max(x[0] for x in loads) > 0.5 * cores:
-        text += " (the machine was shared with other jobs: times are noisy upper bounds)"
+    if load_before is not None:
+        text += " (the 'after' figure includes this benchmark's own threads)"
+    other = load_before[0] > 0.5 * cores if load_before is not None else after[0] > cores
+    if other:
+        text += "; other jobs were running on the machine, so times are noisy upper bounds"
     return text
 
 
