@@ -157,9 +157,13 @@ class FusionConfig:
     """OCSVM random state."""
     max_pixel_rows: int = 1_000_000
     """Pixel rows sampled to fit the pixel fuser (bounds memory)."""
+    fit_on: str = "train"
+    """Scores the fusers learn from: the ``train`` samples in their own banks (reference) or
+    held-out ``validation`` good samples (falls back to training samples when there are none)."""
 
     def __post_init__(self) -> None:
         _check(self.kind in ("ocsvm", "sum"), f"unknown fusion kind {self.kind!r}")
+        _check(self.fit_on in ("validation", "train"), f"unknown fusion fit_on {self.fit_on!r}")
         _check(0 < self.nu <= 1, "nu must be in (0, 1]")
 
 

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +117,22 @@ def test_corrupted_or_foreign_model_dir(tmp_path: Path, capsys) -> None:
         load_detector(foreign)
     assert main(["predict", str(tmp_path / "nothing"), str(tmp_path)]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_fusion_fit_on_validation_and_fallback(tiny_dataset: Path, caplog) -> None:
+    from cmdiad.config import FusionConfig, replace
+
+    base = _cfg("dual", "both")
+    encoder = build_encoder(base, device="cpu")
+    train, val = list_records(tiny_dataset, "ring", "train"), list_records(tiny_dataset, "ring", "validation")
+    weights = {}
+    for fit_on in ("train", "validation"):
+        det = Detector(replace(base, fusion=FusionConfig(kind="sum", fit_on=fit_on)), encoder)
+        det.fit(train, validation=val)
+        weights[fit_on] = det.fuser.image_weights.copy()
+    assert not np.allclose(weights["train"], weights["validation"])
+    det = Detector(replace(base, fusion=FusionConfig(kind="sum", fit_on="validation")), encoder)
+    with caplog.at_level("WARNING"):
+        det.fit(train)
+    assert "no validation samples" in caplog.text
+    np.testing.assert_allclose(det.fuser.image_weights, weights["train"])

@@ -115,8 +115,14 @@ class Detector:
                 s, stream_feats[s.name], mean_std.get(s.target, (None, None)), usable
             )
             report.bank_sizes[s.name] = int(self.banks[s.name].bank.shape[0])
-        self._fit_fusion(train_scores)
-        self._calibrate(validation or usable, threshold_frr, progress)
+        held_out = [r for r in validation if set(self.modalities) <= r.modalities]
+        if self.config.fusion.fit_on == "validation" and held_out:
+            self._fit_fusion(self._held_out_scores(held_out))
+        else:
+            if self.config.fusion.fit_on == "validation":
+                log.warning("no validation samples: fusion fitted on training samples (their own banks)")
+            self._fit_fusion(train_scores)
+        self._calibrate(held_out or usable, threshold_frr, progress)
         report.fit_seconds = time.perf_counter() - t0
         return report
 
@@ -216,6 +222,14 @@ class Detector:
             self._shared[key] = result
         return result
 
+    def _held_out_scores(self, records: Sequence[SampleRecord]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Weighted per-stream (image, map) scores of held-out good samples, batch by batch."""
+        parts = []
+        for i in range(0, len(records), self.encoder.batch_size):
+            chunk = records[i : i + self.encoder.batch_size]
+            parts.append(self._stream_scores(*self._encode(chunk)))
+        return {k: (torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts])) for k in parts[0]}
+
     def _fit_fusion(self, per: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         n = next(iter(per.values()))[0].shape[0]
         image_rows = torch.stack([per[s.name][0] for s in self.streams], dim=1)
@@ -266,13 +280,18 @@ class Detector:
         step = self.encoder.batch_size
         for i in range(0, len(records), step):
             chunk = records[i : i + step]
-            feats = {m: self.encoder.features(chunk, m) for m in self.modalities}
-            needs_inputs = self.config.method == "i2f"
-            inputs = self.encoder.inputs(chunk, self.config.main) if needs_inputs else None
+            feats, inputs = self._encode(chunk)
             parts.append(self.score_features(feats, inputs))
             if progress is not None:
                 progress("score", min(i + step, len(records)), len(records))
         return _concat_scores(parts)
+
+    def _encode(self, records: Sequence[SampleRecord]) -> tuple[dict[str, PatchFeatures], torch.Tensor | None]:
+        """Features of every modality read, plus the main inputs for ``i2f`` (each file read once)."""
+        if self.config.method != "i2f":
+            return {m: self.encoder.features(records, m) for m in self.modalities}, None
+        inputs, feats = self.encoder.encode(records, self.config.main)
+        return {self.config.main: feats}, inputs
 
     def _calibrate(self, records: Sequence[SampleRecord], frr: float, progress: Progress | None) -> None:
         scores = self.score(list(records)).image_score.numpy()

@@ -92,10 +92,27 @@ class Encoder:
             out.append(resize_mask(sample.mask, self.image_size))
         return torch.stack(out) if out else torch.zeros(0, *self.image_size, dtype=torch.bool)
 
+    def encode(self, records: Sequence[SampleRecord], modality: str) -> tuple[torch.Tensor, PatchFeatures]:
+        """Inputs ``(N, 3, H, W)`` and patch features, reading each file once."""
+        x = self.inputs(records, modality)
+        return x, self.features(records, modality, inputs=x)
+
     def features(
-        self, records: Sequence[SampleRecord], modality: str, progress: Progress | None = None
+        self,
+        records: Sequence[SampleRecord],
+        modality: str,
+        progress: Progress | None = None,
+        *,
+        inputs: torch.Tensor | None = None,
     ) -> PatchFeatures:
         """Patch features of ``modality`` for every record, from the cache where possible.
+
+        Args:
+            records: Samples that have ``modality``.
+            modality: ``rgb`` or ``xyz``.
+            progress: Optional ``progress(stage, done, total)``.
+            inputs: Their inputs ``(N, 3, H, W)`` when already read, so cache misses do not
+                read the files again.
 
         Returns:
             Features ``(N, C, h, w)`` and validity ``(N, h, w)`` on the CPU.
@@ -111,7 +128,8 @@ class Encoder:
         done = len(found)
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
-            computed = self._compute([records[i] for i in chunk], modality)
+            given = inputs[chunk] if inputs is not None else None
+            computed = self._compute([records[i] for i in chunk], modality, given)
             for j, i in enumerate(chunk):
                 pf = PatchFeatures(computed.features[j : j + 1], computed.valid[j : j + 1])
                 self.cache.put(ekey, skeys[i], pf)
@@ -125,10 +143,10 @@ class Encoder:
         valid = torch.cat([found[i].valid for i in range(len(records))])
         return PatchFeatures(feats, valid)
 
-    def _compute(self, records: Sequence[SampleRecord], modality: str) -> PatchFeatures:
+    def _compute(self, records: Sequence[SampleRecord], modality: str, x: torch.Tensor | None) -> PatchFeatures:
         ext = self.extractor(modality)
         t0 = time.perf_counter()
-        x = self.inputs(records, modality).to(ext.device)
+        x = (self.inputs(records, modality) if x is None else x).to(ext.device)
         with torch.no_grad():
             pf = ext.patch_features(x)
         ms = 1000 * (time.perf_counter() - t0) / max(len(records), 1)
