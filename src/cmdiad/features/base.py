@@ -84,6 +84,30 @@ class FeatureExtractor(nn.Module):
         return torch.device("cpu")
 
 
+class PointCloudExtractor(FeatureExtractor):
+    """Base of extractors of organized point clouds: one output, nearest-resized input.
+
+    Subclasses set ``feature_info`` (a single entry) and implement :meth:`patch_features`.
+    """
+
+    modality = "xyz"
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of :meth:`patch_features`' output."""
+        return self.feature_info[0].num_chs
+
+    def preprocess(self, array: np.ndarray, image_size: tuple[int, int]) -> torch.Tensor:
+        """Nearest resize of an ``(H0, W0, 3)`` organized cloud to ``(3, H, W)``; no normalisation."""
+        from cmdiad.preprocessing.organized import resize_organized
+
+        return resize_organized(array, image_size)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: (B, C, h, w)}`` patch features of ``(B, 3, H, W)`` organized clouds."""
+        return {self.feature_info[0].name: self.patch_features(x).features}
+
+
 EXTRACTORS: Registry[FeatureExtractor] = Registry("extractor")
 """Extractor factories; each is called with its config (RGBFeatureConfig or PointFeatureConfig)."""
 

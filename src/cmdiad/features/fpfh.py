@@ -21,8 +21,8 @@ import torch
 
 from cmdiad._open3d import open3d
 from cmdiad.config import PointFeatureConfig
-from cmdiad.features.base import EXTRACTORS, FeatureExtractor, FeatureInfo, to_grid
-from cmdiad.preprocessing.organized import foreground_mask, resize_organized
+from cmdiad.features.base import EXTRACTORS, FeatureInfo, PointCloudExtractor, to_grid
+from cmdiad.preprocessing.organized import foreground_mask
 from cmdiad.types import PatchFeatures
 
 FPFH_DIM = 33
@@ -78,14 +78,12 @@ def fpfh_point_features(points: np.ndarray, cfg: PointFeatureConfig) -> np.ndarr
     return np.asarray(fpfh.data, dtype=np.float32).T[inverse]
 
 
-class FPFHExtractor(FeatureExtractor):
+class FPFHExtractor(PointCloudExtractor):
     """FPFH patch features of organized point clouds.
 
     Args:
         cfg: Uses ``patch_stride`` and the FPFH fields.
     """
-
-    modality = "xyz"
 
     def __init__(self, cfg: PointFeatureConfig) -> None:
         super().__init__()
@@ -94,18 +92,6 @@ class FPFHExtractor(FeatureExtractor):
         self.feature_info = [FeatureInfo("xyz", FPFH_DIM, cfg.patch_stride)]
         self.eval()
 
-    @property
-    def out_channels(self) -> int:
-        """Channels of :meth:`patch_features`' output."""
-        return self.feature_info[0].num_chs
-
-    def preprocess(self, array: np.ndarray, image_size: tuple[int, int]) -> torch.Tensor:
-        """Nearest resize of an ``(H0, W0, 3)`` organized cloud to ``(3, H, W)``."""
-        return resize_organized(array, image_size)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"xyz": (B, 33, h, w)}`` patch features of ``(B, 3, H, W)`` organized clouds."""
-        return {self.feature_info[0].name: self.patch_features(x).features}
 
     def pixel_features(self, x: torch.Tensor) -> PatchFeatures:
         """Per-pixel FPFH ``(B, 33, H, W)`` (background 0) and the foreground ``(B, H, W)``."""

@@ -31,16 +31,15 @@ import logging
 import pickle
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from cmdiad.config import PointFeatureConfig
 from cmdiad.errors import ConfigError, ModelFileError
-from cmdiad.features.base import EXTRACTORS, FeatureExtractor, FeatureInfo
+from cmdiad.features.base import EXTRACTORS, FeatureInfo, PointCloudExtractor
 from cmdiad.features.grouping import farthest_point_sample, interpolation_weights, knn_group
-from cmdiad.preprocessing.organized import foreground_mask, resize_organized
+from cmdiad.preprocessing.organized import foreground_mask
 from cmdiad.types import PatchFeatures
 
 log = logging.getLogger(__name__)
@@ -260,7 +259,7 @@ def load_encoder_weights(model: PointMAEEncoder, path: Path) -> None:
     log.info("loaded Point-MAE encoder (%d tensors) from %s", len(state), path)
 
 
-class PointMAEExtractor(FeatureExtractor):
+class PointMAEExtractor(PointCloudExtractor):
     """Point-MAE patch features of organized point clouds.
 
     Args:
@@ -268,8 +267,6 @@ class PointMAEExtractor(FeatureExtractor):
         backbone: The encoder; a random-initialised one when omitted.
         reference_shift: Use the reference's unpadded 3x3 average (1-pixel shift).
     """
-
-    modality = "xyz"
 
     def __init__(
         self, cfg: PointFeatureConfig, backbone: PointMAEEncoder | None = None, reference_shift: bool = False
@@ -282,18 +279,6 @@ class PointMAEExtractor(FeatureExtractor):
         self.feature_info = [FeatureInfo("xyz", self.backbone.out_channels, cfg.patch_stride)]
         self.eval()
 
-    @property
-    def out_channels(self) -> int:
-        """Channels of :meth:`patch_features`' output."""
-        return self.feature_info[0].num_chs
-
-    def preprocess(self, array: np.ndarray, image_size: tuple[int, int]) -> torch.Tensor:
-        """Nearest resize of an ``(H0, W0, 3)`` organized cloud to ``(3, H, W)``; no normalisation."""
-        return resize_organized(array, image_size)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"xyz": (B, C, h, w)}`` patch features of ``(B, 3, H, W)`` organized clouds."""
-        return {self.feature_info[0].name: self.patch_features(x).features}
 
     @torch.no_grad()
     def patch_features(self, x: torch.Tensor) -> PatchFeatures:

@@ -9,21 +9,7 @@ import numpy as np
 from cmdiad.errors import DatasetError
 from cmdiad.metrics.segmentation import evaluate
 from cmdiad.pipeline.streams import parse_row
-
-RAW_KEYS = ("image_scores", "labels", "anomaly_maps", "gt_masks", "paths")
-
-
-def load_raw(path: Path) -> dict[str, np.ndarray]:
-    """Arrays of one raw npz, validated."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise DatasetError(path, f"cannot read raw results ({exc})") from exc
-    missing = [k for k in RAW_KEYS if k not in arrays]
-    if missing:
-        raise DatasetError(path, f"missing arrays {', '.join(missing)}")
-    return arrays
+from cmdiad.viz.html import load_raw
 
 
 def recompute_records(run: Path, *, mode: str = "exact") -> list[dict]:
@@ -36,7 +22,6 @@ def recompute_records(run: Path, *, mode: str = "exact") -> list[dict]:
     for f in files:
         a = load_raw(f)
         method, main = parse_row(f.parent.name)
-        metrics = evaluate(a["image_scores"], a["labels"], a["anomaly_maps"].astype(np.float32),
-                           a["gt_masks"], mode=mode)
+        metrics = evaluate(a.image_scores, a.labels, a.anomaly_maps.astype(np.float32), a.gt_masks, mode=mode)
         records.append({"method": method, "main": main, "category": f.stem, **metrics})
     return records
