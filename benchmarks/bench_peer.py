@@ -209,7 +209,7 @@ def render_rows(per_cat: dict[str, dict]) -> list[str]:
               f"I-AUROC {o['i_auroc'] / t['i_auroc']:.3f}, AUPRO@30% {o['aupro_30'] / t['aupro_30']:.3f}, "
               f"fit time {o['fit_s'] / t['fit_s']:.2f}, ms per sample {o['ms'] / t['ms']:.2f}. "
               f"Our fit time excludes threshold calibration ({o['calib_s']:.1f} s: scoring the validation "
-              "split, which anomalib's torch model does not do) but includes the one-class-SVM fusion fit."]
+              "split, which anomalib's torch model does not do) but includes the fusion fit."]
     return lines
 
 

@@ -32,9 +32,11 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
                ["--sizes", "10000", "30000", "100000", "300000"]),
     "pipeline": ("bench_pipeline.py", [], ["--full"]),
     "peer": ("bench_peer.py", [], ["--full"]),
+    "ann": ("bench_ann.py", [], ["--categories", "ring,tile,dome"]),
 }
 ORDER = ("## Pipeline stages and few-modal speed-up", "## Peer comparison: anomalib PatchCore (RGB)",
-         "## Feature extractors", "## Point-cloud grouping", "## Memory bank scaling")
+         "## Feature extractors", "## Point-cloud grouping", "## Memory bank scaling",
+         "## Approximate nearest-neighbour search: accuracy cost")
 """Section order in the report; sections not listed follow in their current order."""
 HEADER = """# Benchmarks
 
