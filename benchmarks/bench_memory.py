@@ -125,6 +125,13 @@ def render(args: argparse.Namespace, search: dict[int, dict], coreset: dict[int,
     if 300_000 in coreset and args.dim == 768:
         lines.append(f"- coreset 10% of 300k x 768 <= {CORESET_TARGET_S:.0f} s: "
                      f"{_miss(coreset[300_000]['total_s'], CORESET_TARGET_S)}.")
+    lines += ["", "What bounds them: each greedy step is one matrix-vector product that streams the whole "
+              "projected bank (rows x proj. dim x 4 bytes) from memory, so the step time grows with the bank "
+              "and two cores are memory-bandwidth bound; the exact search of one sample is "
+              "2 x queries x rows x 768 flops. Options: the GPU (every piece takes the device of its "
+              "tensors), `memory.coreset.sampler = \"approximate_greedy\"` (128-d projection), and "
+              "`memory.knn_backend = \"faiss\"` with `memory.faiss_index = \"ivf\"` for large banks "
+              "(accuracy cost measured in the next section)."]
     return "\n".join(lines) + "\n"
 
 

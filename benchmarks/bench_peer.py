@@ -231,7 +231,7 @@ def render(per_cat: dict[str, dict] | None, status: str, load_before, wall_s: fl
               "sigma 4. Inputs read and normalised by `Encoder.inputs` for both; times include reading the "
               "files (cold feature cache for ours). Remaining algorithmic differences: anomalib pools 3x3 "
               "per stage before upsampling (zero padding counted), ours upsamples first and averages "
-              "in-image neighbours only; ours standardises the bank and fuses with a one-class SVM; "
+              "in-image neighbours only; ours standardises the bank (fusing a single stream only rescales it); "
               "anomalib keeps raw features; anomalib's coreset projection is not seeded, so its scores vary a "
               "little between runs. The two sides run one after the other, so a load change between them "
               "moves the time ratios. Metrics: `cmdiad.metrics.segmentation.evaluate` for both.", ""]

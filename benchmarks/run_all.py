@@ -28,7 +28,7 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
     # name: (script, quick arguments, full arguments)
     "extractors": ("bench_extractors.py", ["--repeats", "2"], []),
     "grouping": ("bench_grouping.py", [], []),
-    "memory": ("bench_memory.py", ["--sizes", "10000", "30000", "100000", "--max-steps", "300"],
+    "memory": ("bench_memory.py", ["--sizes", "10000", "30000", "100000", "300000", "--max-steps", "200"],
                ["--sizes", "10000", "30000", "100000", "300000"]),
     "pipeline": ("bench_pipeline.py", [], ["--full"]),
     "peer": ("bench_peer.py", [], ["--full"]),
