@@ -82,14 +82,7 @@ def bench_coreset(x: torch.Tensor, ratio: float, max_steps: int | None) -> dict[
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _common.cpu_name()
     return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}, no GPU used; "
             f"1-min load average at the end {os.getloadavg()[0]:.1f} (the machine was shared)")
