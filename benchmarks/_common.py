@@ -117,6 +117,13 @@ def write_section(text: str, path: Path = DOC) -> None:
     tmp.replace(path)
 
 
+def publish(text: str, out: Path, *, write: bool = True) -> None:
+    """Print a finished section and, unless ``write`` is False, put it into ``out``."""
+    print(text)
+    if write:
+        write_section(text, out)
+
+
 class RssMonitor:
     """Samples the process RSS every ``interval`` seconds in a daemon thread.
 

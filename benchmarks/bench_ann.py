@@ -95,9 +95,7 @@ def main() -> None:
         "'Memory bank scaling' below.",
         table(results),
     ])
-    print(text)
-    if not args.no_write:
-        _common.write_section(text, args.out)
+    _common.publish(text, args.out, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -90,10 +90,6 @@ def render(rows: list[dict], args: argparse.Namespace, fg_points: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) only this section; the shared writer keeps the other sections."""
-    _common.write_section(text, path)
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,7 +107,7 @@ def main() -> int:
     for name in args.names:
         rows.append(bench(name, sample, size, args.batch, args.repeats))
         print(f"{name}: {rows[-1]['ms']:.1f} ms/sample", flush=True)
-    write_section(args.out, render(rows, args, int((np.abs(xyz).sum(-1) > 0).sum())))
+    _common.write_section(render(rows, args, int((np.abs(xyz).sum(-1) > 0).sum())), args.out)
     print(f"wrote {args.out}")
     return 0
 

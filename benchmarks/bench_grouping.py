@@ -145,10 +145,6 @@ def render(args: argparse.Namespace, r: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) only this section; the shared writer keeps the other sections."""
-    _common.write_section(text, path)
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -166,9 +162,7 @@ def main() -> int:
     torch.manual_seed(0)
     result = bench(args)
     text = render(args, result)
-    print(text)
-    if not args.no_write:
-        write_section(args.out, text)
+    _common.publish(text, args.out, write=not args.no_write)
     return 0
 
 

@@ -128,10 +128,6 @@ def render(args: argparse.Namespace, search: dict[int, dict], coreset: dict[int,
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) only this section; the shared writer keeps the other sections."""
-    _common.write_section(text, path)
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -157,9 +153,7 @@ def main() -> int:
             print(f"coreset n={n}: {coreset[n]}", flush=True)
         del bank, data
     text = render(args, search, coreset)
-    print(text)
-    if not args.no_write:
-        write_section(args.out, text)
+    _common.publish(text, args.out, write=not args.no_write)
     return 0
 
 

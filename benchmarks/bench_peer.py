@@ -259,9 +259,7 @@ def main(argv=None) -> int:
         base = build_encoder(cfg.detector, device=cfg.device, modalities=("rgb",))
         per_cat = {cat: run_category(cat, root, cfg, base) for cat in cats}
     text = render(per_cat, status, load_before, time.perf_counter() - t0)
-    print(text)
-    if not args.no_write:
-        _common.write_section(text, args.out)
+    _common.publish(text, args.out, write=not args.no_write)
     return 0
 
 

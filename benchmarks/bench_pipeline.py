@@ -410,9 +410,7 @@ def main(argv=None) -> int:
                 per_cat[row].append(r)
     res = {row: mean_dicts(items) for row, items in per_cat.items()}
     text = render(args, res, prof, load_before, cats, time.perf_counter() - t_start, cfg)
-    print(text)
-    if not args.no_write:
-        _common.write_section(text, args.out)
+    _common.publish(text, args.out, write=not args.no_write)
     return 0
 
 

@@ -7,7 +7,9 @@ sizes (patch grid, network widths) are computed from it, never written as litera
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,6 +112,18 @@ class PointCloudExtractor(FeatureExtractor):
 
 EXTRACTORS: Registry[FeatureExtractor] = Registry("extractor")
 """Extractor factories; each is called with its config (RGBFeatureConfig or PointFeatureConfig)."""
+
+
+def register_family(names: Iterable[str], build: Callable[[str, Any], FeatureExtractor]) -> None:
+    """Register one factory per name of a model family; ``build(name, cfg)`` makes the extractor."""
+    for name in names:
+
+        def factory(cfg: Any, _name: str = name) -> FeatureExtractor:
+            return build(_name, cfg)
+
+        factory.__name__ = f"build_{name}"
+        factory.__doc__ = f"Build the {name} extractor from its config."
+        EXTRACTORS.register(name)(factory)
 
 
 def to_grid(pf: PatchFeatures, grid: tuple[int, int]) -> PatchFeatures:

@@ -19,9 +19,8 @@ import torch
 from timm.data import resolve_model_data_config
 from torch import nn
 
-from cmdiad.config import RGBFeatureConfig
 from cmdiad.errors import ConfigError, ModelFileError
-from cmdiad.features.base import EXTRACTORS, FeatureExtractor, FeatureInfo
+from cmdiad.features.base import FeatureExtractor, FeatureInfo, register_family
 from cmdiad.preprocessing.image import normalize, resize_rgb
 from cmdiad.types import PatchFeatures
 
@@ -263,14 +262,5 @@ def build_efficientnet_lite(name: str, pretrained: bool = True, weights: Path | 
     return _freeze(model)
 
 
-def _lite_factory(name: str):
-    def factory(cfg: RGBFeatureConfig) -> EfficientNetLiteExtractor:
-        return EfficientNetLiteExtractor(build_efficientnet_lite(name, cfg.pretrained, cfg.weights))
-
-    factory.__name__ = f"build_{name}"
-    factory.__doc__ = f"Build the {name} extractor from its config."
-    return factory
-
-
-for _name in _LITE:
-    EXTRACTORS.register(_name)(_lite_factory(_name))
+register_family(_LITE, lambda name, cfg: EfficientNetLiteExtractor(build_efficientnet_lite(name, cfg.pretrained,
+                                                                                          cfg.weights)))

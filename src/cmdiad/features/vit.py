@@ -18,9 +18,8 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from cmdiad.config import RGBFeatureConfig
 from cmdiad.errors import ConfigError
-from cmdiad.features.base import EXTRACTORS, FeatureInfo
+from cmdiad.features.base import FeatureInfo, register_family
 from cmdiad.features.rgb import RGBExtractor, load_strict, read_state_dict
 from cmdiad.types import PatchFeatures
 
@@ -128,14 +127,4 @@ def build_vit(name: str, weights: Path | None, pretrained: bool = True) -> nn.Mo
     return model
 
 
-def _vit_factory(name: str):
-    def factory(cfg: RGBFeatureConfig) -> ViTExtractor:
-        return ViTExtractor(build_vit(name, cfg.weights, cfg.pretrained))
-
-    factory.__name__ = f"build_{name}"
-    factory.__doc__ = f"Build the {name} extractor from its config."
-    return factory
-
-
-for _name in _VITS:
-    EXTRACTORS.register(_name)(_vit_factory(_name))
+register_family(_VITS, lambda name, cfg: ViTExtractor(build_vit(name, cfg.weights, cfg.pretrained)))
