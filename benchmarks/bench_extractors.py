@@ -64,12 +64,7 @@ def bench(name: str, sample: dict[str, np.ndarray], size: tuple[int, int], batch
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+    return (f"{_common.cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), timm {timm.__version__}, "
             f"Python {platform.python_version()}, no GPU; 1-min load average at the end "
             f"{os.getloadavg()[0]:.1f} (other jobs may have shared the machine)")
