@@ -60,3 +60,20 @@ def test_paper_preset_without_weights_is_a_clear_error(tiny_dataset: Path, tmp_p
     assert rc == 2
     err = capsys.readouterr().err
     assert "rgb.weights" in err and "xyz.weights" in err
+
+
+def test_disk_cache_is_reused_and_extraction_time_still_reported(tiny_dataset: Path, tmp_path: Path) -> None:
+    from cmdiad.config import DataConfig, DetectorConfig
+    from cmdiad.features.cache import FeatureCache
+    from cmdiad.pipeline.persist import build_encoder
+    from cmdiad.pipeline.runs import _extract_all, category_splits
+
+    cfg = DetectorConfig(data=DataConfig(image_size=(64, 64)))
+    splits = category_splits(tiny_dataset, "ring", with_validation=False)
+    first = build_encoder(cfg, device="cpu", cache=FeatureCache(tmp_path / "cache"), modalities=("xyz",))
+    _extract_all(first, splits, ["xyz"], None)
+    assert first.cache.misses > 0 and any((tmp_path / "cache").rglob("*.safetensors"))
+    second = build_encoder(cfg, device="cpu", cache=FeatureCache(tmp_path / "cache"), modalities=("xyz",))
+    _extract_all(second, splits, ["xyz"], None)
+    assert second.cache.hits > 0
+    assert second.ms_per_sample["xyz"] > 0  # measured on a few samples although all were cached

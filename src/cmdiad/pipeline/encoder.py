@@ -143,6 +143,15 @@ class Encoder:
         valid = torch.cat([found[i].valid for i in range(len(records))])
         return PatchFeatures(feats, valid)
 
+    def measure(self, records: Sequence[SampleRecord], modality: str) -> float:
+        """Milliseconds per sample to read and encode ``records``, bypassing the cache.
+
+        Used when every feature came from an on-disk cache, so that reported times still
+        include extraction.
+        """
+        self._compute(records, modality, None)
+        return self.ms_per_sample[modality]
+
     def _compute(self, records: Sequence[SampleRecord], modality: str, x: torch.Tensor | None) -> PatchFeatures:
         ext = self.extractor(modality)
         t0 = time.perf_counter()
