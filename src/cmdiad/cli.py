@@ -132,10 +132,19 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
+    from cmdiad import config as C
+    from cmdiad.preprocessing.pointcloud import PreprocessConfig
     from cmdiad.preprocessing.run import preprocess_dataset
 
+    data: dict[str, Any] = C.load_file(args.config) if args.config is not None else {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        C.set_path(data, key, _parse_value(value))
+    cfg = C.from_dict(PreprocessConfig, data, "preprocess config")
     bars = Bars()
-    report = preprocess_dataset(args.src, args.out, workers=args.workers, seed=args.seed,
+    report = preprocess_dataset(args.src, args.out, config=cfg, workers=args.workers, seed=args.seed,
                                 progress=lambda done, total: bars("preprocess", done, total))
     print(f"processed {len(report.processed)} samples into {args.out}")
     for path, err in report.failures:
@@ -297,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", type=Path)
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--config", type=Path, help="TOML/JSON file of preprocessing thresholds")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a threshold in the cloud's units, e.g. --set plane_distance=5 for clouds in mm "
+                        "(fields: border, ransac_distance, ransac_n, ransac_iterations, plane_distance, "
+                        "min_border_points, cluster_eps, cluster_min_points, pad_multiple)")
     s.set_defaults(func=cmd_preprocess)
 
     s = sub.add_parser("convert-eyecandies", help="convert the original Eyecandies release to the MVTec layout")
