@@ -21,7 +21,7 @@ from cmdiad.errors import DatasetError
 from cmdiad.memory.bank import MemoryBank
 from cmdiad.pipeline.encoder import Encoder, Progress
 from cmdiad.pipeline.mtfi import Hallucinator, PairedData, train_hallucinator
-from cmdiad.pipeline.streams import OTHER, Stream, needed_modalities, streams_for
+from cmdiad.pipeline.streams import Stream, needed_modalities, streams_for
 from cmdiad.scoring.fusion import build_fuser
 from cmdiad.scoring.patch import anomaly_map
 from cmdiad.types import PatchFeatures, SampleRecord, Scores
@@ -57,6 +57,9 @@ class Detector:
         config: Method, main modality and parts.
         encoder: Reads samples and computes features (shared across detectors of an experiment).
         device: Torch device of banks, networks and scoring.
+        shared_banks: Optional dict shared by the detectors of one category: a real-modality
+            bank (and its training-sample scores) is built once and reused by every method
+            that has the same stream with the same settings.
     """
 
     def __init__(
@@ -328,4 +331,4 @@ def _concat_scores(parts: list[Scores]) -> Scores:
     )
 
 
-__all__ = ["Detector", "FitReport", "OTHER", "paired_subset"]
+__all__ = ["Detector", "FitReport", "paired_subset"]
