@@ -218,7 +218,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from cmdiad.pipeline.runs import category_splits
 
     cfg = _experiment_config(args)
-    train, val, _ = category_splits(args.data, args.category, with_validation=cfg.detector.data.train_with_validation)
+    data = cfg.detector.data
+    train, val, _ = category_splits(args.data, args.category, with_validation=data.train_with_validation,
+                                    skip_bad=data.skip_bad_samples)
     if args.method == "mixed":
         specs = {"both": ("dual", "both"), "xyz": (args.distill, "xyz"), "rgb": (args.distill, "rgb")}
     else:

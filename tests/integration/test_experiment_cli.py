@@ -77,3 +77,17 @@ def test_disk_cache_is_reused_and_extraction_time_still_reported(tiny_dataset: P
     _extract_all(second, splits, ["xyz"], None)
     assert second.cache.hits > 0
     assert second.ms_per_sample["xyz"] > 0  # measured on a few samples although all were cached
+
+
+def test_bad_training_file_stops_or_is_skipped(tiny_dataset: Path, tmp_path: Path, tiny_sets, capsys) -> None:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    bad = sorted((root / "ring" / "train" / "good" / "xyz").glob("*.tiff"))[0]
+    bad.write_bytes(b"not a tiff")
+    args = ["experiment", str(root), "--methods", "xyz", *tiny_sets]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert bad.name in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "b"), "--set", "data.skip_bad_samples=true"]) == 0
+    assert (tmp_path / "b" / "results.json").is_file()

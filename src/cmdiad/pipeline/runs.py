@@ -15,7 +15,7 @@ import torch
 
 from cmdiad.config import ExperimentConfig, to_dict
 from cmdiad.features.cache import FeatureCache
-from cmdiad.io.mvtec3d import list_categories, list_records
+from cmdiad.io.mvtec3d import list_categories, list_records, load_sample
 from cmdiad.metrics.segmentation import evaluate
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.encoder import Encoder, Progress
@@ -27,11 +27,19 @@ from cmdiad.viz.report import load_records, merge_records, write_html_report, wr
 log = logging.getLogger(__name__)
 
 
-def category_splits(root: Path, category: str, *, with_validation: bool) -> tuple[list, list, list]:
-    """``(train, validation, test)`` records of a category."""
-    train = list_records(root, category, "train")
-    val = list_records(root, category, "validation")
-    test = list_records(root, category, "test")
+def category_splits(
+    root: Path, category: str, *, with_validation: bool, skip_bad: bool = False
+) -> tuple[list, list, list]:
+    """``(train, validation, test)`` records of a category.
+
+    With ``skip_bad``, every sample is read once up front and unreadable or malformed ones
+    are dropped with a warning (``data.skip_bad_samples``); otherwise the first bad file
+    stops the run with an error naming it.
+    """
+    splits = [list_records(root, category, s) for s in ("train", "validation", "test")]
+    if skip_bad:
+        splits = [[r for r in recs if load_sample(r, skip_bad=True) is not None] for recs in splits]
+    train, val, test = splits
     if with_validation:
         train = train + val
     return train, val, test
@@ -129,7 +137,9 @@ def run_experiment(
     records: list[dict] = []
     existing = load_records(out)
     for category in categories:
-        splits = category_splits(root, category, with_validation=cfg.detector.data.train_with_validation)
+        data = cfg.detector.data
+        splits = category_splits(root, category, with_validation=data.train_with_validation,
+                                 skip_bad=data.skip_bad_samples)
         _extract_all(encoder, splits, rows, progress)  # so fit_seconds never include extraction
         shared: dict = {}  # real-modality banks, built once per category
         for row in rows:
