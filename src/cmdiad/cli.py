@@ -133,7 +133,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from cmdiad import config as C
-    from cmdiad.preprocessing.pointcloud import PreprocessConfig
+    from cmdiad.config import PreprocessConfig
     from cmdiad.preprocessing.run import preprocess_dataset
 
     data: dict[str, Any] = C.load_file(args.config) if args.config is not None else {}

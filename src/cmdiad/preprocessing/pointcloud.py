@@ -15,45 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from cmdiad._open3d import open3d
+from cmdiad.config import PreprocessConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """Preprocessing thresholds (cloud units, metres by default)."""
-
-    border: int = 10
-    """Width in pixels of the image border strips the background plane is fitted on."""
-    ransac_distance: float = 0.004
-    """RANSAC inlier distance of the plane fit."""
-    ransac_n: int = 50
-    """Points drawn per RANSAC hypothesis."""
-    ransac_iterations: int = 1000
-    """RANSAC hypotheses."""
-    plane_distance: float = 0.005
-    """Points closer than this to the plane are removed (xyz and rgb set to 0)."""
-    min_border_points: int = 150
-    """Fewer valid border points than this means the plane is already gone: skip the step."""
-    cluster_eps: float = 0.006
-    """DBSCAN neighbourhood radius."""
-    cluster_min_points: int = 30
-    """DBSCAN core-point neighbour count."""
-    pad_multiple: int = 100
-    """Height and width are rounded up to a multiple of this before padding to a square."""
-
-    def __post_init__(self) -> None:
-        if self.border < 1 or self.ransac_n < 3 or self.ransac_iterations < 1 or self.pad_multiple < 1:
-            raise ValueError("border, pad_multiple, ransac_iterations must be >= 1 and ransac_n >= 3")
-        if min(self.ransac_distance, self.plane_distance, self.cluster_eps) <= 0:
-            raise ValueError("distances must be > 0")
-        if self.min_border_points < self.ransac_n or self.cluster_min_points < 1:
-            raise ValueError("min_border_points must be >= ransac_n and cluster_min_points >= 1")
 
 
 def valid_points(xyz: np.ndarray) -> np.ndarray:

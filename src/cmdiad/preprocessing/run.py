@@ -16,11 +16,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmdiad.config import PreprocessConfig
 from cmdiad.errors import DatasetError
 from cmdiad.io.image import read_mask_values, read_rgb, write_mask, write_rgb
 from cmdiad.io.mvtec3d import SPLITS, list_categories, list_records
 from cmdiad.io.pointcloud import read_xyz, write_xyz
-from cmdiad.preprocessing.pointcloud import PreprocessConfig, pad_to_square, preprocess_arrays
+from cmdiad.preprocessing.pointcloud import pad_to_square, preprocess_arrays
 from cmdiad.types import SampleRecord
 
 logger = logging.getLogger(__name__)
