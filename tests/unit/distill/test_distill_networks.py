@@ -18,15 +18,6 @@ from cmdiad.distill.networks import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add contention on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_registry_holds_the_three_designs() -> None:
     assert DISTILLERS.names() == ["f2f", "f2i", "i2f"]
     assert DISTILLERS.get("f2i") is FeatureToInput
