@@ -113,7 +113,7 @@ class Detector:
         feats = {m: self.encoder.features(usable, m, progress) for m in self.modalities}
         report = FitReport(0.0, len(usable), 0)
         stream_feats = self._training_stream_features(train, usable, feats, report, progress)
-        mean_std = self._standardization(train, feats, stream_feats)
+        mean_std = self._standardization(train, feats)
         train_scores = {}
         for s in self.streams:
             self.banks[s.name], train_scores[s.name] = self._build_bank(
@@ -179,7 +179,7 @@ class Detector:
             parts.append(self.hallucinator(pf, x).to("cpu"))
         return PatchFeatures(torch.cat([p.features for p in parts]), torch.cat([p.valid for p in parts]))
 
-    def _standardization(self, train, feats, stream_feats) -> dict[str, tuple[float, float]]:
+    def _standardization(self, train, feats) -> dict[str, tuple[float, float]]:
         """Per-bank constants (empty dict) or M3DM's mixed ones: xyz-bank mean, rgb-bank std."""
         if self.config.memory.standardize != "m3dm":
             return {}
@@ -202,13 +202,17 @@ class Detector:
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Weighted per-stream image scores ``(B,)`` and maps ``(B, H, W)``."""
         out = {}
-        mem = self.config.memory
         for s in self.streams:
             pf = feats[s.source] if not s.hallucinated else self._hallucinate(feats[s.source], inputs)
-            image, patch = self.banks[s.name].score(pf.to(self.device))
-            amap = anomaly_map(patch, self.encoder.image_size, sigma=mem.blur_sigma, mode=mem.blur_mode)
-            out[s.name] = (s.weight * image.cpu(), s.weight * amap.cpu())
+            out[s.name] = self._weighted_scores(s, pf)
         return out
+
+    def _weighted_scores(self, s: Stream, pf: PatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch against the stream's bank: weighted image scores ``(B,)`` and maps ``(B, H, W)``."""
+        mem = self.config.memory
+        image, patch = self.banks[s.name].score(pf.to(self.device))
+        amap = anomaly_map(patch, self.encoder.image_size, sigma=mem.blur_sigma, mode=mem.blur_mode)
+        return s.weight * image.cpu(), s.weight * amap.cpu()
 
     def _build_bank(self, s: Stream, feats: PatchFeatures, mean_std, usable) -> tuple[MemoryBank, tuple]:
         """The stream's bank and its training samples' (image, map) scores, reused when shared.
@@ -255,14 +259,11 @@ class Detector:
         log.info("fusion fitted on %d samples, %d pixel rows", n, pixel_rows.shape[0])
 
     def _score_bank_only(self, s: Stream, pf: PatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        images, maps, step, mem = [], [], self.encoder.batch_size, self.config.memory
-        for i in range(0, pf.features.shape[0], step):
-            part = PatchFeatures(pf.features[i : i + step], pf.valid[i : i + step]).to(self.device)
-            image, patch = self.banks[s.name].score(part)
-            amap = anomaly_map(patch, self.encoder.image_size, sigma=mem.blur_sigma, mode=mem.blur_mode)
-            images.append(s.weight * image.cpu())
-            maps.append(s.weight * amap.cpu())
-        return torch.cat(images), torch.cat(maps)
+        """Weighted scores of already-computed features of many samples, batch by batch."""
+        step = self.encoder.batch_size
+        parts = [self._weighted_scores(s, PatchFeatures(pf.features[i : i + step], pf.valid[i : i + step]))
+                 for i in range(0, pf.features.shape[0], step)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def score_features(self, feats: dict[str, PatchFeatures], inputs: torch.Tensor | None = None) -> Scores:
         """Fused scores of a batch given its main-modality features (and inputs for ``i2f``).
