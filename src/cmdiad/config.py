@@ -174,7 +174,8 @@ class FusionConfig:
     """Decision-layer fusion of per-stream scores."""
 
     kind: str = "ocsvm"
-    """``ocsvm`` (M3DM's linear one-class SVM) or ``sum`` (normalised sum)."""
+    """``ocsvm`` (M3DM's linear one-class SVM), ``sum`` (normalised sum) or ``calibrated_max``
+    (each stream calibrated on good samples, the maximum over streams)."""
     rgb_weight: float = 0.1
     """Weight of the real RGB stream's scores before fusion."""
     xyz_weight: float = 1.0
@@ -193,8 +194,19 @@ class FusionConfig:
     """Scores the fusers learn from: the ``train`` samples in their own banks (reference) or
     held-out ``validation`` good samples (falls back to training samples when there are none)."""
 
+    image_calibration: str = "zscore"
+    """``calibrated_max``, image scores: ``zscore`` (mean and std of the good samples' scores) or
+    ``quantile`` (median, and the distance to ``calibration_quantile``)."""
+    pixel_calibration: str = "quantile"
+    """``calibrated_max``, anomaly-map pixels: ``zscore`` or ``quantile`` (aligns the streams' tails)."""
+    calibration_quantile: float = 0.999
+    """``quantile`` calibration: the good-sample quantile that maps to 1."""
+
     def __post_init__(self) -> None:
-        _check(self.kind in ("ocsvm", "sum"), f"unknown fusion kind {self.kind!r}")
+        _check(self.kind in ("ocsvm", "sum", "calibrated_max"), f"unknown fusion kind {self.kind!r}")
+        for what, mode in (("image", self.image_calibration), ("pixel", self.pixel_calibration)):
+            _check(mode in ("zscore", "quantile"), f"unknown fusion {what}_calibration {mode!r}; use zscore or quantile")
+        _check(0.5 < self.calibration_quantile < 1.0, "calibration_quantile must be in (0.5, 1)")
         _check(self.fit_on in ("validation", "train"), f"unknown fusion fit_on {self.fit_on!r}")
         _check(0 < self.nu <= 1, "nu must be in (0, 1]")
 

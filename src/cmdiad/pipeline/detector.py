@@ -20,7 +20,7 @@ from cmdiad.distill.train import TrainReport
 from cmdiad.errors import DatasetError
 from cmdiad.memory.bank import MemoryBank
 from cmdiad.pipeline.encoder import Encoder, Progress
-from cmdiad.pipeline.mtfi import Hallucinator, PairedData, train_hallucinator
+from cmdiad.pipeline.mtfi import Hallucinator, PairedData, fidelity, train_hallucinator
 from cmdiad.pipeline.streams import Stream, needed_modalities, streams_for
 from cmdiad.scoring.fusion import build_fuser
 from cmdiad.scoring.patch import anomaly_map
@@ -38,6 +38,8 @@ class FitReport:
     num_paired: int
     bank_sizes: dict[str, int] = field(default_factory=dict)
     distill: TrainReport | None = None
+    fidelity: dict[str, float] | None = None
+    """Hallucinated vs real target features on held-out good samples (:func:`~cmdiad.pipeline.mtfi.fidelity`)."""
 
 
 def paired_subset(records: Sequence[SampleRecord], fraction: float, seed: int) -> list[SampleRecord]:
@@ -60,6 +62,9 @@ class Detector:
         shared_banks: Optional dict shared by the detectors of one category: a real-modality
             bank (and its training-sample scores) is built once and reused by every method
             that has the same stream with the same settings.
+        hallucinator: A distiller already trained for this method and main modality (e.g. on
+            the training samples of every category, :meth:`train_distiller`); ``fit`` then uses
+            it instead of training one on this category's samples.
     """
 
     def __init__(
@@ -69,6 +74,7 @@ class Detector:
         *,
         device: str | torch.device = "cpu",
         shared_banks: dict | None = None,
+        hallucinator: Hallucinator | None = None,
     ) -> None:
         self.config = config
         self._shared = shared_banks
@@ -76,7 +82,8 @@ class Detector:
         self.device = torch.device(device)
         self.streams: list[Stream] = streams_for(config)
         self.banks: dict[str, MemoryBank] = {}
-        self.hallucinator: Hallucinator | None = None
+        self.hallucinator: Hallucinator | None = hallucinator
+        self._pretrained = hallucinator is not None
         self.fuser = build_fuser(config.fusion)
         self.threshold: float | None = None
         self._reused_seconds = 0.0
@@ -121,8 +128,9 @@ class Detector:
             )
             report.bank_sizes[s.name] = int(self.banks[s.name].bank.shape[0])
         held_out = [r for r in validation if set(self.modalities) <= r.modalities]
+        report.fidelity = self._fidelity(validation)
         if self.config.fusion.fit_on == "validation" and held_out:
-            self._fit_fusion(self._held_out_scores(held_out))
+            self._fit_fusion(self.stream_scores(held_out))
         else:
             if self.config.fusion.fit_on == "validation":
                 log.warning("no validation samples: fusion fitted on training samples (their own banks)")
@@ -137,15 +145,27 @@ class Detector:
         if not hall:
             return out
         s = hall[0]
+        if not self._pretrained:
+            report.num_paired, report.distill = self.train_distiller(train, progress)
+        inputs = self.encoder.inputs(usable, s.source) if self.config.method == "i2f" else None
+        out[s.name] = self._hallucinate(feats[s.source], inputs)
+        return out
+
+    def train_distiller(
+        self, train: Sequence[SampleRecord], progress: Progress | None = None
+    ) -> tuple[int, TrainReport]:
+        """Train this method's distiller on the paired samples of ``train`` (any categories).
+
+        Returns:
+            The number of paired samples it was trained on, and the training report.
+        """
+        s = next(s for s in self.streams if s.hallucinated)
         paired = paired_subset(train, self.config.data.paired_fraction, self.config.seed)
         if len(paired) < 2:
             raise DatasetError(_folder_of(train), f"MTFI needs at least 2 training samples with both rgb and "
                                f"xyz files, found {len(paired)}")
-        report.num_paired = len(paired)
-        self.hallucinator, report.distill = self._train_distiller(s, paired, progress)
-        inputs = self.encoder.inputs(usable, s.source) if self.config.method == "i2f" else None
-        out[s.name] = self._hallucinate(feats[s.source], inputs)
-        return out
+        self.hallucinator, report = self._train_distiller(s, paired, progress)
+        return len(paired), report
 
     def _train_distiller(self, s: Stream, paired, progress) -> tuple[Hallucinator, TrainReport]:
         kind = self.config.method
@@ -178,6 +198,17 @@ class Detector:
             x = inputs[i : i + step] if inputs is not None else None
             parts.append(self.hallucinator(pf, x).to("cpu"))
         return PatchFeatures(torch.cat([p.features for p in parts]), torch.cat([p.valid for p in parts]))
+
+    def _fidelity(self, validation: Sequence[SampleRecord]) -> dict[str, float] | None:
+        """Fidelity of the hallucinated stream on held-out samples that have both modalities."""
+        hall = [s for s in self.streams if s.hallucinated]
+        paired = [r for r in validation if r.modalities >= {"rgb", "xyz"}]
+        if not hall or not paired:
+            return None
+        s = hall[0]
+        inputs = self.encoder.inputs(paired, s.source) if self.config.method == "i2f" else None
+        predicted = self._hallucinate(self.encoder.features(paired, s.source), inputs)
+        return fidelity(predicted, self.encoder.features(paired, s.target))
 
     def _standardization(self, train, feats) -> dict[str, tuple[float, float]]:
         """Per-bank constants (empty dict) or M3DM's mixed ones: xyz-bank mean, rgb-bank std."""
@@ -238,8 +269,8 @@ class Detector:
             self._shared[key] = (bank, scores, time.perf_counter() - t0)
         return bank, scores
 
-    def _held_out_scores(self, records: Sequence[SampleRecord]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Weighted per-stream (image, map) scores of held-out good samples, batch by batch."""
+    def stream_scores(self, records: Sequence[SampleRecord]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Weighted per-stream image scores ``(N,)`` and maps ``(N, H, W)`` of ``records``, before fusion."""
         parts = []
         for i in range(0, len(records), self.encoder.batch_size):
             chunk = records[i : i + self.encoder.batch_size]

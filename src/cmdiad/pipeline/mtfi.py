@@ -126,3 +126,25 @@ def train_hallucinator(
     report = fit_distiller(net, x, y, loss=loss, cfg=cfg, device=device, valid=valid, progress=progress)
     log.info("%s %s distiller: final train loss %.4f", kind, target, report.train_loss[-1])
     return Hallucinator(kind, net, target, target_extractor), report
+
+
+def fidelity(hallucinated: PatchFeatures, real: PatchFeatures) -> dict[str, float]:
+    """How close hallucinated features are to the real ones, over patches valid in both.
+
+    Args:
+        hallucinated: ``(N, C, h, w)`` hallucinated target features.
+        real: ``(N, C, h', w')`` real target features of the same samples (resampled to ``(h, w)``).
+
+    Returns:
+        ``cosine``: mean cosine similarity per patch; ``rel_l2``: ``||hallucinated - real|| / ||real||``
+        over all valid patches; ``patches``: how many patches were compared.
+    """
+    real = to_grid(real, hallucinated.grid)
+    keep = hallucinated.valid & real.valid
+    h = hallucinated.features.permute(0, 2, 3, 1)[keep].double()
+    r = real.features.permute(0, 2, 3, 1)[keep].double()
+    if h.shape[0] == 0:
+        return {"cosine": float("nan"), "rel_l2": float("nan"), "patches": 0}
+    cosine = torch.nn.functional.cosine_similarity(h, r, dim=1, eps=1e-12).mean()
+    rel = (h - r).norm() / r.norm().clamp_min(1e-12)
+    return {"cosine": float(cosine), "rel_l2": float(rel), "patches": int(h.shape[0])}

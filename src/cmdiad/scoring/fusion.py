@@ -145,6 +145,57 @@ class OCSVMFuser(Fuser):
         return normalised_sum_weights(rows)
 
 
+@FUSERS.register("calibrated_max")
+class CalibratedMaxFuser(Fuser):
+    """Each stream calibrated on good samples, then the most surprised stream decides.
+
+    A column ``s`` becomes ``(s - centre) / spread`` with the centre and spread of the good
+    samples it was fitted on (``FusionConfig.image_calibration`` / ``pixel_calibration``), so a
+    value of 1 means the same degree of "unusual for a good part" in every stream; the fused score
+    is the maximum over streams. Image scores (one per validation sample, few) use the mean and
+    std; pixels (many) use the median and a high quantile, which aligns the streams' upper tails,
+    where a pixel is declared anomalous or not.
+    Why the maximum and not a weighted sum: without defective samples there is no signal to
+    learn weights from, and a sum lets a stream that sees nothing of a defect dilute a stream that
+    sees it clearly (a geometry-only bump in an RGB stream, a stain in an xyz stream). Under the
+    maximum, a stream that carries no information about a defect only adds the noise of one more
+    good-sample draw to the ranking, and a confident stream is never averaged away.
+
+    State: ``image_weights`` and ``pixel_weights`` hold ``(2, K)`` arrays: centres, spreads.
+    """
+
+    kind = "calibrated_max"
+
+    def _fit_weights(self, rows: np.ndarray, what: str) -> np.ndarray:
+        mode = self.config.image_calibration if what == "image" else self.config.pixel_calibration
+        return calibration_constants(rows, mode, self.config.calibration_quantile)
+
+    def _apply(self, rows: torch.Tensor, weights: np.ndarray | None) -> torch.Tensor:
+        if weights is None:
+            raise RuntimeError("the fuser is not fitted")
+        if rows.ndim != 2 or weights.ndim != 2 or rows.shape[1] != weights.shape[1]:
+            raise ValueError(f"rows {tuple(rows.shape)} do not have {weights.shape[-1]} columns")
+        w = torch.as_tensor(weights, dtype=torch.float32, device=rows.device)
+        return ((rows.float() - w[0]) / w[1]).amax(dim=1)
+
+
+def calibration_constants(rows: np.ndarray, mode: str, quantile: float) -> np.ndarray:
+    """Centre and spread ``(2, K)`` of each column of good-sample rows ``(N, K)``.
+
+    ``zscore``: mean and standard deviation. ``quantile``: median and the distance from the
+    median to the ``quantile`` (the tail where decisions are made). A spread that is 0 (a constant
+    column) becomes the largest absolute value of the column, or 1.
+    """
+    if mode == "zscore":
+        centre, spread = rows.mean(axis=0), rows.std(axis=0)
+    else:
+        centre = np.median(rows, axis=0)
+        spread = np.quantile(rows, quantile, axis=0) - centre
+    fallback = np.abs(rows).max(axis=0)
+    spread = np.where(spread > 0, spread, np.where(fallback > 0, fallback, 1.0))
+    return np.stack([centre, spread])
+
+
 def build_fuser(cfg: FusionConfig) -> Fuser:
     """The fuser ``cfg.kind`` built from ``cfg``."""
     return FUSERS.get(cfg.kind)(cfg)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from cmdiad.config import FusionConfig
-from cmdiad.scoring.fusion import FUSERS, Fuser, OCSVMFuser, SumFuser, build_fuser
+from cmdiad.metrics.classification import auroc
+from cmdiad.scoring.fusion import FUSERS, CalibratedMaxFuser, Fuser, OCSVMFuser, SumFuser, build_fuser
 
 
 def _rows(n: int, seed: int) -> torch.Tensor:
@@ -19,7 +20,8 @@ def _rows(n: int, seed: int) -> torch.Tensor:
 
 
 def test_registry_and_builder() -> None:
-    assert FUSERS.names() == ["ocsvm", "sum"]
+    assert FUSERS.names() == ["calibrated_max", "ocsvm", "sum"]
+    assert isinstance(build_fuser(FusionConfig(kind="calibrated_max")), CalibratedMaxFuser)
     assert isinstance(build_fuser(FusionConfig(kind="sum")), SumFuser)
     assert isinstance(build_fuser(FusionConfig()), OCSVMFuser)
 
@@ -60,7 +62,7 @@ def test_pixel_rows_are_subsampled_with_a_seed() -> None:
     assert np.array_equal(a.pixel_weights, b.pixel_weights)
 
 
-@pytest.mark.parametrize("kind", ["ocsvm", "sum"])
+@pytest.mark.parametrize("kind", ["ocsvm", "sum", "calibrated_max"])
 def test_state_round_trip_gives_identical_scores(kind: str) -> None:
     fuser = build_fuser(FusionConfig(kind=kind)).fit(_rows(100, 0), _rows(500, 1))
     state = json.loads(json.dumps(fuser.save_state()))
@@ -79,3 +81,51 @@ def test_errors() -> None:
         fuser.fit(_rows(10, 0), _rows(10, 0)[:, :1])
     with pytest.raises(ValueError, match="fuser state"):
         Fuser.from_state({"kind": "sum"})
+
+
+def _two_streams(rng: np.random.Generator, n_good: int, n_bad: int, noise_scale: float) -> tuple:
+    """Image rows (N, 2) and pixel rows (N*64, 2): stream 0 sees the defects, stream 1 is pure noise.
+
+    The noise stream has a larger typical value, as an uninformed hallucinated stream often has.
+    """
+    labels = np.r_[np.zeros(n_good), np.ones(n_bad)].astype(int)
+    informative = rng.normal(1.0, 0.1, labels.size) + 0.4 * labels
+    noise = rng.normal(noise_scale, 0.3 * noise_scale, labels.size)
+    masks = np.zeros((labels.size, 64), dtype=bool)
+    masks[labels == 1, :8] = True
+    pix_inf = rng.normal(1.0, 0.1, masks.shape) + 0.5 * masks
+    pix_noise = rng.normal(noise_scale, 0.3 * noise_scale, masks.shape)
+    image = torch.from_numpy(np.c_[informative, noise]).float()
+    pixel = torch.from_numpy(np.stack([pix_inf, pix_noise], axis=-1).reshape(-1, 2)).float()
+    return image, pixel, labels, masks.reshape(-1)
+
+
+@pytest.mark.parametrize("noise_scale", [0.5, 3.0])
+def test_calibrated_max_is_not_worse_than_the_informative_stream_when_the_other_is_noise(noise_scale: float) -> None:
+    rng = np.random.default_rng(0)
+    val_image, val_pixel, _, _ = _two_streams(rng, 30, 0, noise_scale)
+    image, pixel, labels, masks = _two_streams(rng, 40, 40, noise_scale)
+    best_i = auroc(image[:, 0].numpy(), labels, "image")
+    best_p = auroc(pixel[:, 0].numpy(), masks, "pixel")
+    fused = CalibratedMaxFuser(FusionConfig(kind="calibrated_max")).fit(val_image, val_pixel)
+    assert auroc(fused.image_scores(image).numpy(), labels, "image") >= best_i - 0.02
+    assert auroc(fused.pixel_scores(pixel).numpy(), masks, "pixel") >= best_p - 0.01
+    if noise_scale > 1:  # the normalised sum lets the larger noise stream swamp the informative one
+        summed = SumFuser(FusionConfig(kind="sum")).fit(val_image, val_pixel)
+        assert auroc(summed.pixel_scores(pixel).numpy(), masks, "pixel") < best_p - 0.01
+
+
+@pytest.mark.parametrize("calibration", ["zscore", "quantile"])
+def test_calibration_maps_good_samples_to_a_common_scale(calibration: str) -> None:
+    rng = np.random.default_rng(1)
+    rows = torch.from_numpy(np.c_[rng.normal(5, 2, 2000), rng.normal(0.1, 0.01, 2000)]).float()
+    cfg = FusionConfig(kind="calibrated_max", image_calibration=calibration, calibration_quantile=0.99)
+    fuser = CalibratedMaxFuser(cfg).fit(rows, rows)
+    centre, spread = fuser.image_weights
+    z = (rows.double().numpy() - centre) / spread
+    assert np.allclose(np.median(z, axis=0), 0.0, atol=0.1)
+    q = 1.0 if calibration == "zscore" else 0.0  # zscore: unit std; quantile: the 99th percentile maps to 1
+    assert np.allclose(z.std(axis=0) if q else np.quantile(z, 0.99, axis=0), 1.0, atol=0.05)
+    constant = torch.ones(10, 2)
+    flat = CalibratedMaxFuser(cfg).fit(constant, constant)
+    assert torch.isfinite(flat.image_scores(constant)).all()

@@ -1,0 +1,74 @@
+"""Issue 10: a second stream that carries nothing (pure noise) must not make the fused result worse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cmdiad.config import DataConfig, DetectorConfig, FusionConfig, replace
+from cmdiad.io.mvtec3d import list_records
+from cmdiad.metrics.classification import auroc
+from cmdiad.pipeline.detector import Detector
+from cmdiad.pipeline.persist import build_encoder
+from cmdiad.synthetic.generator import SynthConfig, generate_dataset
+from cmdiad.types import PatchFeatures
+
+
+@pytest.fixture(scope="module")
+def geometry_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("geometry")
+    generate_dataset(root, SynthConfig(categories=("ring",), image_size=(96, 96), train=8, validation=8,
+                                       test_good=8, test_per_defect=5, defects=("bump", "dent"), seed=3))
+    return root
+
+
+def _noise_rgb(encoder) -> None:
+    """Replace the RGB features by seeded noise that has nothing to do with the image.
+
+    The amplitude varies from patch to patch, so the noise stream's scores vary as widely as an
+    informative stream's would (pure Gaussian features would give nearly constant distances).
+    """
+    ext = encoder.extractors["rgb"]
+    gen = torch.Generator().manual_seed(0)
+
+    def noise(x: torch.Tensor) -> PatchFeatures:
+        h, w = ext.grid_size(tuple(x.shape[-2:]))
+        amplitude = torch.exp(torch.randn(x.shape[0], 1, h, w, generator=gen))
+        feats = amplitude * torch.randn(x.shape[0], ext.out_channels, h, w, generator=gen)
+        return PatchFeatures(feats, torch.ones(x.shape[0], h, w, dtype=torch.bool))
+
+    ext.patch_features = noise  # type: ignore[method-assign]
+
+
+def _per_defect(image, maps, test, masks) -> dict[str, tuple[float, float]]:
+    defects = np.array([r.defect for r in test])
+    labels = np.array([r.label for r in test])
+    out = {}
+    for d in ("bump", "dent"):
+        keep = (defects == "good") | (defects == d)
+        out[d] = (auroc(image[keep], labels[keep], "image"),
+                  auroc(maps[keep].reshape(-1), masks[keep].reshape(-1), "pixel"))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "holds"), [("calibrated_max", True), ("sum", False)])
+def test_fused_dual_is_as_good_as_the_informative_stream_per_defect_type(geometry_set: Path, kind, holds) -> None:
+    cfg = DetectorConfig(method="dual", main="both", data=DataConfig(image_size=(96, 96)),
+                         fusion=FusionConfig(kind=kind, fit_on="validation"))
+    encoder = build_encoder(cfg, device="cpu")
+    _noise_rgb(encoder)
+    det = Detector(replace(cfg), encoder)
+    det.fit(list_records(geometry_set, "ring", "train"), validation=list_records(geometry_set, "ring", "validation"))
+    test = list_records(geometry_set, "ring", "test")
+    scores = det.score(test)
+    masks = encoder.masks(test).numpy()
+    xyz_image, xyz_maps = (t.numpy() for t in scores.per_modality["xyz"])
+    best = _per_defect(xyz_image, xyz_maps, test, masks)
+    fused = _per_defect(scores.image_score.numpy(), scores.anomaly_map.numpy(), test, masks)
+    ok = all(fused[d][0] >= best[d][0] - 0.02 and fused[d][1] >= best[d][1] - 0.01 for d in best)
+    assert min(best[d][1] for d in best) > 0.8, best  # the xyz stream does see these defects
+    assert ok == holds, {"best stream": best, "fused": fused}
