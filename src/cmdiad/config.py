@@ -205,7 +205,7 @@ class FusionConfig:
     def __post_init__(self) -> None:
         _check(self.kind in ("ocsvm", "sum", "calibrated_max"), f"unknown fusion kind {self.kind!r}")
         for what, mode in (("image", self.image_calibration), ("pixel", self.pixel_calibration)):
-            _check(mode in ("zscore", "quantile"), f"unknown fusion {what}_calibration {mode!r}; use zscore or quantile")
+            _check(mode in ("zscore", "quantile"), f"unknown {what}_calibration {mode!r}; use zscore or quantile")
         _check(0.5 < self.calibration_quantile < 1.0, "calibration_quantile must be in (0.5, 1)")
         _check(self.fit_on in ("validation", "train"), f"unknown fusion fit_on {self.fit_on!r}")
         _check(0 < self.nu <= 1, "nu must be in (0, 1]")
