@@ -115,8 +115,13 @@ def test_write_results_files_are_parseable(tmp_path) -> None:
     assert len(rows) == 6 and float(rows[1]["i_auroc"]) == 0.123456789
     assert {r["row"] for r in rows} == {"i2f_rgb", "xyz", "f2f_xyz"}
     md = (tmp_path / "results.md").read_text()
-    for heading in ("## I-AUROC", "## P-AUROC", "## AUPRO@30%", "## AUPRO@1%", "## Timing"):
+    for heading in ("## I-AUROC", "## P-AUROC", "## AUPRO@30%", "## AUPRO@1%"):
         assert heading in md
+    assert "Timing" not in md and "fit_seconds" not in (tmp_path / "results.json").read_text()
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert len(timings) == 6 and timings[0]["fit_seconds"] == 2.0
+    assert "## Timing" not in md and "| Method |" in (tmp_path / "timings.md").read_text()
+    assert load_records(tmp_path)[0]["ms_per_sample"] == 5.0  # joined back on load
     assert "cmdiad evaluate --set x=1" in md and '"seed": 7' in md
     assert md.count("| Method | Bagel | Foam | Mean |") == 4
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -129,7 +134,7 @@ def test_rerun_updates_some_rows_and_keeps_the_rest(tmp_path) -> None:
     loaded = {row_name(r): r["i_auroc"] for r in load_records(tmp_path)}
     assert loaded == {"xyz": 0.1, "rgb": 0.7}
     md = (tmp_path / "results.md").read_text()
-    assert "run 2" in md and "1 record(s) above were kept" in md
+    assert "run 2" in md and "| Single xyz bank | 0.100 |" in md and "| Single RGB bank | 0.700 |" in md
 
 
 def test_merge_false_replaces_everything(tmp_path) -> None:
