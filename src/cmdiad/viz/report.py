@@ -347,11 +347,11 @@ def load_timings(out_dir: Path | str) -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-def _csv_number(value: Any) -> Any:
+def _csv_number(value: Any, missing: str) -> Any:
     value = plain(value)
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else "nan"
-    return "" if value is None else value
+    return missing if value is None else value
 
 
 def _csv_lines(record: Record) -> list[dict[str, Any]]:
@@ -373,7 +373,7 @@ def records_to_csv(records: Sequence[Record]) -> str:
     writer.writeheader()
     for record in records:
         for line in _csv_lines(record):
-            writer.writerow({k: _csv_number(v) for k, v in line.items()})
+            writer.writerow({k: _csv_number(v, "nan" if k in METRICS else "") for k, v in line.items()})
     return buffer.getvalue()
 
 

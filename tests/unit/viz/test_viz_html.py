@@ -137,3 +137,19 @@ def test_background_image_reads_rgb_then_xyz_then_grey(tmp_path, rng) -> None:
     xyz = background_image(raw, 1, (10, 10))
     np.testing.assert_array_equal(xyz, depth_render(tifffile.imread(raw.xyz_files[1])))
     assert (background_image(raw, 2, (4, 6)) == 128).all()
+
+
+def test_report_shows_run_metadata_plots_colour_bar_and_per_defect_tables(tmp_path, rng) -> None:
+    raw = tmp_path / "raw"
+    _write_raw(raw / "xyz" / "bagel.npz", rng, tmp_path)
+    records = [{**_records()[0], "num_test": 8, "per_defect": {
+        "crack": {"num_test": 4, "i_auroc": 0.75, "p_auroc": 0.5, "aupro_30": 0.25, "aupro_1": 0.125}}}]
+    info = {"dataset": "/data/mvtec <3d>", "preset": "paper", "seed": 7, "cmdiad_version": "0.1.0",
+            "torch": "2.x", "cpu": "x86_64", "samples": {"bagel": {"train": 10, "validation": 2, "test": 8}}}
+    text = write_html_report(tmp_path, records, raw, run_info=info).read_text()
+    assert "/data/mvtec &lt;3d&gt;" in text and "<td>paper</td>" in text and "<td>x86_64</td>" in text
+    assert "<th>validation</th>" in text and "<td>10</td>" in text
+    assert text.count("<svg") == 2  # the row's ROC and the category's score histogram
+    assert 'alt="colour bar"' in text
+    assert "<h3>I-AUROC per defect type</h3>" in text and "<td>0.750</td>" in text
+    assert text.index("<h2>Timing</h2>") > text.index("<h3>AUPRO@1% per defect type</h3>")
