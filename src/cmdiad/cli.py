@@ -376,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="recompute metrics from an experiment's raw outputs")
     s.add_argument("run", type=Path)
-    s.add_argument("--aupro-mode", dest="aupro_mode", default="exact", choices=["exact", "official100"])
+    s.add_argument("--aupro-mode", dest="aupro_mode", default=None, choices=["exact", "official100"],
+                   help="AU-PRO mode (default: the one the run used, from its config.json)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("report", help="rewrite tables and report.html of an experiment folder")

@@ -122,3 +122,19 @@ def test_bad_training_file_stops_or_is_skipped(tiny_dataset: Path, tmp_path: Pat
     assert bad.name in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "b"), "--set", "data.skip_bad_samples=true"]) == 0
     assert (tmp_path / "b" / "results.json").is_file()
+
+
+def test_evaluate_uses_the_runs_aupro_mode(experiment_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from cmdiad.metrics.segmentation import aupro
+    from cmdiad.viz.html import load_raw
+
+    run = tmp_path / "run"
+    shutil.copytree(experiment_dir / "raw" / "xyz", run / "raw" / "xyz")
+    config = json.loads((experiment_dir / "config.json").read_text())
+    config["metrics"]["aupro_mode"] = "official100"
+    (run / "config.json").write_text(json.dumps(config))
+    raw = load_raw(run / "raw" / "xyz" / "ring.npz")
+    (record,) = recompute_records(run)
+    assert record["aupro_1"] == aupro(raw.anomaly_maps, raw.gt_masks, 0.01, mode="official100")

@@ -105,7 +105,7 @@ def check_output(out: Path, config: Mapping[str, Any], dataset: Path, *, overwri
         keys = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
         why = "its configuration differs in " + ", ".join(keys[:6]) + (" ..." if len(keys) > 6 else "")
     raise ConfigError(f"{out}: holds results of another run ({why}); pass --overwrite to replace them "
-                      "or choose another --out folder")
+                      "(only cmdiad's files are deleted) or choose another --out folder")
 
 
 def run_metadata(

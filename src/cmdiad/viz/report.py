@@ -391,7 +391,8 @@ def results_markdown(records: Sequence[Record], *, config: Mapping[str, Any], co
         for metric, label in METRICS.items():
             parts.append(f"## {label} per defect type (good vs that type, mean over categories)\n\n"
                          + format_markdown(*defect_table(records, metric)))
-    provenance = f"## Command\n\n```\n{command}\n```\n\n" if command else ""
+    provenance = f"## Command\n\n```\n{command}\n```\n\n" if command else (
+        "The command, dataset, machine and versions are in run.json; timings in timings.md.\n\n")
     config_text = json.dumps(config, indent=2, sort_keys=True, default=str)
     parts.append(provenance + f"## Config\n\n```json\n{config_text}\n```\n")
     return "# Results\n\n" + "\n".join(parts)
