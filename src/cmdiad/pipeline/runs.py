@@ -215,7 +215,12 @@ def run_experiment(
     return records
 
 
-def _run_categories(root, out, cfg, categories, rows, done, info, *, cache_dir, progress, on_record) -> list[dict]:
+def _run_categories(
+    root: Path, out: Path, cfg: ExperimentConfig, categories: Sequence[str], rows: Sequence[str],
+    done: dict[tuple[str, str], dict], info: dict, *, cache_dir: Path | None, progress: Progress | None,
+    on_record: Callable[[dict], None] | None,
+) -> list[dict]:
+    """The category loop of :func:`run_experiment`: rows in ``done`` are taken as they are."""
     encoder: Encoder | None = None  # built on the first row to compute: a fully resumed run builds nothing
     resolved, records, data = to_dict(cfg), [], cfg.detector.data
     for category in categories:

@@ -204,7 +204,9 @@ def colour_bar_html(limits: tuple[float, float], cmap: str = "jet") -> str:
             f"<span>{limits[1]:.4g}</span><span>anomaly score</span></div>")
 
 
-def category_section(raw_path: Path, category: str, *, top_k: int, max_side: int, raw: RawResults | None = None) -> str:
+def category_section(
+    raw_path: Path, category: str, *, top_k: int, max_side: int, raw: RawResults | None = None
+) -> str:
     """HTML of one row on one category: the score histogram, the colour bar, and the highest-
     and lowest-scoring samples."""
     if raw is None and not raw_path.exists():
@@ -224,12 +226,32 @@ def category_section(raw_path: Path, category: str, *, top_k: int, max_side: int
             + '<div class="samples">' + "".join(figures) + "</div>")
 
 
-def row_section(raw_root: Path, name: str, categories: Sequence[str], *, top_k: int, max_side: int) -> str:
-    """One row: its ROC curves (one per category), then a :func:`category_section` per category."""
+def defect_detail_html(record: Mapping[str, Any] | None) -> str:
+    """One row and category per defect type: test samples and the four metrics (good vs that type)."""
+    per = dict((record or {}).get("per_defect") or {})
+    if not per:
+        return ""
+    header = ["Defect type", "Test samples", *METRICS.values()]
+    rows: list[list[Cell]] = [
+        [kind, str(m.get("num_test")), *(None if m.get(k) is None else float(m[k]) for k in METRICS)]
+        for kind, m in sorted(per.items())
+    ]
+    overall = [["all", str(record.get("num_test")), *(None if record.get(k) is None else float(record[k])
+                                                       for k in METRICS)]]
+    return html_table(header, overall + rows)
+
+
+def row_section(
+    raw_root: Path, name: str, categories: Sequence[str], *, top_k: int, max_side: int,
+    records: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """One row: its ROC curves (one per category), then per category the per-defect metrics
+    (``records`` by category) and a :func:`category_section`."""
     raws = {c: load_raw(raw_root / name / f"{c}.npz") for c in categories if (raw_root / name / f"{c}.npz").exists()}
     roc = roc_svg({c: (r.image_scores, r.labels) for c, r in raws.items()}, title=f"{row_label(name)}: ROC")
     body = "".join(
         category_section(raw_root / name / f"{c}.npz", c, top_k=top_k, max_side=max_side, raw=raws.get(c))
+        + defect_detail_html((records or {}).get(c))
         for c in categories
     )
     plots = f'<div class="plots">{roc}</div>' if raws else ""
@@ -318,7 +340,8 @@ def write_html_report(
     sections = []
     for name in ordered_rows(records):
         categories = sorted({str(r["category"]) for r in records if row_name(r) == name})
-        sections.append(row_section(raw_root, name, categories, top_k=top_k, max_side=max_side))
+        mine = {str(r["category"]): r for r in records if row_name(r) == name}
+        sections.append(row_section(raw_root, name, categories, top_k=top_k, max_side=max_side, records=mine))
     provenance = f"<h2>Command</h2><pre>{escape(command)}</pre>" if command else ""
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'

@@ -153,3 +153,5 @@ def test_report_shows_run_metadata_plots_colour_bar_and_per_defect_tables(tmp_pa
     assert 'alt="colour bar"' in text
     assert "<h3>I-AUROC per defect type</h3>" in text and "<td>0.750</td>" in text
     assert text.index("<h2>Timing</h2>") > text.index("<h3>AUPRO@1% per defect type</h3>")
+    detail = text[text.index("<h3>bagel</h3>"):]  # the row's own per-category, per-type table
+    assert "<th>Defect type</th>" in detail and "<td>crack</td><td>4</td><td>0.750</td>" in detail
