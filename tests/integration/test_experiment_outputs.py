@@ -75,6 +75,9 @@ def test_folder_with_foreign_results_is_refused(tiny_dataset, tmp_path, tiny_set
     (out / "results.json").write_text("[]")
     assert _run(tiny_dataset, out, tiny_sets) == 2
     assert "--overwrite" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert _run(tiny_dataset, tmp_path / "file", tiny_sets) == 2
+    assert "not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", ["missing dataset", "unknown category"])

@@ -90,6 +90,8 @@ def check_output(out: Path, config: Mapping[str, Any], dataset: Path, *, overwri
     Raises:
         ConfigError: ``out`` holds results of another (or an unknown) configuration.
     """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: --out exists and is not a folder")
     if not out.exists() or not own_outputs(out):
         return
     if overwrite:
