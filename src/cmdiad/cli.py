@@ -163,18 +163,32 @@ def cmd_convert_eyecandies(args: argparse.Namespace) -> int:
 
 
 def _print_tables(out: Path) -> None:
-    from cmdiad.viz.report import format_markdown, load_records, metric_table
+    from cmdiad.viz.report import METRICS, defect_table, defect_types, format_markdown, load_records, metric_table
 
     records = load_records(out)
-    for metric, title in (("i_auroc", "I-AUROC"), ("p_auroc", "P-AUROC"), ("aupro_30", "AUPRO@30%"),
-                          ("aupro_1", "AUPRO@1%")):
-        header, rows = metric_table(records, metric)
-        print(f"\n{title}\n{format_markdown(header, rows)}")
+    for metric, title in METRICS.items():
+        print(f"\n{title}\n{format_markdown(*metric_table(records, metric))}")
+    if defect_types(records):
+        for metric, title in METRICS.items():
+            table = format_markdown(*defect_table(records, metric))
+            print(f"\n{title} per defect type (mean over categories)\n{table}")
+
+
+def _print_record(r: dict[str, Any]) -> None:
+    from cmdiad.pipeline.streams import row_name
+
+    fit = f"  fit {r['fit_seconds']:.1f} s" if "fit_seconds" in r else ""
+    left = f" ({r['num_left_out']} left out)" if r.get("num_left_out") else ""
+    print(f"  {r['category']:>14} {row_name(r['method'], r['main']):<8} n={r.get('num_test')}{left}  "
+          f"I-AUROC {r['i_auroc']:.4f}  P-AUROC {r['p_auroc']:.4f}  AUPRO@30% {r['aupro_30']:.4f}  "
+          f"AUPRO@1% {r['aupro_1']:.4f}{fit}")
+    for defect, m in sorted((r.get("per_defect") or {}).items()):
+        values = "  ".join(f"{k} {m[k]:.4f}" for k in ("i_auroc", "p_auroc", "aupro_30", "aupro_1"))
+        print(f"  {'':>14} {'':<8}   {defect:<12} n={m['num_test']}  {values}")
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from cmdiad.pipeline.runs import run_experiment
-    from cmdiad.pipeline.streams import row_name
 
     extra: dict[str, Any] = {}
     if args.categories:
@@ -185,11 +199,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     command = "cmdiad " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run_experiment(args.data, args.out, cfg, cache_dir=args.cache, command=command, progress=Bars(),
-                   on_record=lambda r: print(f"  {r['category']:>14} {row_name(r['method'], r['main']):<8} "
-                                             f"I-AUROC {r['i_auroc']:.3f}  P-AUROC {r['p_auroc']:.3f}  "
-                                             f"AUPRO@30% {r['aupro_30']:.3f}  fit {r['fit_seconds']:.1f} s"))
+                   overwrite=getattr(args, "overwrite", False), run_info={"preset": args.preset},
+                   on_resume=lambda n: print(f"resuming: {n} rows already done in {args.out}"),
+                   on_record=lambda r: _print_record({k: v for k, v in r.items() if k != "per_defect"}))
     _print_tables(args.out)
-    print(f"\nresults in {args.out} (results.md, results.csv, results.json, report.html); "
+    print(f"\nresults in {args.out} (results.md, results.csv, results.json, timings.md, run.json, report.html); "
           f"total {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -262,12 +276,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cmdiad.pipeline.evaluate import recompute_records
-    from cmdiad.pipeline.streams import row_name
 
-    records = recompute_records(args.run, mode=args.aupro_mode)
-    for r in records:
-        print(f"{r['category']:>14} {row_name(r['method'], r['main']):<8} I-AUROC {r['i_auroc']:.4f} "
-              f"P-AUROC {r['p_auroc']:.4f} AUPRO@30% {r['aupro_30']:.4f} AUPRO@1% {r['aupro_1']:.4f}")
+    for r in recompute_records(args.run, mode=args.aupro_mode):
+        _print_record(r)
     return 0
 
 
@@ -277,7 +288,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     records = load_records(args.run)
     if not records:
         raise ConfigError(f"{args.run}: no results.json with records")
-    write_html_report(args.run, records, args.run / "raw", title=f"cmdiad results: {args.run}")
+    try:
+        run_info = json.loads((args.run / "run.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        run_info = None  # folders written before run.json existed
+    write_html_report(args.run, records, args.run / "raw", title=f"cmdiad results: {args.run}",
+                      command=(run_info or {}).get("command", ""), run_info=run_info)
     _print_tables(args.run)
     print(f"wrote {args.run / 'report.html'}")
     return 0
@@ -326,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--categories", help="comma-separated (default: all)")
     s.add_argument("--methods", help="comma-separated rows, e.g. xyz,rgb,dual,f2f_xyz (default: all nine)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="delete earlier results in --out (another configuration's) instead of refusing")
     _add_config_args(s)
     s.set_defaults(func=cmd_experiment)
 
@@ -358,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="recompute metrics from an experiment's raw outputs")
     s.add_argument("run", type=Path)
-    s.add_argument("--aupro-mode", dest="aupro_mode", default="exact", choices=["exact", "official100"])
+    s.add_argument("--aupro-mode", dest="aupro_mode", default=None, choices=["exact", "official100"],
+                   help="AU-PRO mode (default: the one the run used, from its config.json)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("report", help="rewrite tables and report.html of an experiment folder")

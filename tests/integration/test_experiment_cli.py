@@ -22,7 +22,8 @@ def experiment_dir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory,
 
 
 def test_every_output_exists(experiment_dir: Path) -> None:
-    for name in ("results.json", "results.md", "results.csv", "config.json", "report.html"):
+    for name in ("results.json", "results.md", "results.csv", "config.json", "report.html", "timings.json",
+                 "timings.md", "run.json"):
         assert (experiment_dir / name).is_file(), name
     records = json.loads((experiment_dir / "results.json").read_text())
     rows = {r["method"] if r["method"] in ("xyz", "rgb", "dual") else f"{r['method']}_{r['main']}"
@@ -33,11 +34,18 @@ def test_every_output_exists(experiment_dir: Path) -> None:
         n = raw["image_scores"].shape[0]
         assert raw["anomaly_maps"].shape == (n, 64, 64) and raw["gt_masks"].dtype == bool
         assert raw["labels"].sum() > 0 and (raw["labels"] == 0).sum() > 0
+        assert raw["anomaly_maps"].dtype == np.float32  # what the metrics were computed from
+        assert sorted(set(raw["defects"])) == ["bump", "crack", "dent", "good", "hole", "stain"]
     for r in records:
-        assert set(r) >= {"method", "main", "category", "i_auroc", "p_auroc", "aupro_30", "aupro_1",
-                          "fit_seconds", "ms_per_sample"}
-        assert r["main"] in ("xyz", "rgb", "both")
+        assert set(r) >= {"method", "main", "category", "num_test", "i_auroc", "p_auroc", "aupro_30", "aupro_1",
+                          "per_defect"}
+        assert not set(r) & {"fit_seconds", "ms_per_sample"}  # timings live in timings.json
+        assert r["main"] in ("xyz", "rgb", "both") and r["num_test"] == 13
         assert all(0.0 <= r[k] <= 1.0 for k in ("i_auroc", "p_auroc", "aupro_30", "aupro_1"))
+        assert set(r["per_defect"]) == {"bump", "crack", "dent", "hole", "stain"}
+        assert all(m["num_test"] == 2 for m in r["per_defect"].values())
+    timings = json.loads((experiment_dir / "timings.json").read_text())
+    assert len(timings) == len(records) and all(t["fit_seconds"] > 0 for t in timings)
     html = (experiment_dir / "report.html").read_text()
     assert "data:image/png;base64" in html
 
@@ -49,10 +57,33 @@ def test_metrics_recomputed_from_raw_equal_results(experiment_dir: Path) -> None
     assert len(again) == len(records)
     for r in again:
         ref = by_key[(r["method"], r["main"], r["category"])]
+        assert r["num_test"] == ref["num_test"]
         for k in ("i_auroc", "p_auroc", "aupro_30", "aupro_1"):
-            # maps are stored as float16, so pixel metrics may move in the last digits
-            tol = 1e-9 if k == "i_auroc" else 5e-3
-            assert math.isclose(r[k], ref[k], abs_tol=tol), (r, ref, k)
+            # maps are stored as float32, exactly what the experiment computed its metrics from
+            assert math.isclose(r[k], ref[k], abs_tol=1e-6), (r, ref, k)
+        assert set(r["per_defect"]) == set(ref["per_defect"])
+        for defect, metrics in r["per_defect"].items():
+            for k, v in metrics.items():
+                assert math.isclose(v, ref["per_defect"][defect][k], abs_tol=1e-6), (r, defect, k)
+
+
+def test_evaluate_cli_prints_per_defect_lines(experiment_dir: Path, capsys) -> None:
+    assert main(["evaluate", str(experiment_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("I-AUROC") == len(ALL_ROWS)
+    assert out.count("crack") == len(ALL_ROWS) and "n=13" in out and "n=2" in out
+
+
+def test_csv_is_flat_and_numeric(experiment_dir: Path) -> None:
+    import csv
+
+    rows = list(csv.DictReader((experiment_dir / "results.csv").open()))
+    assert len(rows) == len(ALL_ROWS) * 6  # "all" + five defect types per row
+    assert {r["defect"] for r in rows} == {"all", "bump", "crack", "dent", "hole", "stain"}
+    for r in rows:
+        for k in ("num_test", "i_auroc", "p_auroc", "aupro_30", "aupro_1"):
+            float(r[k])  # plain numbers, never "np.float64(...)"
+        assert "np." not in ",".join(r.values())
 
 
 def test_paper_preset_without_weights_is_a_clear_error(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
@@ -91,3 +122,19 @@ def test_bad_training_file_stops_or_is_skipped(tiny_dataset: Path, tmp_path: Pat
     assert bad.name in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "b"), "--set", "data.skip_bad_samples=true"]) == 0
     assert (tmp_path / "b" / "results.json").is_file()
+
+
+def test_evaluate_uses_the_runs_aupro_mode(experiment_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from cmdiad.metrics.segmentation import aupro
+    from cmdiad.viz.html import load_raw
+
+    run = tmp_path / "run"
+    shutil.copytree(experiment_dir / "raw" / "xyz", run / "raw" / "xyz")
+    config = json.loads((experiment_dir / "config.json").read_text())
+    config["metrics"]["aupro_mode"] = "official100"
+    (run / "config.json").write_text(json.dumps(config))
+    raw = load_raw(run / "raw" / "xyz" / "ring.npz")
+    (record,) = recompute_records(run)
+    assert record["aupro_1"] == aupro(raw.anomaly_maps, raw.gt_masks, 0.01, mode="official100")

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cmdiad.config import ExperimentConfig, to_dict
+from cmdiad.errors import DatasetError
 from cmdiad.features.cache import FeatureCache
 from cmdiad.io.mvtec3d import list_categories, list_records, load_sample
-from cmdiad.metrics.segmentation import evaluate
+from cmdiad.metrics.per_defect import evaluate_record
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.encoder import Encoder, Progress
+from cmdiad.pipeline.outputs import check_output, run_metadata
 from cmdiad.pipeline.persist import build_encoder
 from cmdiad.pipeline.streams import ALL_ROWS, needed_modalities, parse_row
-from cmdiad.types import SampleRecord
-from cmdiad.viz.report import load_records, merge_records, write_html_report, write_results
+from cmdiad.types import SampleRecord, Scores
+from cmdiad.viz.report import atomic_write_text, load_records, plain, row_name, write_html_report, write_results
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +47,46 @@ def category_splits(
     return train, val, test
 
 
-def _save_raw(path: Path, recs: Sequence[SampleRecord], scores, labels, masks) -> None:
+def usable_test(test: Sequence[SampleRecord], modalities: Sequence[str], where: str) -> list[SampleRecord]:
+    """The test records that have every modality a row needs; the others are named in a warning.
+
+    Rows needing different modalities may so score different subsets; the record's ``num_test``
+    (and ``num_left_out``) makes that visible next to the numbers.
+    """
+    need = set(modalities)
+    keep = [r for r in test if need <= r.modalities]
+    left = [r for r in test if not need <= r.modalities]
+    if left:
+        named = ", ".join(
+            f"{r.key} ({r.rgb_path or r.xyz_path or r.gt_path}: no {'/'.join(sorted(need - r.modalities))})"
+            for r in left)
+        log.warning("%s: %d of %d test samples left out for lacking a modality this row needs: %s",
+                    where, len(left), len(test), named)
+    log.info("%s: scoring %d test samples", where, len(keep))
+    return keep
+
+
+def raw_arrays(recs: Sequence[SampleRecord], scores: Scores, masks: torch.Tensor) -> dict[str, np.ndarray]:
+    """The arrays of ``raw/<row>/<category>.npz``: the metrics are computed from exactly these.
+
+    Maps are kept as float32 (what the detector gives), so nothing is lost in the file.
+    """
+    return {
+        "image_scores": scores.image_score.detach().cpu().numpy().astype(np.float64),
+        "labels": np.array([r.label for r in recs], dtype=np.int64),
+        "anomaly_maps": scores.anomaly_map.detach().cpu().numpy().astype(np.float32),
+        "gt_masks": masks.detach().cpu().numpy().astype(bool),
+        "defects": np.array([r.defect for r in recs], dtype=str),
+        "paths": np.array([r.key for r in recs], dtype=str),
+        "rgb_files": np.array([str(r.rgb_path or "") for r in recs], dtype=str),
+        "xyz_files": np.array([str(r.xyz_path or "") for r in recs], dtype=str),
+    }
+
+
+def _save_raw(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(
-        tmp,
-        image_scores=scores.image_score.numpy().astype(np.float64),
-        labels=labels.astype(np.int64),
-        anomaly_maps=scores.anomaly_map.numpy().astype(np.float16),
-        gt_masks=masks.numpy().astype(bool),
-        paths=np.array([r.key for r in recs]),
-        rgb_files=np.array([str(r.rgb_path or "") for r in recs]),
-        xyz_files=np.array([str(r.xyz_path or "") for r in recs]),
-    )
+    np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
 
 
@@ -65,7 +94,12 @@ def run_row(
     row: str, cfg: ExperimentConfig, encoder: Encoder, splits, *, out: Path, category: str,
     progress: Progress | None = None, shared_banks: dict | None = None,
 ) -> dict:
-    """Fit and evaluate one row on one category; writes ``raw/<row>/<category>.npz``."""
+    """Fit and evaluate one row on one category; writes ``raw/<row>/<category>.npz``.
+
+    Returns:
+        The record: method, main, category, ``num_test``, ``num_left_out``, the overall metrics,
+        ``per_defect`` and the timings.
+    """
     method, main = parse_row(row)
     dcfg = replace(cfg.detector, method=method, main=main)
     torch.manual_seed(dcfg.seed)
@@ -73,26 +107,17 @@ def run_row(
     det = Detector(dcfg, encoder, device=cfg.device, shared_banks=shared_banks)
     fit = det.fit(train, validation=val, threshold_frr=cfg.threshold_frr, progress=progress)
     modalities = needed_modalities(dcfg)
-    test = [r for r in test if set(modalities) <= r.modalities]
+    usable = usable_test(test, modalities, f"{row}/{category}")
     t0 = time.perf_counter()
-    scores = det.score(test, progress=progress)
-    score_ms = 1000 * (time.perf_counter() - t0) / max(len(test), 1)
-    labels = np.array([r.label for r in test])
-    masks = encoder.masks(test)
-    _save_raw(out / "raw" / row / f"{category}.npz", test, scores, labels, masks)
-    metrics = _metrics(scores, labels, masks, cfg, f"{row}/{category}")
+    scores = det.score(usable, progress=progress)
+    score_ms = 1000 * (time.perf_counter() - t0) / max(len(usable), 1)
+    arrays = raw_arrays(usable, scores, encoder.masks(usable))
+    _save_raw(out / "raw" / row / f"{category}.npz", arrays)
+    metrics = evaluate_record(arrays["image_scores"], arrays["labels"], arrays["anomaly_maps"], arrays["gt_masks"],
+                              arrays["defects"], cfg.metrics.aupro_mode, where=f"{row}/{category}")
     extract_ms = sum(encoder.ms_per_sample.get(m, 0.0) for m in modalities)
-    return {"method": method, "main": main, "category": category, **metrics,
-            "fit_seconds": fit.fit_seconds, "ms_per_sample": score_ms + extract_ms}
-
-
-def _metrics(scores, labels, masks, cfg: ExperimentConfig, where: str) -> dict:
-    try:
-        return evaluate(scores.image_score.numpy(), labels, scores.anomaly_map.numpy(), masks.numpy(),
-                        mode=cfg.metrics.aupro_mode)
-    except ValueError as exc:
-        log.warning("%s: metrics undefined (%s)", where, exc)
-        return {k: math.nan for k in ("i_auroc", "p_auroc", "aupro_30", "aupro_1")}
+    return plain({"method": method, "main": main, "category": category, "num_left_out": len(test) - len(usable),
+                  **metrics, "fit_seconds": fit.fit_seconds, "ms_per_sample": score_ms + extract_ms})
 
 
 def _extract_all(encoder: Encoder, splits, rows: Sequence[str], progress: Progress | None) -> None:
@@ -109,6 +134,33 @@ def _extract_all(encoder: Encoder, splits, rows: Sequence[str], progress: Progre
             encoder.measure(have[: encoder.batch_size], m)
 
 
+def check_inputs(root: Path, cfg: ExperimentConfig) -> tuple[list[str], list[str]]:
+    """``(categories, rows)`` of a run, checked before anything is built or written.
+
+    Raises:
+        DatasetError: ``root`` is not a dataset folder, or a category is not in it (the message
+            lists the categories it has).
+        ConfigError: A row name is unknown.
+    """
+    if not root.is_dir():
+        raise DatasetError(root, "dataset folder not found")
+    found = list_categories(root)
+    unknown = [c for c in cfg.categories if c not in found]
+    if unknown:
+        raise DatasetError(root, f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+                                 f"this dataset has: {', '.join(found)}")
+    rows = list(cfg.rows) or list(ALL_ROWS)
+    for row in rows:
+        parse_row(row)
+    return list(cfg.categories) or found, rows
+
+
+def finished_rows(out: Path) -> dict[tuple[str, str], dict]:
+    """``{(row, category): record}`` already done in ``out``: a record and its raw npz are both there."""
+    return {(row_name(r), str(r["category"])): r for r in load_records(out)
+            if (out / "raw" / row_name(r) / f"{r['category']}.npz").is_file()}
+
+
 def run_experiment(
     root: Path,
     out: Path,
@@ -118,38 +170,80 @@ def run_experiment(
     command: str = "",
     progress: Progress | None = None,
     on_record: Callable[[dict], None] | None = None,
+    overwrite: bool = False,
+    run_info: dict | None = None,
+    on_resume: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Run the rows of ``cfg`` on every category of the dataset at ``root``.
 
-    Results are written after every row (``results.json/.csv/.md``), so nothing already
-    computed is lost if a later row fails; ``report.html`` is written at the end.
+    Inputs are checked before anything is created. A folder with results of the same
+    configuration is resumed (rows whose record and raw file exist are not recomputed, and
+    ``on_resume`` gets their count); one of another configuration is refused unless
+    ``overwrite``. Results are written after every row, so an interrupted run loses at most the
+    row in progress; ``report.html`` is written at the end.
+
+    Args:
+        run_info: Extra run.json entries (e.g. the preset name).
 
     Returns:
-        The records of this run.
+        The records of this run's rows and categories (resumed ones included).
+
+    Raises:
+        DatasetError: See :func:`check_inputs`.
+        ConfigError: ``out`` holds results of another configuration.
     """
     root, out = Path(root), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    categories = list(cfg.categories) or list_categories(root)
-    rows = list(cfg.rows) or list(ALL_ROWS)
+    categories, rows = check_inputs(root, cfg)
     resolved = to_dict(cfg)
-    (out / "config.json").write_text(json.dumps(resolved, indent=2), encoding="utf-8")
-    encoder = build_encoder(cfg.detector, device=cfg.device, cache=FeatureCache(cache_dir))
-    records: list[dict] = []
-    existing = load_records(out)
+    check_output(out, resolved, root, overwrite=overwrite)
+    done = finished_rows(out)
+    todo = [(c, r) for c in categories for r in rows]
+    resumed = sum((r, c) in done for c, r in todo)
+    if resumed and on_resume is not None:
+        on_resume(resumed)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(resolved, indent=2) + "\n")
+    info = run_metadata(root, seed=cfg.detector.seed, device=cfg.device, command=command,
+                        extra={**(run_info or {}), "resumed_rows": resumed, "samples": {}})
+    atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
+    records = _run_categories(root, out, cfg, categories, rows, done, info, cache_dir=cache_dir,
+                              progress=progress, on_record=on_record)
+    info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
+    write_html_report(out, load_records(out), out / "raw", title=f"cmdiad experiment on {root}",
+                      command=command, run_info=info)
+    return records
+
+
+def _run_categories(
+    root: Path, out: Path, cfg: ExperimentConfig, categories: Sequence[str], rows: Sequence[str],
+    done: dict[tuple[str, str], dict], info: dict, *, cache_dir: Path | None, progress: Progress | None,
+    on_record: Callable[[dict], None] | None,
+) -> list[dict]:
+    """The category loop of :func:`run_experiment`: rows in ``done`` are taken as they are."""
+    encoder: Encoder | None = None  # built on the first row to compute: a fully resumed run builds nothing
+    resolved, records, data = to_dict(cfg), [], cfg.detector.data
     for category in categories:
-        data = cfg.detector.data
         splits = category_splits(root, category, with_validation=data.train_with_validation,
                                  skip_bad=data.skip_bad_samples)
+        info["samples"][category] = dict(zip(("train", "validation", "test"), map(len, splits), strict=True))
+        atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
+        if all((row, category) in done for row in rows):
+            records += [done[(row, category)] for row in rows]
+            continue
+        if encoder is None:
+            encoder = build_encoder(cfg.detector, device=cfg.device, cache=FeatureCache(cache_dir))
         _extract_all(encoder, splits, rows, progress)  # so fit_seconds never include extraction
         shared: dict = {}  # real-modality banks, built once per category
         for row in rows:
+            if (row, category) in done:
+                records.append(done[(row, category)])
+                continue
             log.info("%s: %s", category, row)
             rec = run_row(row, cfg, encoder, splits, out=out, category=category, progress=progress,
                           shared_banks=shared)
             records.append(rec)
-            existing = merge_records(existing, [rec])
-            write_results(out, existing, command=command, config=resolved)
+            write_results(out, [rec], config=resolved)
             if on_record is not None:
                 on_record(rec)
-    write_html_report(out, existing, out / "raw", title=f"cmdiad experiment on {root}")
     return records

@@ -19,11 +19,16 @@ import numpy as np
 from PIL import Image
 
 from cmdiad.errors import DatasetError
-from cmdiad.viz.heatmaps import depth_render, draw_contour, overlay, resize_image
+from cmdiad.viz.heatmaps import colormap_table, depth_render, draw_contour, overlay, resize_image
+from cmdiad.viz.plots import colour_bar, histogram_svg, roc_svg
 from cmdiad.viz.report import (
     METRICS,
     Cell,
     atomic_write_text,
+    count_table,
+    defect_count_table,
+    defect_table,
+    defect_types,
     metric_table,
     ordered_rows,
     row_label,
@@ -47,6 +52,8 @@ figure.anomalous { border-color: #c33; }
 figcaption { max-width: 24em; word-break: break-all; }
 img { display: inline-block; margin-right: 2px; }
 pre { background: #f6f6f6; padding: 0.5em; white-space: pre-wrap; }
+.plots { display: flex; flex-wrap: wrap; gap: 0.6em; align-items: flex-start; }
+.colourbar { font-size: 0.75em; display: flex; align-items: center; gap: 0.4em; }
 """
 
 
@@ -62,6 +69,8 @@ class RawResults:
         paths: ``(N,)`` sample keys.
         rgb_files: ``(N,)`` RGB file per sample, ``""`` when none.
         xyz_files: ``(N,)`` xyz TIFF per sample, ``""`` when none.
+        defects: ``(N,)`` defect type per sample (``"good"`` for normal ones), ``""`` in files
+            written before defect types were stored.
     """
 
     image_scores: np.ndarray
@@ -71,6 +80,7 @@ class RawResults:
     paths: np.ndarray
     rgb_files: np.ndarray
     xyz_files: np.ndarray
+    defects: np.ndarray
 
 
 def load_raw(path: Path | str) -> RawResults:
@@ -92,7 +102,8 @@ def load_raw(path: Path | str) -> RawResults:
     empty = np.full(n, "", dtype=str)
     arrays.setdefault("rgb_files", empty)
     arrays.setdefault("xyz_files", empty)
-    fields = (*RAW_KEYS, "rgb_files", "xyz_files")
+    arrays.setdefault("defects", empty)
+    fields = (*RAW_KEYS, "rgb_files", "xyz_files", "defects")
     if any(len(arrays[k]) != n for k in fields) or arrays["anomaly_maps"].ndim != 3:
         shapes = {k: arrays[k].shape for k in fields}
         raise DatasetError(path, f"arrays disagree: {shapes}")
@@ -186,18 +197,65 @@ def _map_limits(maps: np.ndarray) -> tuple[float, float]:
     return (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
 
 
-def category_section(raw_path: Path, category: str, *, top_k: int, max_side: int) -> str:
-    """HTML of the highest- and lowest-scoring samples of one row on one category."""
-    if not raw_path.exists():
+def colour_bar_html(limits: tuple[float, float], cmap: str = "jet") -> str:
+    """The heatmaps' colour scale as an embedded PNG strip with its end values."""
+    strip = png_data_uri(colour_bar(colormap_table(cmap)), palette=False)
+    return (f'<div class="colourbar"><span>{limits[0]:.4g}</span><img src="{strip}" alt="colour bar">'
+            f"<span>{limits[1]:.4g}</span><span>anomaly score</span></div>")
+
+
+def category_section(
+    raw_path: Path, category: str, *, top_k: int, max_side: int, raw: RawResults | None = None
+) -> str:
+    """HTML of one row on one category: the score histogram, the colour bar, and the highest-
+    and lowest-scoring samples."""
+    if raw is None and not raw_path.exists():
         return f"<p>{escape(category)}: no raw results ({escape(str(raw_path))}).</p>"
-    raw = load_raw(raw_path)
+    raw = raw if raw is not None else load_raw(raw_path)
     limits = _map_limits(raw.anomaly_maps)
     figures = [_figure(raw, i, limits, max_side) for i in select_samples(raw.image_scores, top_k)]
+    labels = np.asarray(raw.labels).astype(bool)
+    scores = np.asarray(raw.image_scores, dtype=np.float64)
+    histogram = histogram_svg({"good": scores[~labels], "defective": scores[labels]},
+                              title=f"{category}: image scores")
     heading = (
-        f"<h3>{escape(category)}</h3><p>top {top_k} highest then lowest image scores; "
-        f"colour range {limits[0]:.4g} to {limits[1]:.4g}; green = ground-truth outline</p>"
+        f"<h3>{escape(category)}</h3><p>{len(scores)} test samples; top {top_k} highest then lowest image "
+        f"scores; green = ground-truth outline</p>"
     )
-    return heading + '<div class="samples">' + "".join(figures) + "</div>"
+    return (heading + f'<div class="plots">{histogram}</div>' + colour_bar_html(limits)
+            + '<div class="samples">' + "".join(figures) + "</div>")
+
+
+def defect_detail_html(record: Mapping[str, Any] | None) -> str:
+    """One row and category per defect type: test samples and the four metrics (good vs that type)."""
+    per = dict((record or {}).get("per_defect") or {})
+    if not per:
+        return ""
+    header = ["Defect type", "Test samples", *METRICS.values()]
+    rows: list[list[Cell]] = [
+        [kind, str(m.get("num_test")), *(None if m.get(k) is None else float(m[k]) for k in METRICS)]
+        for kind, m in sorted(per.items())
+    ]
+    overall = [["all", str(record.get("num_test")), *(None if record.get(k) is None else float(record[k])
+                                                       for k in METRICS)]]
+    return html_table(header, overall + rows)
+
+
+def row_section(
+    raw_root: Path, name: str, categories: Sequence[str], *, top_k: int, max_side: int,
+    records: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """One row: its ROC curves (one per category), then per category the per-defect metrics
+    (``records`` by category) and a :func:`category_section`."""
+    raws = {c: load_raw(raw_root / name / f"{c}.npz") for c in categories if (raw_root / name / f"{c}.npz").exists()}
+    roc = roc_svg({c: (r.image_scores, r.labels) for c, r in raws.items()}, title=f"{row_label(name)}: ROC")
+    body = "".join(
+        category_section(raw_root / name / f"{c}.npz", c, top_k=top_k, max_side=max_side, raw=raws.get(c))
+        + defect_detail_html((records or {}).get(c))
+        for c in categories
+    )
+    plots = f'<div class="plots">{roc}</div>' if raws else ""
+    return f"<section><h2>{escape(row_label(name))}</h2>{plots}{body}</section>"
 
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence[Cell]], *, digits: int = 3) -> str:
@@ -218,7 +276,36 @@ def _tables_html(records: Sequence[Mapping[str, Any]]) -> str:
         f"<h2>{escape(label)}</h2>" + html_table(*metric_table(records, key))
         for key, label in METRICS.items()
     ]
-    parts.append("<h2>Timing</h2>" + html_table(*timing_table(records), digits=2))
+    parts.append("<h2>Test samples per row</h2>" + html_table(*count_table(records)))
+    if defect_types(records):
+        parts.append("<h2>Per defect type</h2><p>Each defect type against the good test samples only; "
+                     "the mean over the categories that have the type.</p>"
+                     "<h3>Test samples</h3>" + html_table(*defect_count_table(records)))
+        parts += [f"<h3>{escape(label)} per defect type</h3>" + html_table(*defect_table(records, key))
+                  for key, label in METRICS.items()]
+    return "".join(parts)
+
+
+def _timings_html(records: Sequence[Mapping[str, Any]]) -> str:
+    if not any("fit_seconds" in r or "ms_per_sample" in r for r in records):
+        return ""
+    return ("<h2>Timing</h2><p>Machine-dependent (see the run metadata); kept apart from the metrics.</p>"
+            + html_table(*timing_table(records), digits=2))
+
+
+def run_info_html(info: Mapping[str, Any] | None) -> str:
+    """The run metadata (dataset, seed, versions, machine, sample counts per split) as tables."""
+    if not info:
+        return ""
+    keys = ("dataset", "preset", "seed", "device", "cmdiad_version", "torch", "numpy", "python", "machine",
+            "cpu", "cpu_count", "platform", "started", "finished", "resumed_rows")
+    rows = [[k, str(info[k])] for k in keys if k in info]
+    parts = ["<h2>Run</h2>" + html_table(["Field", "Value"], rows)]
+    samples = info.get("samples") or {}
+    if samples:
+        splits = ("train", "validation", "test")
+        table = [[c, *(str(counts.get(s, "")) for s in splits)] for c, counts in sorted(samples.items())]
+        parts.append("<h3>Samples per split</h3>" + html_table(["Category", *splits], table))
     return "".join(parts)
 
 
@@ -231,6 +318,7 @@ def write_html_report(
     title: str = "cmdiad results",
     command: str = "",
     max_side: int = 160,
+    run_info: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``: the metric and timing tables, then per row and category the
     overlays of the ``top_k`` highest- and lowest-scoring test samples.
@@ -243,6 +331,7 @@ def write_html_report(
         title: Page title.
         command: The command that produced the results, shown under the tables when given.
         max_side: Longest side of each thumbnail in pixels.
+        run_info: The run metadata (run.json), shown first when given.
 
     Returns:
         The path of report.html.
@@ -251,16 +340,14 @@ def write_html_report(
     sections = []
     for name in ordered_rows(records):
         categories = sorted({str(r["category"]) for r in records if row_name(r) == name})
-        body = "".join(
-            category_section(raw_root / name / f"{c}.npz", c, top_k=top_k, max_side=max_side)
-            for c in categories
-        )
-        sections.append(f"<section><h2>{escape(row_label(name))}</h2>{body}</section>")
+        mine = {str(r["category"]): r for r in records if row_name(r) == name}
+        sections.append(row_section(raw_root, name, categories, top_k=top_k, max_side=max_side, records=mine))
     provenance = f"<h2>Command</h2><pre>{escape(command)}</pre>" if command else ""
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>"
-        f"{_tables_html(records)}{provenance}{''.join(sections)}</body></html>\n"
+        f"{run_info_html(run_info)}{_tables_html(records)}{_timings_html(records)}{provenance}"
+        f"{''.join(sections)}</body></html>\n"
     )
     path = Path(out_dir) / "report.html"
     atomic_write_text(path, page)

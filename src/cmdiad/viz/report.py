@@ -2,8 +2,14 @@
 
 A *record* is one method row evaluated on one category::
 
-    {"method": "f2f", "main": "xyz", "category": "bagel", "i_auroc": 0.93, "p_auroc": 0.98,
-     "aupro_30": 0.91, "aupro_1": 0.42, "fit_seconds": 12.5, "ms_per_sample": 80.1}
+    {"method": "f2f", "main": "xyz", "category": "bagel", "num_test": 40, "i_auroc": 0.93,
+     "p_auroc": 0.98, "aupro_30": 0.91, "aupro_1": 0.42,
+     "per_defect": {"crack": {"num_test": 10, "i_auroc": 0.97, ...}, ...},
+     "fit_seconds": 12.5, "ms_per_sample": 80.1}
+
+On disk the metrics and the timings are kept apart: results.{json,csv,md} hold only what the
+seed and the data determine (two runs give identical bytes), timings.{json,md} hold the
+machine-dependent ``fit_seconds`` and ``ms_per_sample``. :func:`load_records` joins them again.
 
 Rounding happens here and only here: 3 decimals per category, and the Mean column is the
 mean of the rounded per-category values, rounded again to 3 decimals.
@@ -21,6 +27,8 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cmdiad.errors import DatasetError
 
@@ -47,6 +55,9 @@ METRICS: dict[str, str] = {
 }
 TIMINGS: tuple[str, ...] = ("fit_seconds", "ms_per_sample")
 RECORD_KEYS: tuple[str, ...] = ("method", "main", "category", *METRICS, *TIMINGS)
+CSV_KEYS: tuple[str, ...] = ("row", "method", "main", "category", "defect", "num_test", *METRICS)
+PER_DEFECT = "per_defect"
+ALL_DEFECTS = "all"
 _SINGLE_ROW_METHODS = ("xyz", "rgb", "dual")
 
 
@@ -135,6 +146,69 @@ def timing_table(records: Sequence[Record], *, digits: int = 2) -> tuple[list[st
     return header, rows
 
 
+def count_table(records: Sequence[Record]) -> tuple[list[str], list[list[Cell]]]:
+    """Test samples each row scored per category (``num_test``), so side-by-side rows can be compared.
+
+    Returns:
+        ``(header, rows)`` like :func:`metric_table` with a ``Total`` column; counts are strings,
+        ``None`` where unknown.
+    """
+    categories = sorted({str(r["category"]) for r in records})
+    cells = {(row_name(r), str(r["category"])): r.get("num_test") for r in records}
+    rows: list[list[Cell]] = []
+    for name in ordered_rows(records):
+        values = [cells.get((name, c)) for c in categories]
+        total = None if any(v is None for v in values) else str(sum(int(v) for v in values))
+        rows.append([row_label(name), *(None if v is None else str(int(v)) for v in values), total])
+    return ["Method", *(category_label(c) for c in categories), "Total"], rows
+
+
+def defect_types(records: Iterable[Record]) -> list[str]:
+    """Sorted defect types found in the records' ``per_defect`` entries."""
+    return sorted({str(k) for r in records for k in dict(r.get(PER_DEFECT) or {})})
+
+
+def _per_defect_cells(records: Sequence[Record], key: str) -> dict[tuple[str, str], list[Any]]:
+    """``{(row, defect type): [value per category having that type]}``."""
+    cells: dict[tuple[str, str], list[Any]] = {}
+    for r in records:
+        for kind, values in dict(r.get(PER_DEFECT) or {}).items():
+            cells.setdefault((row_name(r), str(kind)), []).append(values.get(key))
+    return cells
+
+
+def defect_table(
+    records: Sequence[Record], metric: str, *, digits: int = 3
+) -> tuple[list[str], list[list[Cell]]]:
+    """One metric per defect type: rows = methods, columns = defect types, each the mean over the
+    categories that have that type (mean of rounded values, as :func:`metric_table`).
+
+    Returns:
+        ``(header, rows)``: header ``["Method", <defect types>...]``; ``None`` where a row lacks
+        the type or a category's value is not finite.
+    """
+    kinds = defect_types(records)
+    cells = _per_defect_cells(records, metric)
+    rows: list[list[Cell]] = []
+    for name in ordered_rows(records):
+        values = [cells.get((name, k)) for k in kinds]
+        rows.append([row_label(name), *(None if v is None else _rounded_mean([_finite(x) for x in v], digits)
+                                        for v in values)])
+    return ["Method", *kinds], rows
+
+
+def defect_count_table(records: Sequence[Record]) -> tuple[list[str], list[list[Cell]]]:
+    """Test samples per row and defect type, summed over categories (counts as strings)."""
+    kinds = defect_types(records)
+    cells = _per_defect_cells(records, "num_test")
+    rows: list[list[Cell]] = []
+    for name in ordered_rows(records):
+        values = [cells.get((name, k)) for k in kinds]
+        rows.append([row_label(name), *(None if v is None or None in v else str(sum(int(x) for x in v))
+                                        for v in values)])
+    return ["Method", *kinds], rows
+
+
 def _format_cell(value: Cell, digits: int) -> str:
     if value is None:
         return "n/a"
@@ -174,9 +248,43 @@ def _check_records(records: Sequence[Record]) -> None:
             raise ValueError(f"result record {i} lacks {missing}: {dict(record)}")
 
 
-def _json_safe(record: Record) -> dict[str, Any]:
-    """Non-finite floats become null so that results.json is strict JSON."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays turned into Python numbers/lists, recursively."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain values where non-finite floats become null, so that results.json is strict JSON."""
+    value = plain(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def split_timings(records: Sequence[Record]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(metric records, timing records)``: timing keys move to their own records.
+
+    Timing records hold ``row``, ``method``, ``main``, ``category`` and the :data:`TIMINGS` keys;
+    records without any timing give none.
+    """
+    metrics, timings = [], []
+    for record in records:
+        metrics.append({k: v for k, v in record.items() if k not in TIMINGS})
+        found = {k: record[k] for k in TIMINGS if k in record}
+        if found:
+            keys = {k: record[k] for k in ("method", "main", "category")}
+            timings.append({"row": row_name(record), **keys, **found})
+    return metrics, timings
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -197,15 +305,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def load_records(out_dir: Path | str) -> list[dict[str, Any]]:
-    """Records in ``out_dir/results.json``; an empty list when the file does not exist.
-
-    Raises:
-        DatasetError: The file exists but is not a JSON list of records.
-    """
-    path = Path(out_dir) / "results.json"
-    if not path.exists():
-        return []
+def _read_json_list(path: Path) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -219,70 +319,124 @@ def load_records(out_dir: Path | str) -> list[dict[str, Any]]:
     return data
 
 
+def load_records(out_dir: Path | str) -> list[dict[str, Any]]:
+    """Records in ``out_dir/results.json``, joined with their timings from ``timings.json``.
+
+    Returns:
+        The records; an empty list when results.json does not exist.
+
+    Raises:
+        DatasetError: A file exists but is not a JSON list of records.
+    """
+    out = Path(out_dir)
+    path = out / "results.json"
+    if not path.exists():
+        return []
+    records = _read_json_list(path)
+    timings = load_timings(out)
+    return [{**r, **timings.get((row_name(r), str(r["category"])), {})} for r in records]
+
+
+def load_timings(out_dir: Path | str) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(row, category): {"fit_seconds": ..., "ms_per_sample": ...}}`` from ``timings.json``."""
+    path = Path(out_dir) / "timings.json"
+    if not path.exists():
+        return {}
+    return {
+        (row_name(t), str(t["category"])): {k: t[k] for k in TIMINGS if k in t} for t in _read_json_list(path)
+    }
+
+
+def _csv_number(value: Any, missing: str) -> Any:
+    value = plain(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "nan"
+    return missing if value is None else value
+
+
+def _csv_lines(record: Record) -> list[dict[str, Any]]:
+    base = {"row": row_name(record), **{k: record.get(k) for k in ("method", "main", "category")}}
+    lines = [{**base, "defect": ALL_DEFECTS, "num_test": record.get("num_test"),
+              **{k: record.get(k) for k in METRICS}}]
+    for defect, values in sorted(dict(record.get(PER_DEFECT) or {}).items()):
+        lines.append({**base, "defect": defect, **{k: values.get(k) for k in ("num_test", *METRICS)}})
+    return lines
+
+
 def records_to_csv(records: Sequence[Record]) -> str:
-    """CSV text: a header then one line per record, columns ``row`` + :data:`RECORD_KEYS`."""
+    """Flat CSV text: one line per row, category and defect type (``"all"`` = the whole test set).
+
+    Columns are :data:`CSV_KEYS`; values are plain numbers (``nan`` where undefined), no timings.
+    """
     buffer = io.StringIO()
-    extra = sorted({k for r in records for k in r}.difference(RECORD_KEYS))
-    writer = csv.DictWriter(buffer, fieldnames=["row", *RECORD_KEYS, *extra], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_KEYS), lineterminator="\n")
     writer.writeheader()
     for record in records:
-        writer.writerow({"row": row_name(record), **{k: _csv_value(v) for k, v in record.items()}})
+        for line in _csv_lines(record):
+            writer.writerow({k: _csv_number(v, "nan" if k in METRICS else "") for k, v in line.items()})
     return buffer.getvalue()
 
 
-def _csv_value(value: Any) -> Any:
-    return repr(value) if isinstance(value, float) else value
+def results_markdown(records: Sequence[Record], *, config: Mapping[str, Any], command: str = "") -> str:
+    """The results.md text: one table per metric, test-set sizes, per-defect tables, then the config.
 
-
-def results_markdown(
-    records: Sequence[Record], *, command: str, config: Mapping[str, Any], carried_over: int = 0
-) -> str:
-    """The results.md text: one table per metric, the timing table, then command and config."""
-    parts = []
-    for metric, label in METRICS.items():
-        parts.append(f"## {label}\n\n" + format_markdown(*metric_table(records, metric)))
-    parts.append("## Timing\n\n" + format_markdown(*timing_table(records), digits=2))
-    provenance = f"## Command\n\n```\n{command}\n```\n"
-    if carried_over:
-        provenance += (
-            f"\n{carried_over} record(s) above were kept from earlier runs of this folder; "
-            "the command and config are those of the latest run.\n"
-        )
+    Nothing machine- or time-dependent goes in (timings are in timings.md, the machine in run.json).
+    """
+    parts = [f"## {label}\n\n" + format_markdown(*metric_table(records, metric)) for metric, label in METRICS.items()]
+    parts.append("## Test samples per row\n\n" + format_markdown(*count_table(records)))
+    kinds = defect_types(records)
+    if kinds:
+        parts.append("## Test samples per defect type (sum over categories)\n\n"
+                     + format_markdown(*defect_count_table(records)))
+        for metric, label in METRICS.items():
+            parts.append(f"## {label} per defect type (good vs that type, mean over categories)\n\n"
+                         + format_markdown(*defect_table(records, metric)))
+    provenance = f"## Command\n\n```\n{command}\n```\n\n" if command else (
+        "The command, dataset, machine and versions are in run.json; timings in timings.md.\n\n")
     config_text = json.dumps(config, indent=2, sort_keys=True, default=str)
-    parts.append(provenance + f"\n## Config\n\n```json\n{config_text}\n```\n")
+    parts.append(provenance + f"## Config\n\n```json\n{config_text}\n```\n")
     return "# Results\n\n" + "\n".join(parts)
+
+
+def timings_markdown(records: Sequence[Record]) -> str:
+    """The timings.md text: the timing table (machine-dependent, kept out of results.md)."""
+    return "# Timings\n\n" + format_markdown(*timing_table(records), digits=2)
 
 
 def write_results(
     out_dir: Path | str,
     records: Sequence[Record],
     *,
-    command: str,
     config: Mapping[str, Any],
+    command: str = "",
     merge: bool = True,
 ) -> list[dict[str, Any]]:
-    """Write results.json, results.csv and results.md into ``out_dir``, each atomically.
+    """Write results.{json,csv,md} and, when records carry timings, timings.{json,md}; each atomically.
 
     Args:
         out_dir: Folder, created when missing.
-        records: Records of this run.
-        command: The exact command line that produced them.
+        records: Records of this run (metrics, optionally timings).
         config: The resolved config (JSON-serialisable; other values are written with ``str``).
-        merge: Merge with the records already in ``out_dir/results.json`` (see
-            :func:`merge_records`) instead of replacing them.
+        command: A command line to show in results.md; leave empty to keep results.md independent
+            of paths (the experiment writes its command to run.json).
+        merge: Merge with the records already in ``out_dir`` (see :func:`merge_records`) instead
+            of replacing them.
 
     Returns:
-        The records written.
+        The records written (with timings).
     """
     _check_records(records)
     out = Path(out_dir)
     existing = load_records(out) if merge else []
-    merged = merge_records(existing, records)
+    merged = [_json_safe(r) for r in merge_records(existing, records)]
     carried = len(merged) - len(merge_records([], records))
-    atomic_write_text(out / "results.json", json.dumps([_json_safe(r) for r in merged], indent=2) + "\n")
-    atomic_write_text(out / "results.csv", records_to_csv(merged))
-    md = results_markdown(merged, command=command, config=config, carried_over=carried)
-    atomic_write_text(out / "results.md", md)
+    metrics, timings = split_timings(merged)
+    atomic_write_text(out / "results.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "results.csv", records_to_csv(metrics))
+    atomic_write_text(out / "results.md", results_markdown(metrics, config=config, command=command))
+    if timings:
+        atomic_write_text(out / "timings.json", json.dumps(timings, indent=2) + "\n")
+        atomic_write_text(out / "timings.md", timings_markdown(merged))
     logger.info("wrote %d result records (%d kept from before) to %s", len(merged), carried, out)
     return merged
 

@@ -66,18 +66,20 @@ def report(tmp_path, rng) -> str:
 
 
 def test_report_has_every_table_and_no_external_link(report) -> None:
-    for heading in ("I-AUROC", "P-AUROC", "AUPRO@30%", "AUPRO@1%", "Timing"):
+    for heading in ("I-AUROC", "P-AUROC", "AUPRO@30%", "AUPRO@1%"):
         assert f"<h2>{heading}</h2><table>" in report
-    assert report.count("<th>Cable_Gland</th>") == 4
+    assert "<h2>Timing</h2><p>Machine-dependent" in report
+    assert report.count("<th>Cable_Gland</th>") == 5  # four metrics and the test-sample counts
     assert "Single xyz bank" in report and "MTFI F2F (RGB main)" in report
     assert "T &lt;1&gt;" in report and "cmdiad x" in report
     assert "http" not in report and "<script" not in report and "src=\"/" not in report
 
 
 def test_report_embeds_png_thumbnails(report) -> None:
-    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', report)
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)" alt="(?:image|anomaly map)"', report)
     # 2 rows x 2 categories x (2 top + 2 bottom) samples x (image + overlay)
     assert len(uris) == 2 * 2 * 4 * 2
+    assert report.count('alt="colour bar"') == 2 * 2
     sizes = {Image.open(io.BytesIO(base64.b64decode(u))).size for u in uris}
     assert max(max(s) for s in sizes) <= 192
     assert len(report) < 1_000_000
@@ -97,7 +99,7 @@ def test_unreadable_image_falls_back_to_grey(tmp_path, rng) -> None:
         rgb_files=np.array([str(tmp_path / "gone.png")]), xyz_files=np.array([""]),
     )
     text = write_html_report(tmp_path, _records()[:1], tmp_path / "raw", top_k=1).read_text()
-    first = re.search(r'src="data:image/png;base64,([^"]+)"', text).group(1)
+    first = re.search(r'src="data:image/png;base64,([^"]+)" alt="image"', text).group(1)
     assert (np.asarray(Image.open(io.BytesIO(base64.b64decode(first))).convert("RGB")) == 128).all()
 
 
@@ -135,3 +137,21 @@ def test_background_image_reads_rgb_then_xyz_then_grey(tmp_path, rng) -> None:
     xyz = background_image(raw, 1, (10, 10))
     np.testing.assert_array_equal(xyz, depth_render(tifffile.imread(raw.xyz_files[1])))
     assert (background_image(raw, 2, (4, 6)) == 128).all()
+
+
+def test_report_shows_run_metadata_plots_colour_bar_and_per_defect_tables(tmp_path, rng) -> None:
+    raw = tmp_path / "raw"
+    _write_raw(raw / "xyz" / "bagel.npz", rng, tmp_path)
+    records = [{**_records()[0], "num_test": 8, "per_defect": {
+        "crack": {"num_test": 4, "i_auroc": 0.75, "p_auroc": 0.5, "aupro_30": 0.25, "aupro_1": 0.125}}}]
+    info = {"dataset": "/data/mvtec <3d>", "preset": "paper", "seed": 7, "cmdiad_version": "0.1.0",
+            "torch": "2.x", "cpu": "x86_64", "samples": {"bagel": {"train": 10, "validation": 2, "test": 8}}}
+    text = write_html_report(tmp_path, records, raw, run_info=info).read_text()
+    assert "/data/mvtec &lt;3d&gt;" in text and "<td>paper</td>" in text and "<td>x86_64</td>" in text
+    assert "<th>validation</th>" in text and "<td>10</td>" in text
+    assert text.count("<svg") == 2  # the row's ROC and the category's score histogram
+    assert 'alt="colour bar"' in text
+    assert "<h3>I-AUROC per defect type</h3>" in text and "<td>0.750</td>" in text
+    assert text.index("<h2>Timing</h2>") > text.index("<h3>AUPRO@1% per defect type</h3>")
+    detail = text[text.index("<h3>bagel</h3>"):]  # the row's own per-category, per-type table
+    assert "<th>Defect type</th>" in detail and "<td>crack</td><td>4</td><td>0.750</td>" in detail

@@ -115,8 +115,13 @@ def test_write_results_files_are_parseable(tmp_path) -> None:
     assert len(rows) == 6 and float(rows[1]["i_auroc"]) == 0.123456789
     assert {r["row"] for r in rows} == {"i2f_rgb", "xyz", "f2f_xyz"}
     md = (tmp_path / "results.md").read_text()
-    for heading in ("## I-AUROC", "## P-AUROC", "## AUPRO@30%", "## AUPRO@1%", "## Timing"):
+    for heading in ("## I-AUROC", "## P-AUROC", "## AUPRO@30%", "## AUPRO@1%"):
         assert heading in md
+    assert "Timing" not in md and "fit_seconds" not in (tmp_path / "results.json").read_text()
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert len(timings) == 6 and timings[0]["fit_seconds"] == 2.0
+    assert "## Timing" not in md and "| Method |" in (tmp_path / "timings.md").read_text()
+    assert load_records(tmp_path)[0]["ms_per_sample"] == 5.0  # joined back on load
     assert "cmdiad evaluate --set x=1" in md and '"seed": 7' in md
     assert md.count("| Method | Bagel | Foam | Mean |") == 4
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -129,7 +134,7 @@ def test_rerun_updates_some_rows_and_keeps_the_rest(tmp_path) -> None:
     loaded = {row_name(r): r["i_auroc"] for r in load_records(tmp_path)}
     assert loaded == {"xyz": 0.1, "rgb": 0.7}
     md = (tmp_path / "results.md").read_text()
-    assert "run 2" in md and "1 record(s) above were kept" in md
+    assert "run 2" in md and "| Single xyz bank | 0.100 |" in md and "| Single RGB bank | 0.700 |" in md
 
 
 def test_merge_false_replaces_everything(tmp_path) -> None:
@@ -165,3 +170,58 @@ def test_report_module_reexports_html_writer(tmp_path) -> None:
 
     path = write_html_report(tmp_path, [_record("xyz", "xyz", "a")], tmp_path / "raw", title="R")
     assert path == tmp_path / "report.html" and "<h2>I-AUROC</h2>" in path.read_text()
+
+
+def _with_defects(method: str, main: str, category: str, per: dict) -> dict:
+    rec = _record(method, main, category)
+    rec["num_test"] = sum(v["num_test"] for v in per.values()) + 3
+    rec["per_defect"] = {k: {"num_test": v["num_test"], **dict.fromkeys(
+        ("i_auroc", "p_auroc", "aupro_30", "aupro_1"), v["value"])} for k, v in per.items()}
+    return rec
+
+
+def test_numpy_scalars_become_plain_numbers_in_csv_and_json(tmp_path) -> None:
+    import numpy as np
+
+    rec = _record("xyz", "xyz", "a", np.float64(0.8712345))
+    rec["aupro_30"], rec["num_test"] = np.float32(0.5), np.int64(12)
+    write_results(tmp_path, [rec], config={})
+    text = (tmp_path / "results.csv").read_text()
+    assert "np." not in text and "float64" not in text
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert float(row["i_auroc"]) == 0.8712345 and float(row["aupro_30"]) == 0.5 and row["num_test"] == "12"
+    assert json.loads((tmp_path / "results.json").read_text())[0]["num_test"] == 12
+
+
+def test_csv_has_one_line_per_defect_type_and_all(tmp_path) -> None:
+    per = {"crack": {"num_test": 2, "value": 0.5}, "hole": {"num_test": 4, "value": float("nan")}}
+    write_results(tmp_path, [_with_defects("xyz", "xyz", "a", per)], config={})
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text())))
+    assert [(r["defect"], r["num_test"]) for r in rows] == [("all", "9"), ("crack", "2"), ("hole", "4")]
+    assert rows[2]["i_auroc"] == "nan" and float(rows[1]["p_auroc"]) == 0.5
+    loaded = json.loads((tmp_path / "results.json").read_text())[0]
+    assert loaded["per_defect"]["hole"]["i_auroc"] is None  # strict JSON inside per_defect too
+
+
+def test_defect_table_is_the_mean_over_categories_having_the_type() -> None:
+    from cmdiad.viz.report import defect_count_table, defect_table
+
+    records = [
+        _with_defects("xyz", "xyz", "a", {"crack": {"num_test": 2, "value": 0.2},
+                                          "hole": {"num_test": 1, "value": 0.9}}),
+        _with_defects("xyz", "xyz", "b", {"crack": {"num_test": 3, "value": 0.4}}),
+        _with_defects("rgb", "rgb", "a", {"hole": {"num_test": 1, "value": 0.5}}),
+    ]
+    header, rows = defect_table(records, "i_auroc")
+    assert header == ["Method", "crack", "hole"]
+    assert rows == [["Single xyz bank", 0.3, 0.9], ["Single RGB bank", None, 0.5]]
+    assert defect_count_table(records)[1] == [["Single xyz bank", "5", "1"], ["Single RGB bank", None, "1"]]
+
+
+def test_results_md_has_counts_and_per_defect_tables_but_no_timing(tmp_path) -> None:
+    per = {"crack": {"num_test": 2, "value": 0.5}}
+    write_results(tmp_path, [_with_defects("xyz", "xyz", "a", per)], config={"seed": 1})
+    md = (tmp_path / "results.md").read_text()
+    assert "## Test samples per row" in md and "| Single xyz bank | 5 | 5 |" in md
+    assert "## AUPRO@1% per defect type" in md and "| Method | crack |" in md
+    assert "fit" not in md.lower() and "ms" not in md.split("## Config")[0]
