@@ -239,6 +239,9 @@ class DistillConfig:
     """Held-out fraction of training samples for validation loss."""
     seed: int = 3407
     """Seed of initialisation, shuffling and the held-out split."""
+    pooled: bool = False
+    """Train one distiller per design and direction on the training samples of every category of
+    an experiment (as the reference does), instead of one per category."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")

@@ -101,11 +101,8 @@ def load_detector(path: Path, *, device: str | torch.device = "cpu", cache: Feat
         modalities = ("rgb", "xyz")  # f2i re-encodes the decoded input with the target extractor
     det = Detector(cfg, build_encoder(cfg, device=device, cache=cache, modalities=modalities), device=device)
     det.banks = {s.name: MemoryBank.load(path / "banks" / s.name, device=device) for s in streams}
-    hall = [s for s in streams if s.hallucinated]
-    if hall:
-        net = load_distiller(path / "distiller", device=device)
-        target = hall[0].target
-        det.hallucinator = Hallucinator(cfg.method, net, target, det.encoder.extractors.get(target))
+    if any(s.hallucinated for s in streams):
+        det.hallucinator = load_hallucinator(cfg, path / "distiller", det.encoder, device=device)
     try:
         det.fuser = Fuser.from_state(meta["fusion"])
     except (KeyError, ValueError, TypeError, CmdiadError) as exc:
@@ -113,6 +110,15 @@ def load_detector(path: Path, *, device: str | torch.device = "cpu", cache: Feat
     det.threshold = meta.get("threshold")
     _check_widths(det, path)
     return det
+
+
+def load_hallucinator(
+    cfg: DetectorConfig, folder: Path, encoder: Encoder, *, device: str | torch.device
+) -> Hallucinator:
+    """The distiller saved in ``folder`` for the MTFI method of ``cfg``, ready to hallucinate."""
+    target = next(s.target for s in streams_for(cfg) if s.hallucinated)
+    net = load_distiller(folder, device=device)
+    return Hallucinator(cfg.method, net, target, encoder.extractors.get(target))
 
 
 def _check_widths(det: Detector, path: Path) -> None:

@@ -6,22 +6,24 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cmdiad.config import ExperimentConfig, to_dict
+from cmdiad.config import DISTILL_KINDS, ExperimentConfig, to_dict
+from cmdiad.distill.train import save_distiller
 from cmdiad.errors import DatasetError
 from cmdiad.features.cache import FeatureCache
 from cmdiad.io.mvtec3d import list_categories, list_records, load_sample
 from cmdiad.metrics.per_defect import evaluate_record
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.encoder import Encoder, Progress
+from cmdiad.pipeline.mtfi import Hallucinator
 from cmdiad.pipeline.outputs import check_output, run_metadata
-from cmdiad.pipeline.persist import build_encoder
+from cmdiad.pipeline.persist import build_encoder, load_hallucinator
 from cmdiad.pipeline.streams import ALL_ROWS, needed_modalities, parse_row
 from cmdiad.types import SampleRecord, Scores
 from cmdiad.viz.report import atomic_write_text, load_records, plain, row_name, write_html_report, write_results
@@ -92,9 +94,12 @@ def _save_raw(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def run_row(
     row: str, cfg: ExperimentConfig, encoder: Encoder, splits, *, out: Path, category: str,
-    progress: Progress | None = None, shared_banks: dict | None = None,
+    progress: Progress | None = None, shared_banks: dict | None = None, pooled: PooledDistiller | None = None,
 ) -> dict:
     """Fit and evaluate one row on one category; writes ``raw/<row>/<category>.npz``.
+
+    With ``pooled``, the row's distiller was trained once on every category; its training time is
+    shared out evenly over the categories in ``fit_seconds``.
 
     Returns:
         The record: method, main, category, ``num_test``, ``num_left_out``, the overall metrics,
@@ -104,8 +109,11 @@ def run_row(
     dcfg = replace(cfg.detector, method=method, main=main)
     torch.manual_seed(dcfg.seed)
     train, val, test = splits
-    det = Detector(dcfg, encoder, device=cfg.device, shared_banks=shared_banks)
+    det = Detector(dcfg, encoder, device=cfg.device, shared_banks=shared_banks,
+                   hallucinator=pooled.hallucinator if pooled is not None else None)
     fit = det.fit(train, validation=val, threshold_frr=cfg.threshold_frr, progress=progress)
+    if pooled is not None:
+        fit.fit_seconds += pooled.seconds_per_category
     modalities = needed_modalities(dcfg)
     usable = usable_test(test, modalities, f"{row}/{category}")
     t0 = time.perf_counter()
@@ -116,8 +124,50 @@ def run_row(
     metrics = evaluate_record(arrays["image_scores"], arrays["labels"], arrays["anomaly_maps"], arrays["gt_masks"],
                               arrays["defects"], cfg.metrics.aupro_mode, where=f"{row}/{category}")
     extract_ms = sum(encoder.ms_per_sample.get(m, 0.0) for m in modalities)
+    fidelity = {f"fidelity_{k}": v for k, v in (fit.fidelity or {}).items() if k != "patches"}
     return plain({"method": method, "main": main, "category": category, "num_left_out": len(test) - len(usable),
-                  **metrics, "fit_seconds": fit.fit_seconds, "ms_per_sample": score_ms + extract_ms})
+                  **metrics, **fidelity, "fit_seconds": fit.fit_seconds, "ms_per_sample": score_ms + extract_ms})
+
+
+@dataclass
+class PooledDistiller:
+    """One row's distiller trained on the training samples of every category (``distill.pooled``)."""
+
+    hallucinator: Hallucinator
+    seconds_per_category: float
+
+
+def pooled_distillers(
+    cfg: ExperimentConfig, encoder: Encoder, train: dict[str, list[SampleRecord]], rows: Sequence[str], out: Path,
+    progress: Progress | None = None,
+) -> dict[str, PooledDistiller]:
+    """Train (or, on a resumed run, load) one distiller per MTFI row over all categories' ``train``.
+
+    Each is saved once under ``out/distillers/<row>/`` and reused by the detector of every category.
+    """
+    everything = [r for recs in train.values() for r in recs]
+    result = {}
+    for row in rows:
+        method, main = parse_row(row)
+        if method not in DISTILL_KINDS:
+            continue
+        dcfg = replace(cfg.detector, method=method, main=main)
+        det = Detector(dcfg, encoder, device=cfg.device)
+        folder = out / "distillers" / row
+        t0 = time.perf_counter()
+        if (folder / "pooled.json").is_file():
+            det.hallucinator = load_hallucinator(dcfg, folder, encoder, device=cfg.device)
+            seconds = json.loads((folder / "pooled.json").read_text(encoding="utf-8"))["seconds"]
+        else:
+            torch.manual_seed(dcfg.seed)
+            count, _ = det.train_distiller(everything, progress)
+            seconds = time.perf_counter() - t0
+            save_distiller(det.hallucinator.net, folder)
+            meta = {"row": row, "categories": sorted(train), "paired_samples": count, "seconds": seconds}
+            atomic_write_text(folder / "pooled.json", json.dumps(meta, indent=2) + "\n")
+            log.info("%s: pooled distiller trained on %d samples of %d categories", row, count, len(train))
+        result[row] = PooledDistiller(det.hallucinator, seconds / max(len(train), 1))
+    return result
 
 
 def _extract_all(encoder: Encoder, splits, rows: Sequence[str], progress: Progress | None) -> None:
@@ -153,6 +203,17 @@ def check_inputs(root: Path, cfg: ExperimentConfig) -> tuple[list[str], list[str
     for row in rows:
         parse_row(row)
     return list(cfg.categories) or found, rows
+
+
+def _pooled(root: Path, cfg: ExperimentConfig, encoder: Encoder, categories: Sequence[str], rows: Sequence[str],
+            out: Path, progress: Progress | None) -> dict[str, PooledDistiller]:
+    """The pooled distillers of the run, or none when ``distill.pooled`` is off."""
+    if not cfg.detector.distill.pooled:
+        return {}
+    data = cfg.detector.data
+    train = {c: category_splits(root, c, with_validation=data.train_with_validation,
+                                skip_bad=data.skip_bad_samples)[0] for c in categories}
+    return pooled_distillers(cfg, encoder, train, rows, out, progress)
 
 
 def finished_rows(out: Path) -> dict[tuple[str, str], dict]:
@@ -222,6 +283,7 @@ def _run_categories(
 ) -> list[dict]:
     """The category loop of :func:`run_experiment`: rows in ``done`` are taken as they are."""
     encoder: Encoder | None = None  # built on the first row to compute: a fully resumed run builds nothing
+    pooled: dict[str, PooledDistiller] | None = None
     resolved, records, data = to_dict(cfg), [], cfg.detector.data
     for category in categories:
         splits = category_splits(root, category, with_validation=data.train_with_validation,
@@ -234,6 +296,8 @@ def _run_categories(
         if encoder is None:
             encoder = build_encoder(cfg.detector, device=cfg.device, cache=FeatureCache(cache_dir))
         _extract_all(encoder, splits, rows, progress)  # so fit_seconds never include extraction
+        if pooled is None:
+            pooled = _pooled(root, cfg, encoder, categories, rows, out, progress)
         shared: dict = {}  # real-modality banks, built once per category
         for row in rows:
             if (row, category) in done:
@@ -241,7 +305,7 @@ def _run_categories(
                 continue
             log.info("%s: %s", category, row)
             rec = run_row(row, cfg, encoder, splits, out=out, category=category, progress=progress,
-                          shared_banks=shared)
+                          shared_banks=shared, pooled=pooled.get(row))
             records.append(rec)
             write_results(out, [rec], config=resolved)
             if on_record is not None:
