@@ -249,6 +249,9 @@ class DistillConfig:
     """I2F learning rate when rgb is the main modality (None: ``lr``; reference 2e-4)."""
     masked_loss: bool = True
     """Distillation loss over valid positions only; False counts every position (reference)."""
+    loss_sum_over_positions: bool = False
+    """Sum the per-position loss over each sample's positions, as the reference (mean over the batch),
+    instead of averaging it; under Adam only epsilon sees the scale, but the lr-free loss is easier to read."""
     warmup_from_zero: bool = False
     """Warm-up step k at ``lr * k / steps`` (reference: first step at 0) instead of ``(k + 1)``."""
     checkpoint: Path | None = None

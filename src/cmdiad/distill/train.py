@@ -158,6 +158,15 @@ def split_indices(
     return perm[k:].sort().values, perm[:k].sort().values
 
 
+def _summed_over_positions(loss_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``loss_fn`` times the positions per sample: the reference's per-sample sum, batch mean."""
+
+    def summed(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return loss_fn(pred, target, valid) * (target.shape[-2] * target.shape[-1])
+
+    return summed
+
+
 def _batches(order: torch.Tensor, batch_size: int, drop_last: bool) -> list[torch.Tensor]:
     chunks = list(order.split(batch_size))
     if drop_last and len(chunks) > 1 and len(chunks[-1]) < batch_size:
@@ -245,6 +254,7 @@ def fit_distiller(
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
     valid = valid if cfg.masked_loss else None
+    loss_fn = _summed_over_positions(LOSSES[loss]) if cfg.loss_sum_over_positions else LOSSES[loss]
     n = len(inputs)
     if n == 0 or len(targets) != n or (valid is not None and len(valid) != n):
         raise ValueError(f"need matching non-empty inputs/targets/valid, got {n}/{len(targets)}")
@@ -259,10 +269,10 @@ def fit_distiller(
     for epoch in range(cfg.epochs):
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         batches = _batches(order, cfg.batch_size, drop_last=True)
-        train_loss.append(_train_epoch(net, opt, data, batches, LOSSES[loss], step, cfg, device))
+        train_loss.append(_train_epoch(net, opt, data, batches, loss_fn, step, cfg, device))
         step += len(batches)
         if len(val_idx):
-            val_loss.append(_evaluate(net, data, val_idx, LOSSES[loss], cfg, device))
+            val_loss.append(_evaluate(net, data, val_idx, loss_fn, cfg, device))
         logger.info(
             "distill epoch %d/%d: train %.5f val %s", epoch + 1, cfg.epochs, train_loss[-1], val_loss[-1:]
         )
