@@ -33,7 +33,8 @@ from cmdiad.distill.base import (  # noqa: F401  (DISTILLERS, OutputScale re-exp
     per_patch,
     registry_name,
 )
-from cmdiad.types import MODALITIES
+from cmdiad.features.base import to_grid
+from cmdiad.types import MODALITIES, PatchFeatures
 
 
 @DISTILLERS.register("f2f")
@@ -388,6 +389,30 @@ def feature_grid(kind: str, main_grid: tuple[int, int], target_grid: tuple[int, 
     if policy != "main":
         raise ValueError(f"unknown distill grid policy {policy!r}; known: main, finer")
     return tuple(target_grid) if kind == "i2f" else tuple(main_grid)
+
+
+def align_features(
+    kind: str, main: PatchFeatures, target: PatchFeatures, policy: str
+) -> tuple[PatchFeatures, PatchFeatures]:
+    """Main and target patch features resampled to the grid the distiller works on.
+
+    The grid is :func:`feature_grid`'s: F2F gets both sides on it, F2I its input (the target's
+    features are not used), I2F its target. Upsampling repeats patches (nearest), which is the
+    reference's 28x28 -> 56x56 duplication; downsampling averages valid patches.
+
+    Args:
+        kind: ``f2f``, ``f2i`` or ``i2f``.
+        main: Main features ``(N, Cm, hm, wm)`` and validity.
+        target: Target features ``(N, Ct, ht, wt)`` and validity.
+        policy: ``main`` or ``finer`` (``distill.grid``).
+
+    Returns:
+        ``(main, target)``, each on the distiller's grid where the design reads it.
+    """
+    grid = feature_grid(kind, main.grid, target.grid, policy)
+    main_out = main if kind == "i2f" else to_grid(main, grid)
+    target_out = target if kind == "f2i" else to_grid(target, grid)
+    return main_out, target_out
 
 
 def build_distiller(
