@@ -222,7 +222,7 @@ def fit_distiller(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     *,
-    loss: str,
+    loss: str | None = None,
     cfg: DistillConfig,
     device: torch.device | str,
     valid: torch.Tensor | None = None,
@@ -242,7 +242,8 @@ def fit_distiller(
         net: A network from :func:`cmdiad.distill.networks.build_distiller`.
         inputs: ``(N, ...)`` network inputs.
         targets: ``(N, ...)`` what ``net(inputs)`` should give.
-        loss: ``patch_l2``, ``pixel_l2`` or ``xyz_l2`` (see :data:`LOSSES`).
+        loss: ``patch_l2``, ``pixel_l2`` or ``xyz_l2`` (see :data:`LOSSES`); default ``net.loss``.
+            A loss other than the network's own raises (an xyz loss needs a validity channel).
         cfg: Epochs, batch size, lr, warm-up, held-out fraction, seed.
         device: Where to train.
         valid: ``(N, H, W)`` bool positions of ``targets`` that count in the loss.
@@ -251,8 +252,11 @@ def fit_distiller(
     Returns:
         Per-epoch losses. ``net`` stays on ``device``, in eval mode.
     """
+    loss = net.loss if loss is None else loss
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+    if LOSSES[loss] is not LOSSES[net.loss]:
+        raise ValueError(f"{type(net).__name__} trains with loss {net.loss!r}, not {loss!r} (use net.loss)")
     valid = valid if cfg.masked_loss else None
     loss_fn = _summed_over_positions(LOSSES[loss]) if cfg.loss_sum_over_positions else LOSSES[loss]
     n = len(inputs)

@@ -30,7 +30,7 @@ from cmdiad.distill.reference import (
     load_reference_checkpoint,
     reference_checkpoint_path,
 )
-from cmdiad.distill.train import load_distiller, save_distiller
+from cmdiad.distill.train import fit_distiller, load_distiller, save_distiller
 from cmdiad.errors import ConfigError, ModelFileError
 from cmdiad.types import PatchFeatures
 
@@ -98,6 +98,15 @@ def test_reference_f2i_rgb_decodes_the_repeated_56x56_grid_to_three_channels() -
     assert out.shape == (2, 3, 224, 224)  # no validity channel, even for an xyz target
     assert torch.equal(net.generate(torch.zeros(1, 6, 56, 56)), net(torch.zeros(1, 6, 56, 56)))
     assert (net.conv1.out_channels, net.conv2.out_channels, net.conv3.out_channels) == (24, 6, 2)
+
+
+def test_fit_uses_the_networks_own_loss_and_rejects_another() -> None:
+    net = _build("f2i", "rgb", size=16)
+    x, y = torch.randn(4, 6, 4, 4), torch.randn(4, 3, 16, 16)
+    cfg = DistillConfig(epochs=1, batch_size=2, warmup_epochs=0, val_fraction=0.0)
+    assert fit_distiller(net, x, y, cfg=cfg, device="cpu").train_loss[0] > 0
+    with pytest.raises(ValueError, match="trains with loss 'pixel_l2', not 'xyz_l2'"):
+        fit_distiller(net, x, y, loss="xyz_l2", cfg=cfg, device="cpu")
 
 
 def test_reference_f2f_is_the_parity_mlp_and_records_its_direction() -> None:
