@@ -22,6 +22,8 @@ C = TypeVar("C")
 
 METHODS = ("xyz", "rgb", "dual", "f2f", "f2i", "i2f")
 DISTILL_KINDS = ("f2f", "f2i", "i2f")
+DISTILL_ARCHITECTURES = ("cmdiad", "reference")
+DISTILL_GRIDS = ("main", "finer")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -115,9 +117,13 @@ class PointFeatureConfig:
     """Point-MAE: points per kNN group."""
     backbone_train_mode: bool = False
     """Point-MAE: run in train mode like the reference code (parity quirk)."""
+    average_padding: int = 1
+    """Point-MAE: zero padding of the 3x3 pixel average; 1 keeps the grid aligned, 0 is the
+    reference's 1-pixel shift."""
 
     def __post_init__(self) -> None:
         _check(self.patch_stride >= 1, "patch_stride must be >= 1")
+        _check(self.average_padding in (0, 1), "average_padding must be 0 or 1")
         _check(0 < self.voxel_ratio < 1, "voxel_ratio must be in (0, 1)")
         _check(self.num_groups >= 1 and self.group_size >= 1, "num_groups/group_size must be >= 1")
 
@@ -160,6 +166,9 @@ class MemoryConfig:
     """Gaussian sigma (pixels at image_size) of the anomaly-map blur."""
     blur_mode: str = "float"
     """``float`` (clean) or ``pil8bit`` (reference parity)."""
+    keep_invalid_patches: bool = False
+    """Keep patches without 3D points (zero vectors) in the xyz banks and coreset input, as the
+    reference does; False excludes them."""
 
     def __post_init__(self) -> None:
         _check(self.knn_backend in ("torch", "faiss"), f"unknown knn_backend {self.knn_backend!r}")
@@ -236,14 +245,39 @@ class DistillConfig:
     trunk_blocks: int = 4
     """Residual bottleneck blocks of the I2F CNN (the reference trunk has 12)."""
     val_fraction: float = 0.1
-    """Held-out fraction of training samples for validation loss."""
+    """Held-out fraction of training samples for validation loss (0: train on every sample)."""
     seed: int = 3407
     """Seed of initialisation, shuffling and the held-out split."""
     pooled: bool = False
     """Train one distiller per design and direction on the training samples of every category of
     an experiment (as the reference does), instead of one per category."""
+    architecture: str = "cmdiad"
+    """``cmdiad`` (networks of docs/method.md) or ``reference`` (the reference code's F2F/F2I/I2F,
+    whose released checkpoints load through ``checkpoint``)."""
+    grid: str = "main"
+    """Patch grid of the distillers' feature side: ``main`` (F2F/F2I read the main grid, I2F
+    predicts the target grid) or ``finer`` (all on the finer of the two grids, the coarser map
+    repeated, as the reference's 56x56)."""
+    i2f_lr_main_xyz: float | None = None
+    """I2F learning rate when xyz is the main modality (None: ``lr``; reference 3e-4)."""
+    i2f_lr_main_rgb: float | None = None
+    """I2F learning rate when rgb is the main modality (None: ``lr``; reference 2e-4)."""
+    masked_loss: bool = True
+    """Distillation loss over valid positions only; False counts every position (reference)."""
+    loss_sum_over_positions: bool = False
+    """Sum the per-position loss over each sample's positions, as the reference (mean over the batch),
+    instead of averaging it; under Adam only epsilon sees the scale, but the lr-free loss is easier to read."""
+    warmup_from_zero: bool = False
+    """Warm-up step k at ``lr * k / steps`` (reference: first step at 0) instead of ``(k + 1)``."""
+    checkpoint: Path | None = None
+    """Trained weights in the reference's ``.pth`` layout, loaded instead of training: a file, or a
+    folder holding the released ``MTFI_{FtoF,FtoI,ItoF}_{PCs,RGB}.pth`` files."""
 
     def __post_init__(self) -> None:
+        _check(self.architecture in DISTILL_ARCHITECTURES, f"unknown distill architecture {self.architecture!r}")
+        _check(self.grid in DISTILL_GRIDS, f"unknown distill grid {self.grid!r}; known: {', '.join(DISTILL_GRIDS)}")
+        for lr in (self.i2f_lr_main_xyz, self.i2f_lr_main_rgb):
+            _check(lr is None or lr > 0, "i2f learning rates must be > 0")
         _check(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
         _check(self.lr > 0 and self.warmup_epochs >= 0, "lr > 0 and warmup_epochs >= 0")
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)")
@@ -257,9 +291,14 @@ class MetricsConfig:
 
     aupro_mode: str = "exact"
     """``exact`` (every threshold) or ``official100`` (the reference's 100 thresholds)."""
+    round_per_class_digits: int | None = None
+    """Round each category's metrics to this many decimals before the mean over categories, as the
+    reference's tables do (3); None keeps exact values."""
 
     def __post_init__(self) -> None:
         _check(self.aupro_mode in ("exact", "official100"), f"unknown aupro_mode {self.aupro_mode!r}")
+        digits = self.round_per_class_digits
+        _check(digits is None or digits >= 0, "round_per_class_digits must be >= 0 or None")
 
 
 @dataclass(frozen=True)

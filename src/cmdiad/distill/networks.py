@@ -8,7 +8,10 @@ as arguments:
 * ``i2f`` :class:`InputToFeature`: CNN, main modality's raw input -> target features.
 
 Every network records its constructor arguments in ``init_kwargs`` (JSON-friendly) so that
-:func:`cmdiad.distill.train.save_distiller` can rebuild it through :data:`DISTILLERS`.
+:func:`cmdiad.distill.train.save_distiller` can rebuild it through :data:`DISTILLERS`. The
+reference code's networks (``distill.architecture = "reference"``) live in
+:mod:`cmdiad.distill.reference`; :func:`build_distiller` picks a class from the registry by
+design and architecture, and each class sizes itself from :class:`DistillSides`.
 """
 
 from __future__ import annotations
@@ -21,92 +24,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from cmdiad.config import DistillConfig
-from cmdiad.registry import Registry
-from cmdiad.types import MODALITIES
-
-DISTILLERS: Registry[Distiller] = Registry("distiller")
-"""Distiller classes by kind (``f2f``, ``f2i``, ``i2f``); called with ``init_kwargs``."""
-
-TargetBatches = Iterable[tuple[torch.Tensor, "torch.Tensor | None"]]
-
-
-class Distiller(nn.Module):
-    """Base class: a cross-modal network with JSON-friendly constructor arguments.
-
-    Subclasses set ``kind`` and ``init_kwargs``; :meth:`calibrate` is called by the training
-    loop with the training targets before the first step.
-    """
-
-    kind: str = ""
-    init_kwargs: dict
-
-    def calibrate(self, batches: TargetBatches) -> None:
-        """Adapt output statistics to the training targets (default: nothing).
-
-        Args:
-            batches: Chunks ``(targets (n, C, H, W), valid (n, H, W) or None)``.
-        """
-
-    def generate(self, x: torch.Tensor) -> torch.Tensor:
-        """What downstream code consumes: the target-modality output of ``x``."""
-        return self(x)
-
-
-class OutputScale(nn.Module):
-    """Per-channel affine de-normalisation ``y * std + mean`` fitted to training targets.
-
-    Lets a network predict targets in any unit (raw scanner coordinates, large feature
-    magnitudes) while its layers work at unit scale. Saved with the state dict.
-
-    Args:
-        channels: Output channels.
-        fitted: Number of leading channels whose statistics :meth:`fit` sets; the rest stay
-            ``(mean 0, std 1)`` (e.g. the xyz validity logit).
-    """
-
-    def __init__(self, channels: int, fitted: int | None = None) -> None:
-        super().__init__()
-        self.fitted = channels if fitted is None else fitted
-        self.register_buffer("mean", torch.zeros(channels))
-        self.register_buffer("std", torch.ones(channels))
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, C, H, W)`` unit-scale outputs to target units."""
-        return y * self.std.view(1, -1, 1, 1) + self.mean.view(1, -1, 1, 1)
-
-    @torch.no_grad()
-    def fit(self, batches: TargetBatches, *, nonzero_valid: bool = False) -> None:
-        """Set mean/std of the fitted channels from valid target positions.
-
-        Args:
-            batches: Chunks ``(targets (n, C, H, W), valid (n, H, W) or None)``.
-            nonzero_valid: Also treat positions whose target is all zero as invalid
-                (organized point clouds: zero = no point).
-        """
-        k = self.fitted
-        total = torch.zeros(k, dtype=torch.float64)
-        total_sq = torch.zeros(k, dtype=torch.float64)
-        count = 0.0
-        for targets, valid in batches:
-            t = targets[:, :k].to(torch.float64).cpu()
-            mask = torch.ones(t.shape[0], *t.shape[2:], dtype=torch.bool)
-            mask = mask if valid is None else mask & valid.cpu().bool()
-            mask = mask & (t != 0).any(dim=1) if nonzero_valid else mask
-            m = mask.unsqueeze(1).to(torch.float64)
-            total += (t * m).sum(dim=(0, 2, 3))
-            total_sq += (t * t * m).sum(dim=(0, 2, 3))
-            count += float(m.sum())
-        if count == 0:
-            return
-        mean = total / count
-        std = (total_sq / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
-        self.mean[:k] = mean.to(self.mean)
-        self.std[:k] = std.to(self.std)
-
-
-def _per_patch(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply a channels-last ``layer`` to every patch of ``(B, C, h, w)``."""
-    return layer(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+from cmdiad.distill.base import (  # noqa: F401  (DISTILLERS, OutputScale re-exported)
+    DISTILLERS,
+    Distiller,
+    DistillSides,
+    OutputScale,
+    TargetBatches,
+    per_patch,
+    registry_name,
+)
+from cmdiad.features.base import to_grid
+from cmdiad.types import MODALITIES, PatchFeatures
 
 
 @DISTILLERS.register("f2f")
@@ -159,9 +87,15 @@ class FeatureToFeature(Distiller):
             layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
 
+    @classmethod
+    def build(cls, sides: DistillSides, cfg: DistillConfig) -> FeatureToFeature:
+        """Main features -> target features on the same grid (``f2f_parity``: reference output)."""
+        return cls(sides.main_channels, sides.target_channels, cfg.hidden_ratio,
+                   final_activation=cfg.f2f_parity, calibrated=not cfg.f2f_parity)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map features ``(B, in_channels, h, w)`` to ``(B, out_channels, h, w)``."""
-        y = _per_patch(self.mlp, x)
+        y = per_patch(self.mlp, x)
         return y if self.out_scale is None else self.out_scale(y)
 
     def calibrate(self, batches: TargetBatches) -> None:
@@ -240,6 +174,7 @@ class FeatureToInput(Distiller):
             "resolution": self.resolution,
         }
         self.target_is_xyz = out_channels == 4
+        self.loss = "xyz_l2" if self.target_is_xyz else "pixel_l2"
         self.norm = nn.LayerNorm(in_channels)
         self.reduce = nn.Conv2d(in_channels, 4 * width, 3, padding=1)
         narrow = max(width // 3, 2 * out_channels)  # no ReLU bottleneck below the output width
@@ -251,6 +186,15 @@ class FeatureToInput(Distiller):
             nn.Conv2d(narrow, out_channels, 3, padding=1),
         )
         self.out_scale = OutputScale(out_channels, fitted=3 if self.target_is_xyz else None)
+
+    @classmethod
+    def build(cls, sides: DistillSides, cfg: DistillConfig) -> FeatureToInput:
+        """Main features on the feature grid -> the target's input (xyz: with a validity channel)."""
+        size = sides.target_image_size
+        scale = (size[0] / sides.feature_grid[0], size[1] / sides.feature_grid[1])
+        out = 4 if sides.target_modality == "xyz" else 3
+        return cls(sides.main_channels, out, scale, cfg.width, output_size=tuple(size),
+                   resolution=cfg.decoder_resolution)
 
     def target_size(self, grid: tuple[int, int]) -> tuple[int, int]:
         """Output ``(H, W)`` for a feature grid ``(h, w)``."""
@@ -265,7 +209,7 @@ class FeatureToInput(Distiller):
         """
         size = size or self.target_size((x.shape[2], x.shape[3]))
         work = (max(1, round(size[0] * self.resolution)), max(1, round(size[1] * self.resolution)))
-        y = self.reduce(_per_patch(self.norm, x))
+        y = self.reduce(per_patch(self.norm, x))
         y = self.refine(F.interpolate(y, size=work, mode="bicubic", align_corners=False))
         if work != tuple(size):
             y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
@@ -385,6 +329,13 @@ class InputToFeature(Distiller):
         self.head = nn.Conv2d(trunk_out, out_channels, 1)
         self.out_scale = OutputScale(out_channels)
 
+    @classmethod
+    def build(cls, sides: DistillSides, cfg: DistillConfig) -> InputToFeature:
+        """Main input -> target features on the feature grid (stride from the input size)."""
+        stride = stride_between(sides.main_image_size, sides.feature_grid)
+        return cls(3, sides.target_channels, stride, cfg.trunk_width, num_blocks=cfg.trunk_blocks,
+                   input_is_xyz=sides.main_modality == "xyz")
+
     @staticmethod
     def _stem(cin: int, width: int, downs: int) -> nn.Sequential:
         layers = [_conv_bn_relu(cin, width, 2 if downs >= 1 else 1)]
@@ -405,7 +356,7 @@ class InputToFeature(Distiller):
         self.out_scale.fit(batches)
 
 
-def _stride_between(image_size: tuple[int, int], grid: tuple[int, int]) -> int:
+def stride_between(image_size: tuple[int, int], grid: tuple[int, int]) -> int:
     """The power-of-two stride ``s`` with ``image_size // s == grid`` on both axes."""
     s = 1
     while s <= max(image_size):
@@ -413,6 +364,55 @@ def _stride_between(image_size: tuple[int, int], grid: tuple[int, int]) -> int:
             return s
         s *= 2
     raise ValueError(f"no power-of-two stride maps image {tuple(image_size)} to grid {tuple(grid)}")
+
+
+def feature_grid(kind: str, main_grid: tuple[int, int], target_grid: tuple[int, int], policy: str) -> tuple[int, int]:
+    """The patch grid a distiller's feature side lives on.
+
+    ``main``: F2F and F2I read the main grid (F2F targets are resampled to it) and I2F predicts
+    the target grid. ``finer``: every design works on the finer of the two grids, the coarser
+    features repeated onto it (the reference duplicates DINO's 28x28 map to Point-MAE's 56x56), so
+    F2F/I2F hallucinated banks are on the finer grid too. Resample with
+    :func:`cmdiad.features.base.to_grid` (nearest repetition when upsampling).
+
+    Args:
+        kind: ``f2f``, ``f2i`` or ``i2f``.
+        main_grid: Main patch grid ``(h, w)``.
+        target_grid: Target patch grid ``(h, w)``.
+        policy: ``main`` or ``finer`` (``distill.grid``).
+
+    Returns:
+        ``(h, w)``.
+    """
+    if policy == "finer":
+        return tuple(max(main_grid, target_grid, key=lambda g: g[0] * g[1]))
+    if policy != "main":
+        raise ValueError(f"unknown distill grid policy {policy!r}; known: main, finer")
+    return tuple(target_grid) if kind == "i2f" else tuple(main_grid)
+
+
+def align_features(
+    kind: str, main: PatchFeatures, target: PatchFeatures, policy: str
+) -> tuple[PatchFeatures, PatchFeatures]:
+    """Main and target patch features resampled to the grid the distiller works on.
+
+    The grid is :func:`feature_grid`'s: F2F gets both sides on it, F2I its input (the target's
+    features are not used), I2F its target. Upsampling repeats patches (nearest), which is the
+    reference's 28x28 -> 56x56 duplication; downsampling averages valid patches.
+
+    Args:
+        kind: ``f2f``, ``f2i`` or ``i2f``.
+        main: Main features ``(N, Cm, hm, wm)`` and validity.
+        target: Target features ``(N, Ct, ht, wt)`` and validity.
+        policy: ``main`` or ``finer`` (``distill.grid``).
+
+    Returns:
+        ``(main, target)``, each on the distiller's grid where the design reads it.
+    """
+    grid = feature_grid(kind, main.grid, target.grid, policy)
+    main_out = main if kind == "i2f" else to_grid(main, grid)
+    target_out = target if kind == "f2i" else to_grid(target, grid)
+    return main_out, target_out
 
 
 def build_distiller(
@@ -430,18 +430,16 @@ def build_distiller(
 ) -> Distiller:
     """Build the network of ``kind`` for one direction, initialised under ``cfg.seed``.
 
-    The caller describes both sides; each design picks the sizes it needs. What to train it on
-    (inputs -> targets, and the loss from :func:`loss_name`):
+    The caller describes both sides; ``cfg.architecture`` picks the class from
+    :data:`DISTILLERS` and ``cfg.grid`` the feature grid ``G`` (:func:`feature_grid`). What to
+    train it on (inputs -> targets, with the loss ``net.loss``):
 
-    * ``f2f``: main features ``(N, main_channels, *main_grid)`` -> target features resampled to
-      the main grid ``(N, target_channels, *main_grid)``; loss ``patch_l2``.
-    * ``f2i``: main features ``(N, main_channels, *main_grid)`` -> the target modality's
-      preprocessed input ``(N, 3, *target_image_size)`` (rgb: normalised image, loss
-      ``pixel_l2``; xyz: organized cloud in dataset units, loss ``xyz_l2``). Use
-      ``net.generate(x)`` at inference: it returns ``(B, 3, H, W)``, xyz already decoded.
+    * ``f2f``: main features on ``G`` ``(N, main_channels, *G)`` -> target features on ``G``.
+    * ``f2i``: main features on ``G`` -> the target modality's preprocessed input
+      ``(N, 3, *target_image_size)`` (rgb: normalised image; xyz: organized cloud in dataset
+      units). Use ``net.generate(x)`` at inference: it returns ``(B, 3, H, W)``, xyz decoded.
     * ``i2f``: the main modality's preprocessed input ``(N, 3, *main_image_size)`` -> target
-      features on ``target_grid`` ``(N, target_channels, *target_grid)``; loss ``patch_l2``.
-      ``main_image_size // target_grid`` must be a power of two.
+      features on ``G``; ``main_image_size // G`` must be a power of two.
 
     Args:
         kind: ``f2f``, ``f2i`` or ``i2f``.
@@ -451,9 +449,9 @@ def build_distiller(
         target_channels: Channels of the target extractor's patch features.
         main_grid: Main patch grid ``(h, w)``.
         main_image_size: Main extractor's input ``(H, W)``.
-        target_grid: Target patch grid ``(h, w)``: the grid hallucinated ``i2f`` features have.
+        target_grid: Target patch grid ``(h, w)``.
         target_image_size: Target extractor's input ``(H, W)``.
-        cfg: Widths and seed.
+        cfg: Architecture, grid policy, widths and seed.
 
     Returns:
         The network, in train mode, on the CPU.
@@ -461,25 +459,20 @@ def build_distiller(
     for modality in (main_modality, target_modality):
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
+    cls = DISTILLERS.get(registry_name(kind, cfg.architecture))
+    sides = DistillSides(main_modality, target_modality, main_channels, target_channels,
+                         feature_grid(kind, main_grid, target_grid, cfg.grid),
+                         tuple(main_image_size), tuple(target_image_size))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        if kind == "f2f":
-            return FeatureToFeature(main_channels, target_channels, cfg.hidden_ratio,
-                                    final_activation=cfg.f2f_parity, calibrated=not cfg.f2f_parity)
-        if kind == "f2i":
-            scale = (target_image_size[0] / main_grid[0], target_image_size[1] / main_grid[1])
-            out = 4 if target_modality == "xyz" else 3
-            return FeatureToInput(main_channels, out, scale, cfg.width, output_size=tuple(target_image_size),
-                                  resolution=cfg.decoder_resolution)
-        if kind == "i2f":
-            stride = _stride_between(main_image_size, target_grid)
-            return InputToFeature(3, target_channels, stride, cfg.trunk_width, num_blocks=cfg.trunk_blocks,
-                                  input_is_xyz=main_modality == "xyz")
-    raise KeyError(f"unknown distiller {kind!r}; known: {', '.join(DISTILLERS.names())}")
+        return cls.build(sides, cfg)
 
 
 def loss_name(kind: str, target_modality: str) -> str:
-    """The training loss for a network of ``kind`` hallucinating ``target_modality``."""
+    """The training loss of cmdiad's network of ``kind`` hallucinating ``target_modality``.
+
+    Prefer ``net.loss``, which also knows the reference networks' losses.
+    """
     if kind == "f2i":
         return "xyz_l2" if target_modality == "xyz" else "pixel_l2"
     return "patch_l2"

@@ -1,7 +1,8 @@
 """Training loop and persistence of the distillation networks (method-spec §4.6).
 
 Plain torch: Adam without weight decay, per-iteration linear warm-up then a constant learning
-rate, seeded shuffling and a seeded held-out split of samples for a validation loss.
+rate, seeded shuffling and a seeded held-out split of samples for a validation loss
+(``val_fraction = 0`` trains on every sample, as the reference).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cmdiad.config import DistillConfig
-from cmdiad.distill.networks import DISTILLERS, Distiller
+from cmdiad.config import DistillConfig, replace
+from cmdiad.distill.networks import DISTILLERS, Distiller, registry_name
 from cmdiad.errors import ModelFileError
 
 logger = logging.getLogger(__name__)
@@ -119,13 +120,24 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 def warmup_lr(step: int, steps_per_epoch: int, cfg: DistillConfig) -> float:
     """Learning rate of optimisation step ``step`` (0-based).
 
-    Linear warm-up over ``cfg.warmup_epochs`` epochs, then constant ``cfg.lr``. The reference's
-    first step runs at lr 0; here step ``k`` of the warm-up uses ``lr * (k + 1) / warmup_steps``.
+    Linear warm-up over ``cfg.warmup_epochs`` epochs, then constant ``cfg.lr``. Step ``k`` of the
+    warm-up uses ``lr * (k + 1) / warmup_steps``, or ``lr * k / warmup_steps`` with
+    ``cfg.warmup_from_zero`` (the reference: its first step runs at lr 0).
     """
     warmup_steps = cfg.warmup_epochs * steps_per_epoch
     if step >= warmup_steps:
         return cfg.lr
-    return cfg.lr * (step + 1) / warmup_steps
+    return cfg.lr * (step + (0 if cfg.warmup_from_zero else 1)) / warmup_steps
+
+
+def design_config(cfg: DistillConfig, kind: str, main_modality: str) -> DistillConfig:
+    """``cfg`` with the learning rate of design ``kind`` for main ``main_modality``.
+
+    I2F has its own rates when ``cfg.i2f_lr_main_xyz`` / ``cfg.i2f_lr_main_rgb`` are set (the
+    reference trains I2F at 3e-4 with xyz main and 2e-4 with rgb main, F2F/F2I at 5e-4).
+    """
+    lr = {"xyz": cfg.i2f_lr_main_xyz, "rgb": cfg.i2f_lr_main_rgb}.get(main_modality) if kind == "i2f" else None
+    return cfg if lr is None else replace(cfg, lr=lr)
 
 
 def split_indices(
@@ -144,6 +156,15 @@ def split_indices(
         k = min(max(1, round(n * val_fraction)), n - 1)
     perm = torch.randperm(n, generator=generator)
     return perm[k:].sort().values, perm[:k].sort().values
+
+
+def _summed_over_positions(loss_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``loss_fn`` times the positions per sample: the reference's per-sample sum, batch mean."""
+
+    def summed(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return loss_fn(pred, target, valid) * (target.shape[-2] * target.shape[-1])
+
+    return summed
 
 
 def _batches(order: torch.Tensor, batch_size: int, drop_last: bool) -> list[torch.Tensor]:
@@ -201,7 +222,7 @@ def fit_distiller(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     *,
-    loss: str,
+    loss: str | None = None,
     cfg: DistillConfig,
     device: torch.device | str,
     valid: torch.Tensor | None = None,
@@ -211,7 +232,8 @@ def fit_distiller(
 
     A seeded ``cfg.val_fraction`` of the samples is held out for a per-epoch validation loss
     (no model selection). Before the first step the network calibrates its output statistics
-    on the training targets (:meth:`Distiller.calibrate`). Batches are shuffled with a
+    on the training targets (:meth:`Distiller.calibrate`). With ``cfg.masked_loss`` off, ``valid``
+    is ignored and every position counts (the reference). Batches are shuffled with a
     ``torch.Generator`` seeded by ``cfg.seed``; an incomplete last batch is dropped only when an
     epoch has more than one batch. Tensors may stay on the CPU (and in float16): batches move
     to ``device`` as float32.
@@ -220,7 +242,8 @@ def fit_distiller(
         net: A network from :func:`cmdiad.distill.networks.build_distiller`.
         inputs: ``(N, ...)`` network inputs.
         targets: ``(N, ...)`` what ``net(inputs)`` should give.
-        loss: ``patch_l2``, ``pixel_l2`` or ``xyz_l2`` (see :data:`LOSSES`).
+        loss: ``patch_l2``, ``pixel_l2`` or ``xyz_l2`` (see :data:`LOSSES`); default ``net.loss``.
+            A loss other than the network's own raises (an xyz loss needs a validity channel).
         cfg: Epochs, batch size, lr, warm-up, held-out fraction, seed.
         device: Where to train.
         valid: ``(N, H, W)`` bool positions of ``targets`` that count in the loss.
@@ -229,8 +252,13 @@ def fit_distiller(
     Returns:
         Per-epoch losses. ``net`` stays on ``device``, in eval mode.
     """
+    loss = net.loss if loss is None else loss
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+    if LOSSES[loss] is not LOSSES[net.loss]:
+        raise ValueError(f"{type(net).__name__} trains with loss {net.loss!r}, not {loss!r} (use net.loss)")
+    valid = valid if cfg.masked_loss else None
+    loss_fn = _summed_over_positions(LOSSES[loss]) if cfg.loss_sum_over_positions else LOSSES[loss]
     n = len(inputs)
     if n == 0 or len(targets) != n or (valid is not None and len(valid) != n):
         raise ValueError(f"need matching non-empty inputs/targets/valid, got {n}/{len(targets)}")
@@ -245,10 +273,10 @@ def fit_distiller(
     for epoch in range(cfg.epochs):
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         batches = _batches(order, cfg.batch_size, drop_last=True)
-        train_loss.append(_train_epoch(net, opt, data, batches, LOSSES[loss], step, cfg, device))
+        train_loss.append(_train_epoch(net, opt, data, batches, loss_fn, step, cfg, device))
         step += len(batches)
         if len(val_idx):
-            val_loss.append(_evaluate(net, data, val_idx, LOSSES[loss], cfg, device))
+            val_loss.append(_evaluate(net, data, val_idx, loss_fn, cfg, device))
         logger.info(
             "distill epoch %d/%d: train %.5f val %s", epoch + 1, cfg.epochs, train_loss[-1], val_loss[-1:]
         )
@@ -260,7 +288,7 @@ def fit_distiller(
 
 
 def save_distiller(net: Distiller, path_dir: Path | str) -> None:
-    """Write ``distiller.safetensors`` (state dict) and ``distiller.json`` (kind, kwargs, version).
+    """Write ``distiller.safetensors`` (state dict) and ``distiller.json`` (kind, architecture, kwargs).
 
     Args:
         net: A registered network.
@@ -272,7 +300,8 @@ def save_distiller(net: Distiller, path_dir: Path | str) -> None:
     path_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(path_dir / WEIGHTS_FILE))
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "kind": net.kind, "kwargs": net.init_kwargs}
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "kind": net.kind, "architecture": net.architecture,
+            "kwargs": net.init_kwargs}
     (path_dir / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
@@ -285,8 +314,9 @@ def _read_meta(path: Path) -> dict:
         raise ModelFileError(path, f"not a cmdiad distiller file (expected format {FORMAT!r})")
     if meta.get("version") != FORMAT_VERSION:
         raise ModelFileError(path, f"unsupported version {meta.get('version')!r}; expected {FORMAT_VERSION}")
-    if meta.get("kind") not in DISTILLERS or not isinstance(meta.get("kwargs"), dict):
-        raise ModelFileError(path, f"unknown distiller kind {meta.get('kind')!r} or missing kwargs")
+    name = registry_name(str(meta.get("kind")), str(meta.get("architecture", "cmdiad")))
+    if name not in DISTILLERS or not isinstance(meta.get("kwargs"), dict):
+        raise ModelFileError(path, f"unknown distiller {name!r} or missing kwargs")
     return meta
 
 
@@ -310,7 +340,7 @@ def load_distiller(path_dir: Path | str, device: torch.device | str = "cpu") -> 
     meta_path, weights_path = path_dir / META_FILE, path_dir / WEIGHTS_FILE
     meta = _read_meta(meta_path)
     try:
-        net = DISTILLERS.get(meta["kind"])(**meta["kwargs"])
+        net = DISTILLERS.get(registry_name(meta["kind"], meta.get("architecture", "cmdiad")))(**meta["kwargs"])
     except (TypeError, ValueError) as e:
         raise ModelFileError(meta_path, f"invalid constructor arguments: {e}") from e
     try:

@@ -14,7 +14,7 @@ steps) instead of materialising ``(C, N)`` and ``(C, H, W)`` tensors (~3x faster
 Deviations from the reference, all deliberate:
 
 * The 3x3 average uses padding 1, so the grid stays aligned with the RGB and ground-truth
-  grids; the reference uses padding 0 (a 1-pixel shift and shrink). ``reference_shift=True``
+  grids; the reference uses padding 0 (a 1-pixel shift and shrink). ``average_padding = 0``
   restores it.
 * A sample with fewer foreground points than ``num_groups`` (or ``group_size``) uses as many
   groups (points per group) as it has points; a sample without foreground points gives zero
@@ -263,22 +263,18 @@ class PointMAEExtractor(PointCloudExtractor):
     """Point-MAE patch features of organized point clouds.
 
     Args:
-        cfg: Uses ``patch_stride``, ``num_groups``, ``group_size``, ``backbone_train_mode``.
+        cfg: Uses ``patch_stride``, ``num_groups``, ``group_size``, ``backbone_train_mode`` and
+            ``average_padding`` (0: the reference's unpadded 3x3 average, a 1-pixel shift).
         backbone: The encoder; a random-initialised one when omitted.
-        reference_shift: Use the reference's unpadded 3x3 average (1-pixel shift).
     """
 
-    def __init__(
-        self, cfg: PointFeatureConfig, backbone: PointMAEEncoder | None = None, reference_shift: bool = False
-    ) -> None:
+    def __init__(self, cfg: PointFeatureConfig, backbone: PointMAEEncoder | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone if backbone is not None else PointMAEEncoder()
         self.patch_stride = cfg.patch_stride
-        self.reference_shift = reference_shift
         self.feature_info = [FeatureInfo("xyz", self.backbone.out_channels, cfg.patch_stride)]
         self.eval()
-
 
     @torch.no_grad()
     def patch_features(self, x: torch.Tensor) -> PatchFeatures:
@@ -297,9 +293,8 @@ class PointMAEExtractor(PointCloudExtractor):
         points = xyz.flatten(1)[:, flat].T.unsqueeze(0)  # (1, N, 3)
         centres, group_feats = self._group_features(points)
         idx, weights = interpolation_weights(points, centres)
-        padding = 0 if self.reference_shift else 1
         op = patch_operator(
-            flat, (xyz.shape[1], xyz.shape[2]), grid, idx[0], weights[0], centres.shape[1], padding
+            flat, (xyz.shape[1], xyz.shape[2]), grid, idx[0], weights[0], centres.shape[1], self.cfg.average_padding
         )
         return (op @ group_feats[0].T).T.reshape(-1, *grid)
 

@@ -21,18 +21,27 @@ PRESETS: dict[str, dict[str, Any]] = {
                         "trunk_width": 16, "trunk_blocks": 3},
         }
     },
-    # The paper's configuration (method-spec §2-§4): DINO ViT-B/8 + Point-MAE, user weights.
+    # The paper's protocol as the reference code runs it (method-spec §2-§4, docs/method.md
+    # "Reproducing the reference"): DINO ViT-B/8 + Point-MAE (user weights), the reference's
+    # distillers, grids, schedules, post-processing and metric rounding.
     "paper": {
         "detector": {
             "data": {"image_size": [224, 224]},
             "rgb": {"name": "dino_vitb8"},
-            "xyz": {"name": "point_mae", "patch_stride": 4, "num_groups": 1024, "group_size": 128},
-            "memory": {"coreset": {"ratio": 0.1}, "standardize": "m3dm"},
-            "fusion": {"kind": "ocsvm", "fit_on": "train"},
-            "distill": {"epochs": 100, "batch_size": 32, "lr": 5e-4, "warmup_epochs": 10, "width": 96,
-                        "decoder_resolution": 1.0, "f2f_parity": True,
+            "xyz": {"name": "point_mae", "patch_stride": 4, "num_groups": 1024, "group_size": 128,
+                    "backbone_train_mode": True, "average_padding": 0},
+            "memory": {"coreset": {"ratio": 0.1}, "standardize": "m3dm", "blur_mode": "pil8bit",
+                       "keep_invalid_patches": True},
+            # The reference fits the pixel OCSVM on every training pixel (no subsampling).
+            "fusion": {"kind": "ocsvm", "fit_on": "train", "max_pixel_rows": 10**12},
+            "distill": {"architecture": "reference", "grid": "finer", "val_fraction": 0.0,
+                        "epochs": 100, "batch_size": 32, "lr": 5e-4, "warmup_epochs": 10,
+                        "warmup_from_zero": True, "masked_loss": False, "loss_sum_over_positions": True,
+                        "i2f_lr_main_xyz": 3e-4, "i2f_lr_main_rgb": 2e-4,
+                        "width": 96, "decoder_resolution": 1.0, "f2f_parity": True,
                         "trunk_width": 64, "trunk_blocks": 12},
-        }
+        },
+        "metrics": {"aupro_mode": "official100", "round_per_class_digits": 3},
     },
 }
 

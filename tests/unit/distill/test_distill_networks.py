@@ -18,8 +18,8 @@ from cmdiad.distill.networks import (
 )
 
 
-def test_registry_holds_the_three_designs() -> None:
-    assert DISTILLERS.names() == ["f2f", "f2i", "i2f"]
+def test_registry_holds_the_three_designs_in_both_architectures() -> None:
+    assert DISTILLERS.names() == ["f2f", "f2i", "i2f", "reference_f2f", "reference_f2i", "reference_i2f"]
     assert DISTILLERS.get("f2i") is FeatureToInput
 
 

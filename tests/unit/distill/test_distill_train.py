@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from cmdiad.config import DistillConfig
+from cmdiad.config import DistillConfig, replace
 from cmdiad.distill.networks import FeatureToFeature, FeatureToInput, InputToFeature
 from cmdiad.distill.train import (
     _batches,
+    design_config,
     fit_distiller,
     load_distiller,
     patch_l2,
@@ -302,3 +303,52 @@ def test_xyz_l2_stays_finite_for_single_point_clouds() -> None:
     target[:, :, 1, 1] = torch.tensor([1.0, 2.0, 3.0])
     pred = torch.cat([target + 0.5, torch.zeros(2, 1, 4, 4)], dim=1)
     assert xyz_l2(pred, target, bce_weight=0.0) == pytest.approx(0.5 * 3**0.5)
+
+
+# ---------------------------------------------------------------- reference protocol switches
+
+
+def test_masked_loss_off_counts_every_position_like_the_reference() -> None:
+    x = _features(10, 4, (2, 3), 13)
+    y = _relation(x, 3, seed=2)
+    valid = torch.zeros(10, 2, 3, dtype=torch.bool)
+    valid[:, 0] = True
+    y[~valid.unsqueeze(1).expand_as(y)] = 1e6
+    cfg = DistillConfig(epochs=1, batch_size=5, lr=1e-3, warmup_epochs=0, val_fraction=0.0, masked_loss=False)
+    report = fit_distiller(FeatureToFeature(4, 3), x, y, loss="patch_l2", cfg=cfg, device="cpu", valid=valid)
+    assert report.train_loss[0] > 1e5  # the garbage positions count
+
+
+def test_val_fraction_zero_trains_on_every_sample() -> None:
+    x = _features(12, 4, (2, 2), 3)
+    cfg = DistillConfig(epochs=2, batch_size=4, warmup_epochs=0, val_fraction=0.0)
+    report = fit_distiller(FeatureToFeature(4, 4), x, x, loss="patch_l2", cfg=cfg, device="cpu")
+    assert (report.num_train, report.num_val, report.val_loss) == (12, 0, [])
+    assert len(report.train_loss) == 2
+
+
+def test_warmup_from_zero_starts_at_lr_zero() -> None:
+    cfg = DistillConfig(lr=1e-3, warmup_epochs=2, warmup_from_zero=True)
+    lrs = [warmup_lr(s, 5, cfg) for s in range(11)]
+    assert lrs[:10] == pytest.approx([1e-4 * k for k in range(10)]) and lrs[10] == 1e-3
+
+
+def test_design_config_gives_i2f_its_own_learning_rates() -> None:
+    cfg = DistillConfig(lr=5e-4, i2f_lr_main_xyz=3e-4, i2f_lr_main_rgb=2e-4)
+    assert design_config(cfg, "i2f", "xyz").lr == 3e-4 and design_config(cfg, "i2f", "rgb").lr == 2e-4
+    assert design_config(cfg, "f2f", "xyz") is cfg and design_config(cfg, "f2i", "rgb").lr == 5e-4
+    assert design_config(DistillConfig(lr=1e-3), "i2f", "xyz").lr == 1e-3
+
+
+def test_loss_sum_over_positions_scales_the_loss_by_the_grid() -> None:
+    x = _features(8, 4, (3, 5), 4)
+    y = _relation(x, 3, seed=5)
+    base = DistillConfig(epochs=1, batch_size=4, lr=1e-3, warmup_epochs=0, val_fraction=0.25)
+    torch.manual_seed(0)
+    mean = fit_distiller(FeatureToFeature(4, 3), x, y, loss="patch_l2", cfg=base, device="cpu")
+    torch.manual_seed(0)
+    summed = fit_distiller(FeatureToFeature(4, 3), x, y, loss="patch_l2", device="cpu",
+                           cfg=replace(base, loss_sum_over_positions=True))
+    # Same initialisation and data; Adam is invariant to the loss scale up to its epsilon.
+    assert summed.train_loss[0] == pytest.approx(15 * mean.train_loss[0], rel=1e-3)
+    assert summed.val_loss[0] == pytest.approx(15 * mean.val_loss[0], rel=1e-3)

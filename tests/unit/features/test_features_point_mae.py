@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmdiad.config import PointFeatureConfig
+from cmdiad.config import PointFeatureConfig, from_dict, replace
 from cmdiad.errors import ConfigError, ModelFileError
 from cmdiad.features.base import EXTRACTORS
 from cmdiad.features.grouping import interpolate_to_points, interpolation_weights, scatter_to_grid
@@ -81,13 +81,15 @@ def test_fewer_points_than_groups_is_clamped() -> None:
     assert pf.valid[0].sum() == 2 and torch.isfinite(pf.features).all()
 
 
-def test_reference_shift_keeps_grid_and_changes_alignment() -> None:
+def test_average_padding_config_switches_the_reference_shift() -> None:
     x = organized_scene(32, 32, bump=True).unsqueeze(0)
     cfg = PointFeatureConfig(**TINY)
     backbone = small_backbone()
     a = PointMAEExtractor(cfg, backbone).patch_features(x).features
-    b = PointMAEExtractor(cfg, backbone, reference_shift=True).patch_features(x).features
+    b = PointMAEExtractor(replace(cfg, average_padding=0), backbone).patch_features(x).features
     assert a.shape == b.shape and not torch.allclose(a, b)
+    with pytest.raises(ConfigError, match="average_padding"):
+        from_dict(PointFeatureConfig, {"average_padding": 2})
 
 
 @pytest.mark.parametrize("padding", [1, 0])
