@@ -20,7 +20,7 @@ from cmdiad.distill.train import TrainReport
 from cmdiad.errors import DatasetError
 from cmdiad.memory.bank import MemoryBank
 from cmdiad.pipeline.encoder import Encoder, Progress
-from cmdiad.pipeline.mtfi import Hallucinator, PairedData, fidelity, train_hallucinator
+from cmdiad.pipeline.mtfi import DESIGNS, Design, Hallucinator, PairedData, design, fidelity, train_hallucinator
 from cmdiad.pipeline.streams import Stream, needed_modalities, streams_for
 from cmdiad.scoring.fusion import build_fuser
 from cmdiad.scoring.patch import anomaly_map
@@ -81,6 +81,8 @@ class Detector:
         self.encoder = encoder
         self.device = torch.device(device)
         self.streams: list[Stream] = streams_for(config)
+        self.design: Design | None = design(config.method) if config.method in DESIGNS else None
+        """The distillation design of an MTFI method (None for bank-only methods)."""
         self.banks: dict[str, MemoryBank] = {}
         self.hallucinator: Hallucinator | None = hallucinator
         self._pretrained = hallucinator is not None
@@ -147,7 +149,7 @@ class Detector:
         s = hall[0]
         if not self._pretrained:
             report.num_paired, report.distill = self.train_distiller(train, progress)
-        inputs = self.encoder.inputs(usable, s.source) if self.config.method == "i2f" else None
+        inputs = self.encoder.inputs(usable, s.source) if self.design.reads_main_inputs else None
         out[s.name] = self._hallucinate(feats[s.source], inputs)
         return out
 
@@ -171,9 +173,9 @@ class Detector:
         kind = self.config.method
         data = PairedData(
             main_features=self.encoder.features(paired, s.source),
-            main_inputs=self.encoder.inputs(paired, s.source) if kind == "i2f" else None,
+            main_inputs=self.encoder.inputs(paired, s.source) if self.design.reads_main_inputs else None,
             target_features=self.encoder.features(paired, s.target),
-            target_inputs=self.encoder.inputs(paired, s.target) if kind == "f2i" else None,
+            target_inputs=self.encoder.inputs(paired, s.target) if self.design.learns_target_inputs else None,
         )
         cb = None
         if progress is not None:
@@ -206,7 +208,7 @@ class Detector:
         if not hall or not paired:
             return None
         s = hall[0]
-        inputs = self.encoder.inputs(paired, s.source) if self.config.method == "i2f" else None
+        inputs = self.encoder.inputs(paired, s.source) if self.design.reads_main_inputs else None
         predicted = self._hallucinate(self.encoder.features(paired, s.source), inputs)
         return fidelity(predicted, self.encoder.features(paired, s.target))
 
@@ -332,7 +334,7 @@ class Detector:
 
     def _encode(self, records: Sequence[SampleRecord]) -> tuple[dict[str, PatchFeatures], torch.Tensor | None]:
         """Features of every modality read, plus the main inputs for ``i2f`` (each file read once)."""
-        if self.config.method != "i2f":
+        if self.design is None or not self.design.reads_main_inputs:
             return {m: self.encoder.features(records, m) for m in self.modalities}, None
         inputs, feats = self.encoder.encode(records, self.config.main)
         return {self.config.main: feats}, inputs

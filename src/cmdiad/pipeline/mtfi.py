@@ -1,30 +1,41 @@
-"""Multi-modal training, few-modal inference: training data for, and use of, a distiller.
+"""Multi-modal training, few-modal inference: the distillation designs and their use.
 
-The three designs (method-spec §4.3–4.5) differ only in what goes in and what comes out:
+The three designs (method-spec §4.3–4.5) differ only in what goes in and what comes out; each
+is one :class:`Design` in :data:`DESIGNS`, and nothing outside this module branches on the kind:
 
 | kind | input | output | hallucinated features |
 |---|---|---|---|
-| f2f | main features | target features on the main grid | the output |
+| f2f | main features | target features on the feature grid | the output |
 | f2i | main features | target *input* (image / organized cloud) | target extractor(output) |
-| i2f | main input | target features on the target grid | the output |
+| i2f | main input | target features on the feature grid | the output |
+
+The feature grid ``G`` is :func:`cmdiad.distill.networks.feature_grid`'s (``distill.grid``):
+the main grid for F2F/F2I and the target grid for I2F, or the finer of the two for all.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from cmdiad.config import DistillConfig
-from cmdiad.distill.networks import build_distiller, loss_name
-from cmdiad.distill.train import TrainReport, fit_distiller
+from cmdiad.distill.networks import build_distiller, feature_grid
+from cmdiad.distill.reference import load_reference_checkpoint, reference_checkpoint_path
+from cmdiad.distill.train import TrainReport, design_config, fit_distiller, load_distiller, save_distiller
+from cmdiad.errors import ModelFileError
 from cmdiad.features.base import FeatureExtractor, to_grid
 from cmdiad.pipeline.streams import OTHER
+from cmdiad.registry import Registry
 from cmdiad.types import PatchFeatures
 
 log = logging.getLogger(__name__)
+
+HALLUCINATOR_FILE = "hallucinator.json"
 
 
 @dataclass
@@ -33,9 +44,9 @@ class PairedData:
 
     Attributes:
         main_features: ``(N, Cm, hm, wm)`` main-modality patch features.
-        main_inputs: ``(N, 3, H, W)`` main-modality model inputs (only for ``i2f``).
+        main_inputs: ``(N, 3, H, W)`` main-modality model inputs (designs that read them).
         target_features: ``(N, Ct, ht, wt)`` real target-modality features.
-        target_inputs: ``(N, 3, H, W)`` real target-modality inputs (only for ``f2i``).
+        target_inputs: ``(N, 3, H, W)`` real target-modality inputs (designs that learn them).
     """
 
     main_features: PatchFeatures
@@ -44,20 +55,125 @@ class PairedData:
     target_inputs: torch.Tensor | None
 
 
+class Design:
+    """One distillation design: what it is trained on and how it hallucinates.
+
+    Attributes:
+        kind: Registry name (``f2f``, ``f2i``, ``i2f``), also the method name.
+        reads_main_inputs: It needs the main modality's preprocessed inputs, not only its
+            features (training and inference).
+        learns_target_inputs: It is trained to reproduce the target modality's inputs, and its
+            output is re-encoded by the target extractor (which inference must then build).
+    """
+
+    kind = ""
+    reads_main_inputs = False
+    learns_target_inputs = False
+
+    def training_data(
+        self, data: PairedData, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(inputs, targets, valid)`` for :func:`~cmdiad.distill.train.fit_distiller`."""
+        raise NotImplementedError
+
+    def hallucinate(
+        self, net: nn.Module, main: PatchFeatures, inputs: torch.Tensor | None,
+        target_extractor: FeatureExtractor | None, grid: tuple[int, int] | None,
+    ) -> PatchFeatures:
+        """Target features of a batch (``grid`` None: the grid the network was trained on is the main one)."""
+        raise NotImplementedError
+
+
+DESIGNS: Registry[Design] = Registry("distillation design")
+"""Design classes by kind; :func:`design` returns an instance."""
+
+
+def design(kind: str) -> Design:
+    """The design registered as ``kind``."""
+    return DESIGNS.get(kind)()
+
+
+def _on(pf: PatchFeatures, grid: tuple[int, int] | None) -> PatchFeatures:
+    return pf if grid is None else to_grid(pf, grid)
+
+
+@DESIGNS.register("f2f")
+class FeatureToFeatureDesign(Design):
+    """Main features -> target features, patch by patch (both resampled to the feature grid)."""
+
+    kind = "f2f"
+
+    def training_data(self, data, grid):
+        main, target = to_grid(data.main_features, grid), to_grid(data.target_features, grid)
+        return main.features, target.features, main.valid & target.valid
+
+    def hallucinate(self, net, main, inputs, target_extractor, grid):
+        pf = _on(main, grid)
+        dev = next(net.parameters()).device
+        return PatchFeatures(net(pf.features.to(dev)), pf.valid.to(dev))
+
+
+@DESIGNS.register("f2i")
+class FeatureToInputDesign(Design):
+    """Main features -> the target modality's input, re-encoded by the frozen target extractor."""
+
+    kind = "f2i"
+    learns_target_inputs = True
+
+    def training_data(self, data, grid):
+        if data.target_inputs is None:
+            raise ValueError("f2i trains on the target modality's inputs")
+        return to_grid(data.main_features, grid).features, data.target_inputs, None
+
+    def hallucinate(self, net, main, inputs, target_extractor, grid):
+        if target_extractor is None:
+            raise ValueError("f2i needs the target modality's extractor to encode what it generates")
+        dev = next(net.parameters()).device
+        decoded = net.generate(_on(main, grid).features.to(dev))
+        return target_extractor.patch_features(decoded.to(target_extractor.device))
+
+
+@DESIGNS.register("i2f")
+class InputToFeatureDesign(Design):
+    """The main modality's input -> target features on the feature grid."""
+
+    kind = "i2f"
+    reads_main_inputs = True
+
+    def training_data(self, data, grid):
+        if data.main_inputs is None:
+            raise ValueError("i2f trains on the main modality's inputs")
+        target = to_grid(data.target_features, grid)
+        return data.main_inputs, target.features, target.valid
+
+    def hallucinate(self, net, main, inputs, target_extractor, grid):
+        if inputs is None:
+            raise ValueError("i2f needs the main modality's inputs")
+        dev = next(net.parameters()).device
+        out = net(inputs.to(dev))
+        return PatchFeatures(out, to_grid(main, (int(out.shape[2]), int(out.shape[3]))).valid.to(dev))
+
+
 class Hallucinator(nn.Module):
     """A trained distiller plus what it needs to produce target-modality patch features.
 
     Args:
-        kind: ``f2f``, ``f2i`` or ``i2f``.
+        kind: The design (``f2f``, ``f2i`` or ``i2f``).
         net: The distillation network.
         target: Target modality (``rgb`` or ``xyz``).
-        target_extractor: Frozen extractor of the target modality (used by ``f2i``).
+        target_extractor: Frozen extractor of the target modality (used by designs that
+            generate inputs).
+        grid: The feature grid the network was trained on; None for the main grid (models
+            saved before the grid was recorded).
     """
 
-    def __init__(self, kind: str, net: nn.Module, target: str, target_extractor: FeatureExtractor) -> None:
+    def __init__(self, kind: str, net: nn.Module, target: str, target_extractor: FeatureExtractor | None,
+                 grid: tuple[int, int] | None = None) -> None:
         super().__init__()
+        self.design = design(kind)
         self.kind, self.net, self.target = kind, net, target
         self.target_extractor = target_extractor
+        self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
 
     @torch.no_grad()
     def forward(self, main_features: PatchFeatures, main_inputs: torch.Tensor | None) -> PatchFeatures:
@@ -65,24 +181,37 @@ class Hallucinator(nn.Module):
 
         Args:
             main_features: ``(B, Cm, hm, wm)`` main-modality features.
-            main_inputs: ``(B, 3, H, W)`` main-modality inputs (required by ``i2f``).
+            main_inputs: ``(B, 3, H, W)`` main-modality inputs (designs that read them).
 
         Returns:
             Target-modality patch features of the batch.
         """
         self.net.eval()
-        dev = next(self.net.parameters()).device
-        if self.kind == "f2f":
-            out = self.net(main_features.features.to(dev))
-            return PatchFeatures(out, main_features.valid.to(dev))
-        if self.kind == "f2i":
-            decoded = self.net.generate(main_features.features.to(dev))
-            return self.target_extractor.patch_features(decoded.to(self.target_extractor.device))
-        if main_inputs is None:
-            raise ValueError("i2f needs the main modality's inputs")
-        out = self.net(main_inputs.to(dev))
-        grid = (int(out.shape[2]), int(out.shape[3]))
-        return PatchFeatures(out, to_grid(main_features, grid).valid.to(dev))
+        return self.design.hallucinate(self.net, main_features, main_inputs, self.target_extractor, self.grid)
+
+    def save(self, folder: Path) -> None:
+        """The network (:func:`~cmdiad.distill.train.save_distiller`) plus its target and grid."""
+        save_distiller(self.net, folder)
+        meta = {"kind": self.kind, "target": self.target, "grid": list(self.grid) if self.grid else None}
+        (Path(folder) / HALLUCINATOR_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path, kind: str, target: str, target_extractor: FeatureExtractor | None, *,
+             device: str | torch.device = "cpu") -> Hallucinator:
+        """Rebuild a saved hallucinator; a folder without :data:`HALLUCINATOR_FILE` uses the main grid."""
+        net = load_distiller(folder, device=device)
+        grid = None
+        meta_path = Path(folder) / HALLUCINATOR_FILE
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                grid = meta["grid"]
+                if meta["kind"] != kind or meta["target"] != target:
+                    raise ModelFileError(meta_path, f"holds a {meta['kind']} distiller to {meta['target']}, "
+                                                    f"not {kind} to {target}")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ModelFileError(meta_path, f"corrupted hallucinator file ({exc})") from exc
+        return cls(kind, net, target, target_extractor, grid)
 
 
 def train_hallucinator(
@@ -95,37 +224,29 @@ def train_hallucinator(
     cfg: DistillConfig,
     device: str | torch.device,
     progress=None,
-) -> tuple[Hallucinator, TrainReport]:
-    """Build and fit the ``kind`` distiller on paired training data.
+) -> tuple[Hallucinator, TrainReport | None]:
+    """Build and fit (or load from ``cfg.checkpoint``) the ``kind`` distiller on paired data.
 
     Returns:
-        The trained hallucinator (eval mode) and its training report.
+        The trained hallucinator (eval mode) and its training report (None when loaded).
     """
+    main_modality = OTHER[target]
+    cfg = design_config(cfg, kind, main_modality)
     main, tgt = data.main_features, data.target_features
+    grid = feature_grid(kind, main.grid, tgt.grid, cfg.grid)
     net = build_distiller(
-        kind,
-        main_modality=OTHER[target],
-        target_modality=target,
-        main_channels=main.features.shape[1],
-        target_channels=tgt.features.shape[1],
-        main_grid=main.grid,
-        main_image_size=image_size,
-        target_grid=tgt.grid,
-        target_image_size=image_size,
-        cfg=cfg,
-    )
-    if kind == "f2f":
-        aligned = to_grid(tgt, main.grid)
-        x, y, valid, loss = main.features, aligned.features, aligned.valid & main.valid, "patch_l2"
-    elif kind == "f2i":
-        assert data.target_inputs is not None
-        x, y, valid, loss = main.features, data.target_inputs, None, loss_name(kind, target)
-    else:
-        assert data.main_inputs is not None
-        x, y, valid, loss = data.main_inputs, tgt.features, tgt.valid, "patch_l2"
-    report = fit_distiller(net, x, y, loss=loss, cfg=cfg, device=device, valid=valid, progress=progress)
+        kind, main_modality=main_modality, target_modality=target, main_channels=main.features.shape[1],
+        target_channels=tgt.features.shape[1], main_grid=main.grid, main_image_size=image_size,
+        target_grid=tgt.grid, target_image_size=image_size, cfg=cfg,
+    )  # fmt: skip
+    hallucinator = Hallucinator(kind, net, target, target_extractor, grid)
+    if cfg.checkpoint is not None:
+        load_reference_checkpoint(net, reference_checkpoint_path(cfg.checkpoint, kind, main_modality))
+        return hallucinator.to(device).eval(), None
+    x, y, valid = hallucinator.design.training_data(data, grid)
+    report = fit_distiller(net, x, y, cfg=cfg, device=device, valid=valid, progress=progress)
     log.info("%s %s distiller: final train loss %.4f", kind, target, report.train_loss[-1])
-    return Hallucinator(kind, net, target, target_extractor), report
+    return hallucinator, report
 
 
 def fidelity(hallucinated: PatchFeatures, real: PatchFeatures) -> dict[str, float]:

@@ -16,14 +16,13 @@ from pathlib import Path
 import torch
 
 from cmdiad.config import DetectorConfig, from_dict, to_dict
-from cmdiad.distill.train import load_distiller, save_distiller
 from cmdiad.errors import CmdiadError, ConfigError, ModelFileError
 from cmdiad.features import build_extractor
 from cmdiad.features.cache import FeatureCache
 from cmdiad.memory.bank import MemoryBank
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.encoder import Encoder
-from cmdiad.pipeline.mtfi import Hallucinator
+from cmdiad.pipeline.mtfi import DESIGNS, Hallucinator, design
 from cmdiad.pipeline.streams import needed_modalities, streams_for
 from cmdiad.scoring.fusion import Fuser
 
@@ -49,7 +48,7 @@ def save_detector(det: Detector, out: Path) -> Path:
     for name, bank in det.banks.items():
         bank.save(out / "banks" / name)
     if det.hallucinator is not None:
-        save_distiller(det.hallucinator.net, out / "distiller")
+        det.hallucinator.save(out / "distiller")
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -97,8 +96,8 @@ def load_detector(path: Path, *, device: str | torch.device = "cpu", cache: Feat
     if meta.get("streams") != [s.name for s in streams]:
         raise ModelFileError(path / "detector.json", f"streams {meta.get('streams')} do not match the method")
     modalities = needed_modalities(cfg)
-    if cfg.method == "f2i":
-        modalities = ("rgb", "xyz")  # f2i re-encodes the decoded input with the target extractor
+    if cfg.method in DESIGNS and design(cfg.method).learns_target_inputs:
+        modalities = ("rgb", "xyz")  # the decoded input is re-encoded with the target extractor
     det = Detector(cfg, build_encoder(cfg, device=device, cache=cache, modalities=modalities), device=device)
     det.banks = {s.name: MemoryBank.load(path / "banks" / s.name, device=device) for s in streams}
     if any(s.hallucinated for s in streams):
@@ -117,8 +116,7 @@ def load_hallucinator(
 ) -> Hallucinator:
     """The distiller saved in ``folder`` for the MTFI method of ``cfg``, ready to hallucinate."""
     target = next(s.target for s in streams_for(cfg) if s.hallucinated)
-    net = load_distiller(folder, device=device)
-    return Hallucinator(cfg.method, net, target, encoder.extractors.get(target))
+    return Hallucinator.load(folder, cfg.method, target, encoder.extractors.get(target), device=device)
 
 
 def _check_widths(det: Detector, path: Path) -> None:

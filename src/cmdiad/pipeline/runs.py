@@ -13,15 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmdiad.config import DISTILL_KINDS, ExperimentConfig, to_dict
-from cmdiad.distill.train import save_distiller
+from cmdiad.config import ExperimentConfig, to_dict
 from cmdiad.errors import DatasetError
 from cmdiad.features.cache import FeatureCache
 from cmdiad.io.mvtec3d import list_categories, list_records, load_sample
 from cmdiad.metrics.per_defect import evaluate_record
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.encoder import Encoder, Progress
-from cmdiad.pipeline.mtfi import Hallucinator
+from cmdiad.pipeline.mtfi import DESIGNS, Hallucinator
 from cmdiad.pipeline.outputs import check_output, run_metadata
 from cmdiad.pipeline.persist import build_encoder, load_hallucinator
 from cmdiad.pipeline.streams import ALL_ROWS, needed_modalities, parse_row
@@ -149,7 +148,7 @@ def pooled_distillers(
     result = {}
     for row in rows:
         method, main = parse_row(row)
-        if method not in DISTILL_KINDS:
+        if method not in DESIGNS:
             continue
         dcfg = replace(cfg.detector, method=method, main=main)
         det = Detector(dcfg, encoder, device=cfg.device)
@@ -162,7 +161,7 @@ def pooled_distillers(
             torch.manual_seed(dcfg.seed)
             count, _ = det.train_distiller(everything, progress)
             seconds = time.perf_counter() - t0
-            save_distiller(det.hallucinator.net, folder)
+            det.hallucinator.save(folder)
             meta = {"row": row, "categories": sorted(train), "paired_samples": count, "seconds": seconds}
             atomic_write_text(folder / "pooled.json", json.dumps(meta, indent=2) + "\n")
             log.info("%s: pooled distiller trained on %d samples of %d categories", row, count, len(train))
