@@ -162,10 +162,14 @@ class MemoryConfig:
     """``float`` (clean) or ``pil8bit`` (reference parity)."""
 
     def __post_init__(self) -> None:
-        _check(self.knn_backend in ("torch", "faiss"), f"unknown knn_backend {self.knn_backend!r}")
-        _check(self.faiss_index in ("flat", "ivf", "ivfpq"), f"unknown faiss_index {self.faiss_index!r}")
-        _check(self.standardize in ("per_bank", "m3dm"), f"unknown standardize {self.standardize!r}")
-        _check(self.blur_mode in ("float", "pil8bit"), f"unknown blur_mode {self.blur_mode!r}")
+        _check(self.knn_backend in ("torch", "faiss"),
+               f"unknown knn_backend {self.knn_backend!r}; use one of: torch, faiss")
+        _check(self.faiss_index in ("flat", "ivf", "ivfpq"),
+               f"unknown faiss_index {self.faiss_index!r}; use one of: flat, ivf, ivfpq")
+        _check(self.standardize in ("per_bank", "m3dm"),
+               f"unknown standardize {self.standardize!r}; use one of: per_bank, m3dm")
+        _check(self.blur_mode in ("float", "pil8bit"),
+               f"unknown blur_mode {self.blur_mode!r}; use one of: float, pil8bit")
         _check(self.chunk_size >= 1 and self.blur_sigma >= 0, "chunk_size >= 1 and blur_sigma >= 0")
 
 
@@ -194,8 +198,9 @@ class FusionConfig:
     held-out ``validation`` good samples (falls back to training samples when there are none)."""
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("ocsvm", "sum"), f"unknown fusion kind {self.kind!r}")
-        _check(self.fit_on in ("validation", "train"), f"unknown fusion fit_on {self.fit_on!r}")
+        _check(self.kind in ("ocsvm", "sum"), f"unknown fusion kind {self.kind!r}; use one of: ocsvm, sum")
+        _check(self.fit_on in ("validation", "train"),
+               f"unknown fusion fit_on {self.fit_on!r}; use one of: validation, train")
         _check(0 < self.nu <= 1, "nu must be in (0, 1]")
 
 
@@ -244,7 +249,8 @@ class MetricsConfig:
     """``exact`` (every threshold) or ``official100`` (the reference's 100 thresholds)."""
 
     def __post_init__(self) -> None:
-        _check(self.aupro_mode in ("exact", "official100"), f"unknown aupro_mode {self.aupro_mode!r}")
+        _check(self.aupro_mode in ("exact", "official100"),
+               f"unknown aupro_mode {self.aupro_mode!r}; use one of: exact, official100")
 
 
 @dataclass(frozen=True)

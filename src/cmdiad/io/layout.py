@@ -69,3 +69,16 @@ def check_model_target(path: Path | str) -> None:
     if path.is_dir() and any(path.iterdir()) and not is_model_folder(path):
         raise ModelFileError(path, "is a folder with other content, not a cmdiad model; refusing to overwrite it "
                              "(choose another --out or empty it)")
+
+
+def check_model_folder(path: Path | str) -> None:
+    """Fail fast, before loading anything, when ``path`` is not a cmdiad model folder.
+
+    Raises:
+        ModelFileError: ``path`` does not exist, is a file, or has no detector.json/router.json.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelFileError(path, "not a model folder (it does not exist or is a file)")
+    if not ((path / "detector.json").is_file() or (path / "router.json").is_file()):
+        raise ModelFileError(path, "not a cmdiad model folder (no detector.json or router.json in it)")

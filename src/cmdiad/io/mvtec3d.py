@@ -203,18 +203,23 @@ def _check_other_size(record: SampleRecord, sample: Sample) -> None:
         raise _size_mismatch(record, other, sample.xyz.shape[:2])
 
 
-def check_record(record: SampleRecord) -> None:
+def check_record(record: SampleRecord, modalities: Iterable[str] = MODALITIES) -> None:
     """Cheap checks of a sample's files (headers, structure, length), without decoding them.
 
     Finds missing, truncated and foreign files and an rgb/xyz size mismatch in milliseconds,
     so that ``fit`` and ``predict`` can report them before any model is loaded. Problems
     only a full read finds (NaN coordinates, an empty cloud) are still reported when read.
 
+    Args:
+        record: The sample.
+        modalities: Files to check (``"rgb"``, ``"xyz"``); the others are not opened.
+
     Raises:
         DatasetError: Naming the bad file (both files for a size mismatch).
     """
-    rgb = rgb_file_size(record.rgb_path, verify=True) if record.rgb_path is not None else None
-    xyz = xyz_file_size(record.xyz_path, verify=True) if record.xyz_path is not None else None
+    wanted = set(modalities)
+    rgb = rgb_file_size(record.rgb_path, verify=True) if record.rgb_path is not None and "rgb" in wanted else None
+    xyz = xyz_file_size(record.xyz_path, verify=True) if record.xyz_path is not None and "xyz" in wanted else None
     if rgb is not None and xyz is not None and rgb != xyz:
         raise _size_mismatch(record, rgb, xyz)
 
