@@ -7,6 +7,7 @@ Verbs: ``synth``, ``preprocess``, ``convert-eyecandies``, ``experiment``, ``demo
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import shlex
@@ -58,22 +59,28 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _apply_sets(data: dict[str, Any], items: list[str] | None, route=lambda key: key) -> None:
+    """Apply ``--set key=value`` items (values parsed as JSON when they are JSON) to ``data``."""
+    from cmdiad import config as C
+
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        C.set_path(data, route(key), _parse_value(value))
+
+
 def _resolved_data(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config dict of ``--preset``, ``--config``, ``--set`` and ``extra``, merged in that order."""
     from cmdiad import config as C
     from cmdiad.pipeline.presets import preset
 
-    data = C.merge({}, preset(args.preset))
+    data = copy.deepcopy(preset(args.preset))  # --set writes into nested tables: never into PRESETS itself
     if args.config is not None:
         data = C.merge(data, C.load_file(args.config))
     exp_fields = {f for f in C.ExperimentConfig.__dataclass_fields__}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        if key.split(".")[0] not in exp_fields:
-            key = "detector." + key  # rgb.weights=... means detector.rgb.weights
-        C.set_path(data, key, _parse_value(value))
+    # rgb.weights=... means detector.rgb.weights
+    _apply_sets(data, args.set, lambda key: key if key.split(".")[0] in exp_fields else "detector." + key)
     data = C.merge(data, extra or {})
     if getattr(args, "device", None):
         data["device"] = args.device
@@ -141,17 +148,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from cmdiad import config as C
+    from cmdiad.configdoc import describe
 
-    cfg = _experiment_config(args, modalities=())
-    if not args.keys:
-        print(json.dumps(C.to_dict(cfg), indent=2))
-        return 0
-    from cmdiad.configdoc import config_keys
-
-    for key, value, default, doc in config_keys(cfg):
-        note = "" if value == default else f" (built-in default {json.dumps(default)})"
-        print(f"{key} = {json.dumps(value)}{note}" + (f"\n    {doc}" if doc else ""))
+    print(describe(_experiment_config(args, modalities=()), keys=args.keys))
     return 0
 
 
@@ -186,11 +185,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from cmdiad.preprocessing.run import preprocess_dataset
 
     data: dict[str, Any] = C.load_file(args.config) if args.config is not None else {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        C.set_path(data, key, _parse_value(value))
+    _apply_sets(data, args.set)
     cfg = C.from_dict(PreprocessConfig, data, "preprocess config")
     bars = Bars()
     report = preprocess_dataset(args.src, args.out, config=cfg, workers=args.workers, seed=args.seed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import json
 import textwrap
 from functools import cache
 from typing import Any
@@ -42,3 +43,14 @@ def config_keys(cfg: Any, prefix: str = "") -> list[tuple[str, Any, Any, str]]:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         out.append((key, to_dict(value), to_dict(default), docs.get(f.name, "")))
     return out
+
+
+def describe(cfg: Any, *, keys: bool = False) -> str:
+    """The resolved ``cfg`` as JSON, or with ``keys`` one ``key = value`` line per leaf with its meaning."""
+    if not keys:
+        return json.dumps(to_dict(cfg), indent=2)
+    lines = []
+    for key, value, default, doc in config_keys(cfg):
+        note = "" if value == default else f" (built-in default {json.dumps(default)})"
+        lines.append(f"{key} = {json.dumps(value)}{note}" + (f"\n    {doc}" if doc else ""))
+    return "\n".join(lines)

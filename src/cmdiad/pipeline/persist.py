@@ -22,12 +22,14 @@ from pathlib import Path
 import torch
 
 from cmdiad.config import DetectorConfig, from_dict, to_dict
+from cmdiad.distill.train import META_FILE as DISTILLER_META
 from cmdiad.distill.train import load_distiller, save_distiller
 from cmdiad.errors import CmdiadError, ConfigError, ModelFileError
 from cmdiad.features import build_extractor
 from cmdiad.features.cache import FeatureCache
 from cmdiad.io.atomic import atomic_dir, atomic_write_text
 from cmdiad.io.layout import check_model_target
+from cmdiad.memory.bank import META_FILE as BANK_META
 from cmdiad.memory.bank import MemoryBank
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.encoder import Encoder
@@ -167,10 +169,13 @@ def load_detector(path: Path, *, device: str | torch.device = "cpu", cache: Feat
     if meta.get("streams") != [s.name for s in streams]:
         raise ModelFileError(meta_path, f"streams {meta.get('streams')} do not match the method")
     threshold, samples, calibration = _calibration_fields(meta, meta_path)
-    banks = {s.name: _guarded(path / "banks" / s.name, "memory bank", MemoryBank.load, path / "banks" / s.name,
-                              device=device) for s in streams}
+    banks = {s.name: _guarded(path / "banks" / s.name / BANK_META, "memory bank", MemoryBank.load,
+                              path / "banks" / s.name, device=device) for s in streams}
     hall = [s for s in streams if s.hallucinated]
-    net = _guarded(path / "distiller", "distiller", load_distiller, path / "distiller", device=device) if hall else None
+    net = None
+    if hall:
+        net = _guarded(path / "distiller" / DISTILLER_META, "distiller", load_distiller, path / "distiller",
+                       device=device)
     modalities = needed_modalities(cfg)
     if cfg.method == "f2i":
         modalities = ("rgb", "xyz")  # f2i re-encodes the decoded input with the target extractor
