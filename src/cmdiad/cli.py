@@ -269,9 +269,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     check_model_target(args.out)
     if not 0.0 < args.frr < 1.0:
         raise ConfigError(f"--frr {args.frr}: must be in (0, 1)")
+    from cmdiad.io.mvtec3d import check_record, list_records
+
+    modalities = _used_modalities(args.method, None)
+    if not cfg.detector.data.skip_bad_samples:  # cheap header/length checks of every file fit will read
+        for r in (r for split in ("train", "validation") for r in list_records(args.data, args.category, split)):
+            check_record(r, modalities)
     from cmdiad.config import replace
     from cmdiad.features.cache import FeatureCache
-    from cmdiad.io.mvtec3d import check_record
     from cmdiad.pipeline.detector import Detector
     from cmdiad.pipeline.persist import build_encoder, save_detector, threshold_warning
     from cmdiad.pipeline.routing import Router
@@ -280,9 +285,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     data = cfg.detector.data
     train, val, _ = category_splits(args.data, args.category, with_validation=data.train_with_validation,
                                     skip_bad=data.skip_bad_samples)
-    modalities = _used_modalities(args.method, None)
-    for r in train + val:  # cheap header/length checks of every file fit reads, before any model is built
-        check_record(r, modalities)
     encoder = build_encoder(cfg.detector, device=cfg.device, cache=FeatureCache(args.cache), modalities=modalities)
     detectors = {}
     for route, (method, main) in _fit_specs(args).items():
