@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from cmdiad.config import DetectorConfig, from_dict, to_dict
+from cmdiad.config import DetectorConfig, PointFeatureConfig, RGBFeatureConfig, from_dict, to_dict
 from cmdiad.distill.train import META_FILE as DISTILLER_META
 from cmdiad.distill.train import load_distiller, save_distiller
 from cmdiad.errors import CmdiadError, ConfigError, ModelFileError
 from cmdiad.features import build_extractor
+from cmdiad.features.base import FeatureExtractor
 from cmdiad.features.cache import FeatureCache
 from cmdiad.io.atomic import atomic_dir, atomic_write_text
 from cmdiad.io.layout import check_model_target
@@ -56,26 +57,23 @@ def build_encoder(cfg: DetectorConfig, *, device: str | torch.device, cache: Fea
     return Encoder(extractors, configs, cfg.data, cache=cache)
 
 
-def _build_extractor(cfg):
+def _build_extractor(cfg: RGBFeatureConfig | PointFeatureConfig) -> FeatureExtractor:
     """``build_extractor`` with every failure to read a weights file as one clear ModelFileError."""
-    weights = getattr(cfg, "weights", None)
     try:
         return build_extractor(cfg)
     except ModelFileError as exc:
         if "weights_only" not in exc.problem:
             raise
-        problem = exc.problem
-        path = exc.path
+        # PyTorch's own message advises weights_only=False, i.e. running the file's code: never that.
+        path, detail = exc.path, "PyTorch cannot load it as plain tensors"
     except CmdiadError:
         raise
     except Exception as exc:  # noqa: BLE001 - checkpoint readers fail in many ways on a foreign file
-        if weights is None:
+        if cfg.weights is None:
             raise
-        problem, path = f"{type(exc).__name__}: {exc}", Path(weights)
-    # PyTorch's own message advises weights_only=False, i.e. running the file's code: never that.
-    detail = problem.split(". ")[0] if "weights_only" in problem else problem
-    raise ModelFileError(path, f"not a weights file cmdiad can read for {cfg.name} (expected a .safetensors file "
-                         f"or a PyTorch checkpoint of plain tensors; {detail[:200]})") from None
+        path, detail = Path(cfg.weights), f"{type(exc).__name__}: {exc}"[:200]
+    raise ModelFileError(path, f"not a weights file cmdiad can read for {cfg.name} ({detail}); expected a "
+                         ".safetensors file or a PyTorch checkpoint of plain tensors") from None
 
 
 def write_model_folder(out: Path, write: Callable[[Path], None]) -> Path:
