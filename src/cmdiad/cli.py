@@ -1,12 +1,13 @@
 """Command-line interface: the only place that parses strings, prints and shows progress bars.
 
 Verbs: ``synth``, ``preprocess``, ``convert-eyecandies``, ``experiment``, ``demo``, ``fit``,
-``predict``, ``evaluate``, ``report``.
+``predict``, ``config``, ``evaluate``, ``report``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import shlex
@@ -58,53 +59,99 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _experiment_config(args: argparse.Namespace, extra: dict[str, Any] | None = None):
+def _apply_sets(data: dict[str, Any], items: list[str] | None, route=lambda key: key) -> None:
+    """Apply ``--set key=value`` items (values parsed as JSON when they are JSON) to ``data``."""
     from cmdiad import config as C
-    from cmdiad.pipeline.presets import preset
 
-    data = C.merge({}, preset(args.preset))
-    if args.config is not None:
-        data = C.merge(data, C.load_file(args.config))
-    exp_fields = {f for f in C.ExperimentConfig.__dataclass_fields__}
-    for item in args.set or []:
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected key=value")
-        if key.split(".")[0] not in exp_fields:
-            key = "detector." + key  # rgb.weights=... means detector.rgb.weights
-        C.set_path(data, key, _parse_value(value))
+        C.set_path(data, route(key), _parse_value(value))
+
+
+def _resolved_data(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config dict of ``--preset``, ``--config``, ``--set`` and ``extra``, merged in that order."""
+    from cmdiad import config as C
+    from cmdiad.pipeline.presets import preset
+
+    data = copy.deepcopy(preset(args.preset))  # --set writes into nested tables: never into PRESETS itself
+    if args.config is not None:
+        data = C.merge(data, C.load_file(args.config))
+    exp_fields = {f for f in C.ExperimentConfig.__dataclass_fields__}
+    # rgb.weights=... means detector.rgb.weights
+    _apply_sets(data, args.set, lambda key: key if key.split(".")[0] in exp_fields else "detector." + key)
     data = C.merge(data, extra or {})
     if getattr(args, "device", None):
         data["device"] = args.device
     if getattr(args, "seed", None) is not None:
         C.set_path(data, "detector.seed", args.seed)
-    cfg = C.from_dict(C.ExperimentConfig, data)
-    _check_weights(cfg.detector, args.preset)
+    return data
+
+
+def _experiment_config(args: argparse.Namespace, extra: dict[str, Any] | None = None,
+                       modalities: tuple[str, ...] | None = None):
+    """The resolved ExperimentConfig; weights are asked for the extractors of ``modalities`` only.
+
+    ``modalities`` defaults to what ``args.method`` (fit) or the configured rows (experiment) use.
+    """
+    from cmdiad import config as C
+
+    try:
+        cfg = C.from_dict(C.ExperimentConfig, _resolved_data(args, extra))
+    except ConfigError as exc:
+        if "expected a list" in str(exc):
+            raise ConfigError(f"{exc}; write lists in JSON, e.g. --set data.image_size=[96,96]") from None
+        raise
+    if modalities is None:
+        modalities = _used_modalities(getattr(args, "method", None), cfg.rows)
+    _check_weights(cfg.detector, args.preset, modalities)
     return cfg
 
 
-def _check_weights(det, preset_name: str) -> None:
+def _used_modalities(method: str | None, rows) -> tuple[str, ...]:
+    """Modalities whose extractors fit (``method``) or an experiment (``rows``) builds."""
+    from cmdiad.pipeline.streams import ALL_ROWS, parse_row
+
+    methods = [method] if method is not None else [parse_row(r)[0] for r in (rows or ALL_ROWS)]
+    return tuple(sorted({m for x in methods for m in ([x] if x in ("rgb", "xyz") else ["rgb", "xyz"])}))
+
+
+def _check_weights(det, preset_name: str, modalities: tuple[str, ...] = ("rgb", "xyz")) -> None:
+    """Weights files the extractors of ``modalities`` need must be given and exist."""
     missing = []
-    if det.rgb.name.startswith(("dino", "dinov2")) and det.rgb.pretrained and det.rgb.weights is None:
+    if "rgb" in modalities and det.rgb.name.startswith(("dino", "dinov2")) and det.rgb.pretrained \
+            and det.rgb.weights is None:
         missing.append("rgb.weights (DINO ViT weights file: original .pth or timm .safetensors)")
-    if det.xyz.name == "point_mae" and det.xyz.pretrained and det.xyz.weights is None:
+    if "xyz" in modalities and det.xyz.name == "point_mae" and det.xyz.pretrained and det.xyz.weights is None:
         missing.append("xyz.weights (Point-MAE pretraining checkpoint, e.g. pointmae_pretrain.pth)")
     if missing:
         raise ConfigError(f"preset {preset_name!r} needs weights files that cmdiad cannot download; "
                           "give them with --set: " + "; ".join(missing))
-    for part in (det.rgb, det.xyz):
-        if part.weights is not None and not Path(part.weights).is_file():
+    for m, part in (("rgb", det.rgb), ("xyz", det.xyz)):
+        if m in modalities and part.weights is not None and not Path(part.weights).is_file():
             raise ConfigError(f"{part.weights}: weights file not found ({part.name})")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="default", choices=["default", "paper"], help="configuration preset")
-    p.add_argument("--config", type=Path, help="TOML or JSON config file (ExperimentConfig keys)")
+    p.add_argument("--preset", default="default", choices=["default", "paper"],
+                   help="configuration preset: 'default' (offline, CPU-sized: EfficientNet-Lite0 + FPFH) or "
+                        "'paper' (DINO ViT-B/8 + Point-MAE; their weights files are given with --set)")
+    p.add_argument("--config", type=Path, help="TOML or JSON config file (ExperimentConfig keys, see 'cmdiad config "
+                                               "--keys'), applied over the preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set distill.epochs=5 (repeatable)")
-    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default cpu)")
-    p.add_argument("--seed", type=int, default=None, help="global seed")
-    p.add_argument("--cache", type=Path, default=None, help="on-disk feature cache folder (default: memory)")
+                   help="override a config value, applied last, e.g. --set distill.epochs=5 or "
+                        "--set data.image_size=[96,96] (values are JSON; repeatable)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--seed", type=int, default=None, help="seed of sampling and training (default: detector.seed)")
+    p.add_argument("--cache", type=Path, default=None, help="on-disk feature cache folder (default: in memory)")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from cmdiad.configdoc import describe
+
+    print(describe(_experiment_config(args, modalities=()), keys=args.keys))
+    return 0
 
 
 # ----------------------------------------------------------------------------- verbs
@@ -126,8 +173,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     bars = Bars(not args.quiet)
     summary = generate_dataset(args.out, cfg, progress=lambda done, total: bars("synth", done, total))
-    print(json.dumps(summary, indent=2, default=str))
-    print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s")
+    if not args.quiet:
+        print(json.dumps(summary, indent=2, default=str))
+        print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -137,11 +185,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from cmdiad.preprocessing.run import preprocess_dataset
 
     data: dict[str, Any] = C.load_file(args.config) if args.config is not None else {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        C.set_path(data, key, _parse_value(value))
+    _apply_sets(data, args.set)
     cfg = C.from_dict(PreprocessConfig, data, "preprocess config")
     bars = Bars()
     report = preprocess_dataset(args.src, args.out, config=cfg, workers=args.workers, seed=args.seed,
@@ -223,34 +267,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_experiment(args)
 
 
+def _fit_specs(args: argparse.Namespace) -> dict[str, tuple[str, str]]:
+    """Route name -> (method, main modality) of the detectors ``fit`` writes."""
+    if args.method == "mixed":
+        return {"both": ("dual", "both"), "xyz": (args.distill, "xyz"), "rgb": (args.distill, "rgb")}
+    main = args.main or {"xyz": "xyz", "rgb": "rgb", "dual": "both"}.get(args.method, "xyz")
+    return {"single": (args.method, main)}
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
+    from cmdiad.io.layout import check_category, check_model_target
+
+    cfg = _experiment_config(args)
+    check_category(args.data, args.category)  # these checks import no torch: a typo fails at once
+    check_model_target(args.out)
+    if not 0.0 < args.frr < 1.0:
+        raise ConfigError(f"--frr {args.frr}: must be in (0, 1)")
+    from cmdiad.io.mvtec3d import check_record, list_records
+
+    modalities = _used_modalities(args.method, None)
+    if not cfg.detector.data.skip_bad_samples:  # cheap header/length checks of every file fit will read
+        for r in (r for split in ("train", "validation") for r in list_records(args.data, args.category, split)):
+            check_record(r, modalities)
     from cmdiad.config import replace
     from cmdiad.features.cache import FeatureCache
     from cmdiad.pipeline.detector import Detector
-    from cmdiad.pipeline.persist import build_encoder
+    from cmdiad.pipeline.persist import build_encoder, save_detector, threshold_warning
     from cmdiad.pipeline.routing import Router
     from cmdiad.pipeline.runs import category_splits
 
-    cfg = _experiment_config(args)
     data = cfg.detector.data
     train, val, _ = category_splits(args.data, args.category, with_validation=data.train_with_validation,
                                     skip_bad=data.skip_bad_samples)
-    if args.method == "mixed":
-        specs = {"both": ("dual", "both"), "xyz": (args.distill, "xyz"), "rgb": (args.distill, "rgb")}
-    else:
-        main = args.main or {"xyz": "xyz", "rgb": "rgb", "dual": "both"}.get(args.method, "xyz")
-        specs = {"single": (args.method, main)}
-    encoder = build_encoder(cfg.detector, device=cfg.device, cache=FeatureCache(args.cache))
+    encoder = build_encoder(cfg.detector, device=cfg.device, cache=FeatureCache(args.cache), modalities=modalities)
     detectors = {}
-    for route, (method, main) in specs.items():
+    for route, (method, main) in _fit_specs(args).items():
         det = Detector(replace(cfg.detector, method=method, main=main), encoder, device=cfg.device)
         report = det.fit(train, validation=val, threshold_frr=args.frr, progress=Bars())
+        samples = getattr(det, "threshold_samples", None)
         print(f"fitted {method} ({main} main) on {report.num_train} samples in {report.fit_seconds:.1f} s; "
-              f"threshold {det.threshold:.5g} at FRR {args.frr}")
+              f"threshold {det.threshold:.5g} at FRR {args.frr} set by {samples} good "
+              f"{'validation' if val else 'training'} samples")
+        note = threshold_warning(samples, args.frr)
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
         detectors[route] = det
     if "single" in detectors:
-        from cmdiad.pipeline.persist import save_detector
-
         save_detector(detectors["single"], args.out)
     else:
         Router(detectors).save(args.out)
@@ -259,18 +321,29 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cmdiad.pipeline.inputs import records_from_inputs
-    from cmdiad.pipeline.predict import write_predictions
+    from cmdiad.io.layout import check_model_folder
+    from cmdiad.pipeline.inputs import items_from_inputs
+    from cmdiad.pipeline.predict import check_output, clear_output, predict
     from cmdiad.pipeline.routing import Router
 
+    check_model_folder(args.model)
+    splits = tuple(s for s in args.splits.split(",") if s)
+    items = items_from_inputs(args.inputs, splits=splits)  # before loading the model: cheap and fails fast
+    check_output(args.out, overwrite=args.overwrite)
     router = Router.load(args.model, device=args.device or "cpu")
-    records = records_from_inputs(args.inputs)
-    rows = write_predictions(router, records, args.out, progress=Bars())
-    for row in rows:
+    clear_output(args.out)
+    outcome = predict(router, items, args.out, progress=Bars())
+    for row in outcome.rows:
         verdict = "FAIL" if row["anomalous"] else ("pass" if row["anomalous"] is not None else "skipped")
         score = f"{row['score']:.4f}" if row["score"] is not None else "-"
         print(f"{verdict:>7}  {score:>10}  {row['route'] or '-':>4}  {row['sample']}")
-    print(f"wrote {args.out}/predictions.json, predictions.csv and heatmaps/")
+    for path, reason in outcome.problems:
+        print(f"bad file {path}: {reason}", file=sys.stderr)
+    print(f"scored {outcome.scored} of {len(outcome.rows)} samples; wrote {args.out}/predictions.json, "
+          "predictions.csv and heatmaps/")
+    if outcome.scored == 0:
+        print("cmdiad: error: no sample could be scored", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -300,43 +373,102 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``cmdiad`` command."""
-    p = argparse.ArgumentParser(prog="cmdiad", description="Multimodal (RGB + 3D) anomaly detection, CMDIAD.")
-    p.add_argument("--version", action="version", version=f"cmdiad {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="verb", required=True)
+class _Help(argparse.HelpFormatter):
+    """Shows an option's default in its help when it has a meaningful one."""
 
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if action.option_strings and "%(default)" not in text and default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _add_synth(sub) -> None:
     s = sub.add_parser("synth", help="generate the synthetic dataset (MVTec 3D-AD layout)")
-    s.add_argument("out", type=Path)
-    s.add_argument("--categories", help="comma-separated category names")
-    s.add_argument("--size", help="image size HxW, e.g. 192x256")
-    s.add_argument("--train", type=int)
-    s.add_argument("--validation", type=int)
-    s.add_argument("--test-good", dest="test_good", type=int)
-    s.add_argument("--test-defect", dest="test_defect", type=int, help="test samples per defect type")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("out", type=Path, help="dataset folder to write")
+    s.add_argument("--categories", help="comma-separated category names (default: ring,tile,dome)")
+    s.add_argument("--size", help="image size HxW, e.g. 192x256 (default: 192x192)")
+    s.add_argument("--train", type=int, help="training samples per category (default: 30)")
+    s.add_argument("--validation", type=int, help="validation samples per category (default: 6)")
+    s.add_argument("--test-good", dest="test_good", type=int, help="good test samples per category (default: 12)")
+    s.add_argument("--test-defect", dest="test_defect", type=int,
+                   help="test samples per category and defect type (default: 6)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the whole dataset")
+    s.add_argument("--quiet", action="store_true", help="print nothing (no progress bar, no summary)")
     s.set_defaults(func=cmd_synth)
 
+
+def _add_preprocess(sub) -> None:
     s = sub.add_parser("preprocess", help="background removal + padding, written to a new tree")
-    s.add_argument("src", type=Path)
-    s.add_argument("out", type=Path)
-    s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("src", type=Path, help="dataset root (MVTec 3D-AD layout)")
+    s.add_argument("out", type=Path, help="folder of the preprocessed copy")
+    s.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    s.add_argument("--seed", type=int, default=0, help="seed of the RANSAC plane fit")
     s.add_argument("--config", type=Path, help="TOML/JSON file of preprocessing thresholds")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a threshold in the cloud's units, e.g. --set plane_distance=5 for clouds in mm "
                         "(fields: border, ransac_distance, ransac_n, ransac_iterations, plane_distance, "
                         "min_border_points, cluster_eps, cluster_min_points, pad_multiple)")
     s.set_defaults(func=cmd_preprocess)
-
     s = sub.add_parser("convert-eyecandies", help="convert the original Eyecandies release to the MVTec layout")
-    s.add_argument("src", type=Path)
-    s.add_argument("out", type=Path)
-    s.add_argument("--categories")
+    s.add_argument("src", type=Path, help="folder of the original Eyecandies release (one folder per category)")
+    s.add_argument("out", type=Path, help="folder of the converted dataset")
+    s.add_argument("--categories", help="comma-separated categories to convert (default: all found)")
     s.set_defaults(func=cmd_convert_eyecandies)
 
+
+def _add_demo(sub) -> None:
+    s = sub.add_parser("demo", help="generate the synthetic set if absent and run the experiment on it")
+    s.add_argument("--data", type=Path, default=DEFAULT_DATA, help="synthetic dataset (generated when absent)")
+    s.add_argument("--out", type=Path, default=DEFAULT_RUN, help="folder of results and report.html")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. distill.epochs=5")
+    s.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    s.add_argument("--cache", type=Path, default=None, help="on-disk feature cache folder (default: in memory)")
+    s.set_defaults(func=cmd_demo)
+
+
+def _add_deploy(sub) -> None:
+    s = sub.add_parser("fit", help="fit a deployable detector on one category")
+    s.add_argument("data", type=Path, help="dataset root (MVTec 3D-AD layout)")
+    s.add_argument("--category", required=True, help="category folder under the dataset root to fit on")
+    s.add_argument("--method", required=True, choices=["xyz", "rgb", "dual", "f2f", "f2i", "i2f", "mixed"],
+                   help="'mixed' writes a model set (dual + MTFI xyz-main + MTFI rgb-main) for mixed inputs")
+    s.add_argument("--main", choices=["xyz", "rgb"], help="main modality of an MTFI method (default: xyz)")
+    s.add_argument("--distill", default="f2f", choices=["f2f", "f2i", "i2f"], help="MTFI design of 'mixed'")
+    s.add_argument("--frr", type=float, default=0.01,
+                   help="false-reject rate of good validation samples that sets the threshold")
+    s.add_argument("--out", type=Path, required=True,
+                   help="model folder to write (an earlier model there is replaced as a whole)")
+    _add_config_args(s)
+    s.set_defaults(func=cmd_fit)
+    s = sub.add_parser("predict", help="score samples with a fitted model")
+    s.add_argument("model", type=Path, help="model folder written by 'cmdiad fit'")
+    s.add_argument("inputs", type=Path, nargs="+",
+                   help="files, plain folders of files, sample folders (rgb/, xyz/), category or dataset folders")
+    s.add_argument("--out", type=Path, default=Path("predictions"),
+                   help="output folder (an earlier predict output there is replaced)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that is not a predict output (its other files are kept)")
+    s.add_argument("--splits", default="test", help="comma-separated splits read from category/dataset folders")
+    s.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    s.set_defaults(func=cmd_predict)
+    s = sub.add_parser("config", help="print the resolved configuration, or every key with its default")
+    s.add_argument("--show", action="store_true", help="print the resolved configuration as JSON (the default)")
+    s.add_argument("--keys", action="store_true", help="list every key with its default value and meaning")
+    _add_config_args(s)
+    s.set_defaults(func=cmd_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``cmdiad`` command."""
+    p = argparse.ArgumentParser(prog="cmdiad", description="Multimodal (RGB + 3D) anomaly detection, CMDIAD.",
+                                formatter_class=_Help)
+    p.add_argument("--version", action="version", version=f"cmdiad {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="verb", required=True)
+    _add_synth(sub)
+    _add_preprocess(sub)
     s = sub.add_parser("experiment", help="the paper's nine rows on every category of a dataset")
     s.add_argument("data", type=Path)
     s.add_argument("--out", type=Path, required=True)
@@ -347,33 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(s)
     s.set_defaults(func=cmd_experiment)
 
-    s = sub.add_parser("demo", help="generate the synthetic set if absent and run the experiment on it")
-    s.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    s.add_argument("--out", type=Path, default=DEFAULT_RUN)
-    s.add_argument("--set", action="append", metavar="KEY=VALUE")
-    s.add_argument("--device", default=None)
-    s.add_argument("--cache", type=Path, default=None)
-    s.set_defaults(func=cmd_demo)
-
-    s = sub.add_parser("fit", help="fit a deployable detector on one category")
-    s.add_argument("data", type=Path)
-    s.add_argument("--category", required=True)
-    s.add_argument("--method", required=True, choices=["xyz", "rgb", "dual", "f2f", "f2i", "i2f", "mixed"],
-                   help="'mixed' writes a model set (dual + MTFI xyz-main + MTFI rgb-main) for mixed inputs")
-    s.add_argument("--main", choices=["xyz", "rgb"], help="main modality of an MTFI method")
-    s.add_argument("--distill", default="f2f", choices=["f2f", "f2i", "i2f"], help="MTFI design of 'mixed'")
-    s.add_argument("--frr", type=float, default=0.01, help="false-reject rate for the threshold")
-    s.add_argument("--out", type=Path, required=True)
-    _add_config_args(s)
-    s.set_defaults(func=cmd_fit)
-
-    s = sub.add_parser("predict", help="score samples with a fitted model")
-    s.add_argument("model", type=Path)
-    s.add_argument("inputs", type=Path, nargs="+", help="sample files, sample folders or dataset folders")
-    s.add_argument("--out", type=Path, default=Path("predictions"))
-    s.add_argument("--device", default=None)
-    s.set_defaults(func=cmd_predict)
-
+    _add_demo(sub)
+    _add_deploy(sub)
     s = sub.add_parser("evaluate", help="recompute metrics from an experiment's raw outputs")
     s.add_argument("run", type=Path)
     s.add_argument("--aupro-mode", dest="aupro_mode", default=None, choices=["exact", "official100"],
@@ -383,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="rewrite tables and report.html of an experiment folder")
     s.add_argument("run", type=Path)
     s.set_defaults(func=cmd_report)
+    for s in sub.choices.values():  # -v after the verb too; SUPPRESS keeps a -v given before it
+        s.formatter_class = _Help
+        s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     return p
 
 
@@ -391,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("PIL", "matplotlib"):  # their debug lines drown cmdiad's under -v
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except CmdiadError as exc:

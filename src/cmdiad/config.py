@@ -171,10 +171,14 @@ class MemoryConfig:
     reference does; False excludes them."""
 
     def __post_init__(self) -> None:
-        _check(self.knn_backend in ("torch", "faiss"), f"unknown knn_backend {self.knn_backend!r}")
-        _check(self.faiss_index in ("flat", "ivf", "ivfpq"), f"unknown faiss_index {self.faiss_index!r}")
-        _check(self.standardize in ("per_bank", "m3dm"), f"unknown standardize {self.standardize!r}")
-        _check(self.blur_mode in ("float", "pil8bit"), f"unknown blur_mode {self.blur_mode!r}")
+        _check(self.knn_backend in ("torch", "faiss"),
+               f"unknown knn_backend {self.knn_backend!r}; use one of: torch, faiss")
+        _check(self.faiss_index in ("flat", "ivf", "ivfpq"),
+               f"unknown faiss_index {self.faiss_index!r}; use one of: flat, ivf, ivfpq")
+        _check(self.standardize in ("per_bank", "m3dm"),
+               f"unknown standardize {self.standardize!r}; use one of: per_bank, m3dm")
+        _check(self.blur_mode in ("float", "pil8bit"),
+               f"unknown blur_mode {self.blur_mode!r}; use one of: float, pil8bit")
         _check(self.chunk_size >= 1 and self.blur_sigma >= 0, "chunk_size >= 1 and blur_sigma >= 0")
 
 
@@ -212,11 +216,13 @@ class FusionConfig:
     """``quantile`` calibration: the good-sample quantile that maps to 1."""
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("ocsvm", "sum", "calibrated_max"), f"unknown fusion kind {self.kind!r}")
+        _check(self.kind in ("ocsvm", "sum", "calibrated_max"),
+               f"unknown fusion kind {self.kind!r}; use one of: ocsvm, sum, calibrated_max")
         for what, mode in (("image", self.image_calibration), ("pixel", self.pixel_calibration)):
             _check(mode in ("zscore", "quantile"), f"unknown {what}_calibration {mode!r}; use zscore or quantile")
         _check(0.5 < self.calibration_quantile < 1.0, "calibration_quantile must be in (0.5, 1)")
-        _check(self.fit_on in ("validation", "train"), f"unknown fusion fit_on {self.fit_on!r}")
+        _check(self.fit_on in ("validation", "train"),
+               f"unknown fusion fit_on {self.fit_on!r}; use one of: validation, train")
         _check(0 < self.nu <= 1, "nu must be in (0, 1]")
 
 
@@ -296,7 +302,8 @@ class MetricsConfig:
     reference's tables do (3); None keeps exact values."""
 
     def __post_init__(self) -> None:
-        _check(self.aupro_mode in ("exact", "official100"), f"unknown aupro_mode {self.aupro_mode!r}")
+        _check(self.aupro_mode in ("exact", "official100"),
+               f"unknown aupro_mode {self.aupro_mode!r}; use one of: exact, official100")
         digits = self.round_per_class_digits
         _check(digits is None or digits >= 0, "round_per_class_digits must be >= 0 or None")
 

@@ -55,6 +55,30 @@ def read_rgb(path: Path | str) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
+def rgb_file_size(path: Path | str, *, verify: bool = False) -> tuple[int, int]:
+    """The ``(H, W)`` of an image from its header, without decoding the pixels.
+
+    Args:
+        path: Image file.
+        verify: Also check the file's structure and checksums (PIL ``verify``: reads the
+            file but decodes nothing), which finds truncated and corrupted PNGs cheaply.
+
+    Raises:
+        DatasetError: The file is missing, not an image, or (with ``verify``) damaged.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(path, "file not found")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if verify:
+                img.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(path, f"unreadable or truncated image ({err})") from err
+    return int(height), int(width)
+
+
 def read_mask(path: Path | str) -> np.ndarray:
     """Read a single-channel ground-truth mask; any non-zero grey value is anomalous.
 

@@ -21,37 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from cmdiad.errors import DatasetError
-from cmdiad.io.image import read_mask, read_rgb
-from cmdiad.io.pointcloud import read_xyz
+from cmdiad.io.image import read_mask, read_rgb, rgb_file_size
+from cmdiad.io.layout import categories_hint, list_categories  # noqa: F401 - re-exported here
+from cmdiad.io.pointcloud import read_xyz, xyz_file_size
 from cmdiad.types import MODALITIES, Sample, SampleRecord
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 _SUFFIXES = {"rgb": (".png",), "xyz": (".tiff", ".tif"), "gt": (".png",)}
-
-
-def list_categories(root: Path | str) -> list[str]:
-    """Category folder names under ``root``, sorted.
-
-    A category is a folder holding ``train/`` or ``test/``.
-
-    Raises:
-        DatasetError: ``root`` is not a folder or holds no category.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(root, "dataset root is not a folder")
-    cats = [p.name for p in sorted(root.iterdir()) if p.is_dir() and _is_category(p)]
-    if not cats:
-        raise DatasetError(
-            root, "no category folders (with train/ or test/) found; not an MVTec-3D-style dataset"
-        )
-    return cats
-
-
-def _is_category(path: Path) -> bool:
-    return (path / "train").is_dir() or (path / "test").is_dir()
 
 
 def _files_by_stem(folder: Path, kind: str) -> dict[str, Path]:
@@ -83,7 +61,7 @@ def list_records(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     cat_dir = Path(root) / category
     if not cat_dir.is_dir():
-        raise DatasetError(cat_dir, "category folder not found")
+        raise DatasetError(cat_dir, "category folder not found" + categories_hint(root))
     split_dir = cat_dir / split
     defects = sorted(p for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
     records = [r for d in defects for r in _defect_records(category, split, d)]
@@ -186,6 +164,7 @@ def _load(record: SampleRecord, modalities: tuple[str, ...]) -> Sample:
         else:
             sample.xyz = read_xyz(path)
     size = _common_size(sample)
+    _check_other_size(record, sample)
     if record.gt_path is not None and (size is not None or not modalities):
         sample.mask = read_mask(record.gt_path)
         if size is not None and sample.mask.shape != size:
@@ -200,12 +179,49 @@ def _load(record: SampleRecord, modalities: tuple[str, ...]) -> Sample:
 def _common_size(sample: Sample) -> tuple[int, int] | None:
     rgb, xyz, rec = sample.rgb, sample.xyz, sample.record
     if rgb is not None and xyz is not None and rgb.shape[:2] != xyz.shape[:2]:
-        raise DatasetError(
-            rec.rgb_path,
-            f"rgb size {rgb.shape[:2]} differs from xyz size {xyz.shape[:2]} of {rec.xyz_path}",
-        )
+        raise _size_mismatch(rec, rgb.shape[:2], xyz.shape[:2])
     arr = rgb if rgb is not None else xyz
     return None if arr is None else (int(arr.shape[0]), int(arr.shape[1]))
+
+
+def _size_mismatch(record: SampleRecord, rgb: tuple[int, int], xyz: tuple[int, int]) -> DatasetError:
+    problem = f"rgb size {tuple(rgb)} differs from xyz size {tuple(xyz)} of {record.xyz_path}"
+    return DatasetError(record.rgb_path, problem)
+
+
+def _check_other_size(record: SampleRecord, sample: Sample) -> None:
+    """When one modality of a paired sample is read alone, the other file's header must match it."""
+    if record.rgb_path is None or record.xyz_path is None or (sample.rgb is None) == (sample.xyz is None):
+        return
+    try:
+        other = xyz_file_size(record.xyz_path) if sample.rgb is not None else rgb_file_size(record.rgb_path)
+    except DatasetError:
+        return  # the other file's own problem is reported where it is read
+    if sample.rgb is not None and sample.rgb.shape[:2] != other:
+        raise _size_mismatch(record, sample.rgb.shape[:2], other)
+    if sample.xyz is not None and sample.xyz.shape[:2] != other:
+        raise _size_mismatch(record, other, sample.xyz.shape[:2])
+
+
+def check_record(record: SampleRecord, modalities: Iterable[str] = MODALITIES) -> None:
+    """Cheap checks of a sample's files (headers, structure, length), without decoding them.
+
+    Finds missing, truncated and foreign files and an rgb/xyz size mismatch in milliseconds,
+    so that ``fit`` and ``predict`` can report them before any model is loaded. Problems
+    only a full read finds (NaN coordinates, an empty cloud) are still reported when read.
+
+    Args:
+        record: The sample.
+        modalities: Files to check (``"rgb"``, ``"xyz"``); the others are not opened.
+
+    Raises:
+        DatasetError: Naming the bad file (both files for a size mismatch).
+    """
+    wanted = set(modalities)
+    rgb = rgb_file_size(record.rgb_path, verify=True) if record.rgb_path is not None and "rgb" in wanted else None
+    xyz = xyz_file_size(record.xyz_path, verify=True) if record.xyz_path is not None and "xyz" in wanted else None
+    if rgb is not None and xyz is not None and rgb != xyz:
+        raise _size_mismatch(record, rgb, xyz)
 
 
 def _expected_path(record: SampleRecord, modality: str) -> Path:

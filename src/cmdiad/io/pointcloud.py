@@ -23,6 +23,38 @@ def _load_tiff(path: Path) -> np.ndarray:
         raise DatasetError(path, f"unreadable or truncated TIFF ({type(err).__name__}: {err})") from err
 
 
+def xyz_file_size(path: Path | str, *, verify: bool = False) -> tuple[int, int]:
+    """The ``(H, W)`` of an organized point cloud from its TIFF header, without reading the pixels.
+
+    Args:
+        path: TIFF file.
+        verify: Also check that the file holds one ``H x W x 3`` float array and is long enough
+            for every data strip the header announces (finds truncated files cheaply).
+
+    Raises:
+        DatasetError: The file is missing, not a TIFF, or (with ``verify``) malformed or truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(path, "file not found")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            shape, dtype = tuple(page.shape), page.dtype
+            end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False)), default=0)
+    except Exception as err:  # tifffile raises many types (TiffFileError, ValueError, struct.error...)
+        raise DatasetError(path, f"unreadable or truncated TIFF ({type(err).__name__}: {err})") from err
+    if verify:
+        if len(shape) != 3 or shape[2] != 3:
+            raise DatasetError(path, f"expected an H×W×3 organized point cloud, got shape {shape}")
+        if dtype is None or not np.issubdtype(dtype, np.floating):
+            raise DatasetError(path, f"expected float coordinates, got dtype {dtype}")
+        size = path.stat().st_size
+        if end > size:
+            raise DatasetError(path, f"truncated TIFF: the header announces {end} bytes, the file has {size}")
+    return int(shape[0]), int(shape[1])
+
+
 def read_xyz(path: Path | str, *, nan_to_zero: bool = False) -> np.ndarray:
     """Read and validate an organized point cloud.
 

@@ -340,8 +340,21 @@ class Detector:
         return {self.config.main: feats}, inputs
 
     def _calibrate(self, records: Sequence[SampleRecord], frr: float, progress: Progress | None) -> None:
-        scores = self.score(list(records)).image_score.numpy()
+        """Image threshold at false-reject rate ``frr`` and good-pixel levels of the anomaly maps.
+
+        Sets ``threshold``, ``threshold_samples`` (how many good samples set it) and
+        ``map_calibration`` (``good_p50``, ``good_p999``: quantiles of every pixel of those
+        samples' maps), which fix the colour scale of heatmaps independently of the batch.
+        With fewer than ``1 / frr`` samples the threshold is simply their largest score;
+        ``cmdiad fit`` warns about it.
+        """
+        scored = self.score(list(records))
+        scores = scored.image_score.numpy()
+        pixels = scored.anomaly_map.numpy().ravel()
         self.threshold = float(np.quantile(scores, 1.0 - frr, method="higher"))
+        self.threshold_samples = len(scores)
+        self.map_calibration = {"good_p50": float(np.quantile(pixels, 0.5)),
+                                "good_p999": float(np.quantile(pixels, 0.999))}
         log.info("threshold %.5g at FRR %.3f on %d samples", self.threshold, frr, len(scores))
 
 

@@ -70,6 +70,7 @@ def overlay(
     vmax: float,
     alpha: float = 0.5,
     cmap: str = "jet",
+    good_level: float | None = None,
 ) -> np.ndarray:
     """Blend a colour-mapped anomaly map over an image.
 
@@ -80,6 +81,8 @@ def overlay(
         vmax: Map value drawn with the hottest colour (and everything above it).
         alpha: Weight of the colour map, in [0, 1].
         cmap: Matplotlib colormap name.
+        good_level: When given, pixels at or below it (normal ones) keep the image untouched
+            and the colour fades in just above it, so the overlay never hides a good part.
 
     Returns:
         ``(H, W, 3)`` uint8.
@@ -95,8 +98,84 @@ def overlay(
     unit = np.clip((values - vmin) / span, 0.0, 1.0) if span > 0 else np.zeros_like(values)
     table = colormap_table(cmap)
     colour = table[np.round(unit * (len(table) - 1)).astype(np.int64)].astype(np.float32)
-    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colour
+    weight = np.full(values.shape + (1,), alpha, dtype=np.float32)
+    if good_level is not None:
+        ramp = max(0.1 * (vmax - good_level), 1e-12)  # fade in over the first tenth above the good level
+        weight = alpha * np.clip((values - good_level) / ramp, 0.0, 1.0)[..., None]
+    blended = (1.0 - weight) * rgb.astype(np.float32) + weight * colour
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def calibrated_scale(calibration: dict[str, float] | None, anomaly_map: np.ndarray) -> tuple[float, float, float]:
+    """The ``(vmin, good_level, vmax)`` colour scale of a model's heatmaps.
+
+    From the model's calibration (good-pixel quantiles of its validation maps): ``vmin`` is the
+    median good pixel, ``good_level`` the 99.9 % good pixel, and ``vmax`` lies as far above
+    ``good_level`` as ``vmin`` lies below it. The scale is the same for every part, whether
+    scored alone or in a batch. Without a calibration (older models) the part's own map sets it.
+    """
+    if calibration is not None:
+        low, good = float(calibration["good_p50"]), float(calibration["good_p999"])
+        if good > low:
+            return low, good, good + (good - low)
+    top = float(np.nanmax(anomaly_map)) if anomaly_map.size else 1.0
+    return 0.0, 0.5 * top, top if top > 0 else 1.0
+
+
+def annotate(
+    img: np.ndarray,
+    *,
+    scale: tuple[float, float, float],
+    score: float,
+    threshold: float | None,
+    cmap: str = "jet",
+    min_height: int = 256,
+) -> np.ndarray:
+    """An ``(H', W', 3)`` uint8 copy of a heatmap with a strip below: verdict, score, threshold, colour bar.
+
+    Args:
+        img: ``(H, W, 3)`` uint8 heatmap; enlarged so that its height is at least ``min_height``.
+        scale: ``(vmin, good_level, vmax)`` of the colour map (:func:`calibrated_scale`).
+        score: The part's image score.
+        threshold: The model's image threshold; None draws no verdict.
+        cmap: Matplotlib colormap name of the overlay.
+        min_height: Smallest height of the image part, so the text stays legible.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    _check_rgb(img)
+    factor = max(1, int(np.ceil(min_height / img.shape[0])))
+    big = Image.fromarray(img).resize((img.shape[1] * factor, img.shape[0] * factor), Image.Resampling.NEAREST)
+    width = max(big.width, 240)
+    canvas = Image.new("RGB", (width, big.height + 64), (255, 255, 255))
+    canvas.paste(big, ((width - big.width) // 2, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=13)
+    top = big.height + 4
+    if threshold is not None:
+        fail = score > threshold
+        draw.rectangle((4, top, 48, top + 17), fill=(200, 30, 30) if fail else (30, 140, 60))
+        draw.text((8, top + 1), "FAIL" if fail else "PASS", fill=(255, 255, 255), font=font)
+        draw.text((54, top + 1), f"score {score:.4g} / threshold {threshold:.4g}", fill=(0, 0, 0), font=font)
+    else:
+        draw.text((4, top + 1), f"score {score:.4g} (no threshold)", fill=(0, 0, 0), font=font)
+    _colour_bar(draw, canvas.width, top + 22, scale, colormap_table(cmap), font)
+    return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def _colour_bar(draw, width: int, top: int, scale: tuple[float, float, float], table: np.ndarray, font) -> None:
+    """A horizontal colour bar from ``vmin`` to ``vmax`` with the good level marked."""
+    vmin, good, vmax = scale
+    left, right = 4, width - 4
+    for x in range(left, right):
+        c = table[round((x - left) / max(right - left - 1, 1) * (len(table) - 1))]
+        draw.line((x, top, x, top + 10), fill=tuple(int(v) for v in c))
+    gx = left + round((good - vmin) / max(vmax - vmin, 1e-12) * (right - left - 1))
+    draw.line((gx, top - 2, gx, top + 12), fill=(0, 0, 0), width=2)
+    draw.text((left, top + 13), f"{vmin:.3g}", fill=(0, 0, 0), font=font)
+    draw.text((max(gx - 20, left + 40), top + 13), f"good {good:.3g}", fill=(0, 0, 0), font=font)
+    label = f"{vmax:.3g}"
+    draw.text((right - draw.textlength(label, font=font), top + 13), label, fill=(0, 0, 0), font=font)
 
 
 def mask_contour(mask: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cmdiad.errors import DatasetError
 from cmdiad.io.image import read_mask, read_rgb
-from cmdiad.io.mvtec3d import class_ids, iter_samples, list_categories, list_records, load_sample
+from cmdiad.io.mvtec3d import check_record, class_ids, iter_samples, list_categories, list_records, load_sample
 from cmdiad.io.pointcloud import read_xyz
 from cmdiad.synthetic.generator import SynthConfig, generate_dataset
 
@@ -128,7 +128,20 @@ def test_rgb_xyz_size_mismatch_names_both_files(root: Path) -> None:
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(rec.rgb_path)
     err = check(lambda: load_sample(rec), rec.rgb_path, "differs from xyz size")
     assert str(rec.xyz_path) in str(err)
-    assert load_sample(rec, ["xyz"]).xyz.shape == (24, 24, 3)  # each modality alone is fine
+    for alone in (["xyz"], ["rgb"]):  # reading one modality alone still checks the other file's header
+        err = check(lambda alone=alone: load_sample(rec, alone), rec.rgb_path, "differs from xyz size")
+        assert str(rec.xyz_path) in str(err)
+    check(lambda: check_record(rec), rec.rgb_path, "differs from xyz size")
+
+
+def test_check_record_finds_truncated_files_cheaply(root: Path) -> None:
+    rec = list_records(root, "tile", "train")[0]
+    check_record(rec)  # a good sample passes
+    for path in (rec.xyz_path, rec.rgb_path):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        check(lambda: check_record(rec), path, "truncated")
+        path.write_bytes(data)
 
 
 def test_mask_size_mismatch(root: Path) -> None:
@@ -150,6 +163,8 @@ def test_path_that_is_not_a_dataset(tmp_path: Path) -> None:
     check(lambda: list_categories(tmp_path), tmp_path, "no category folders")
     check(lambda: list_categories(tmp_path / "nope"), tmp_path / "nope", "not a folder")
     check(lambda: list_records(tmp_path, "stuff2", "train"), tmp_path / "stuff2", "category folder not found")
+    (tmp_path / "bagel" / "train").mkdir(parents=True)
+    check(lambda: list_records(tmp_path, "bagle", "train"), tmp_path / "bagle", "categories in .*: bagel")
 
 
 def test_broken_class_ids(root: Path) -> None:

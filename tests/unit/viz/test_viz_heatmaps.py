@@ -7,6 +7,8 @@ import pytest
 from PIL import Image
 
 from cmdiad.viz.heatmaps import (
+    annotate,
+    calibrated_scale,
     colormap_table,
     depth_render,
     draw_contour,
@@ -109,3 +111,36 @@ def test_save_png_roundtrip(tmp_path, rng) -> None:
     np.testing.assert_array_equal(np.asarray(Image.open(path)), img)
     with pytest.raises(ValueError):
         save_png(path, img.astype(np.float32))
+
+
+def test_overlay_keeps_good_pixels_untouched(rng) -> None:
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    amap = np.full((32, 32), 1.0, np.float32)
+    amap[4:12, 4:12] = 3.0
+    out = overlay(rgb, amap, vmin=0.5, vmax=3.0, alpha=0.6, good_level=1.5)
+    hot = amap > 1.5
+    np.testing.assert_array_equal(out[~hot], rgb[~hot])  # the part shows through where it is normal
+    assert np.abs(out[hot].astype(int) - rgb[hot]).max() > 30
+
+
+def test_calibrated_scale_is_fixed_by_the_model_not_the_map() -> None:
+    cal = {"good_p50": 1.0, "good_p999": 2.0}
+    small, large = np.zeros((4, 4)), np.full((4, 4), 50.0)
+    assert calibrated_scale(cal, small) == calibrated_scale(cal, large) == (1.0, 2.0, 3.0)
+    assert calibrated_scale(None, large)[2] == 50.0  # older models: the part's own map, never a batch
+
+
+def test_annotate_draws_verdict_and_colour_bar(rng) -> None:
+    img = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    scale = (0.0, 1.0, 2.0)
+    fail = annotate(img, scale=scale, score=5.0, threshold=1.0, min_height=64)
+    ok = annotate(img, scale=scale, score=0.5, threshold=1.0, min_height=64)
+    assert fail.shape[0] > 64 and fail.shape[1] >= 80 and fail.dtype == np.uint8
+    np.testing.assert_array_equal(fail[:64, (fail.shape[1] - 80) // 2 :][:64, :80][::2, ::2], img)
+    strip_fail, strip_ok = fail[64:], ok[64:]
+    red = (strip_fail[..., 0] > 150) & (strip_fail[..., 1] < 60)
+    green = (strip_ok[..., 1] > 100) & (strip_ok[..., 0] < 60) & (strip_ok[..., 2] < 100)
+    assert red.sum() > 100 and green.sum() > 100  # FAIL box red, PASS box green
+    jet = colormap_table("jet")
+    row = strip_fail[strip_fail.shape[0] // 2 :]
+    assert any((row == jet[0]).all(axis=2).any(axis=1)) and any((row == jet[-1]).all(axis=2).any(axis=1))
