@@ -40,6 +40,8 @@ ONNX_FORMAT_VERSION = 1
 EXPORTABLE_ROWS = ("rgb", "f2f_rgb", "i2f_rgb")
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("image_score", "anomaly_map")
+CANDIDATES = 8
+"""Rows ranked by the expanded L2 formula before the exact re-ranking of the nearest neighbour."""
 
 
 class ExportError(CmdiadError):
@@ -71,14 +73,20 @@ def check_exportable(det: Detector) -> str:
     return row
 
 
-def _l2_topk(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact L2 ``k`` nearest bank rows of ``q`` ``(M, D)``: distances and indices ``(M, k)``, ascending."""
+def _l2_topk(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int,
+             candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact L2 ``k`` nearest bank rows of ``q`` ``(M, D)``: distances and indices ``(M, k)``, ascending.
+
+    The expanded formula ranks ``candidates >= k`` rows; their distances are then recomputed as
+    ``|q − b|`` and re-sorted. Where a query lies very close to bank rows (hallucinated features
+    do), the expanded formula's float32 cancellation error can rank a farther row first, so the
+    extra candidates make the result the exact nearest neighbours.
+    """
     d2 = (q * q).sum(dim=1, keepdim=True) - 2.0 * (q @ bank.T) + bank_sq[None]
-    _, idx = torch.topk(d2, k, dim=1, largest=False)
-    # Refine as |q - b| (like KnnIndex) and re-sort: the expanded formula may swap near-ties.
+    _, idx = torch.topk(d2, candidates, dim=1, largest=False)
     dist = torch.linalg.vector_norm(q[:, None, :] - bank[idx], dim=-1)
     dist, order = torch.sort(dist, dim=1)
-    return dist, torch.gather(idx, 1, order)
+    return dist[:, :k], torch.gather(idx, 1, order)[:, :k]
 
 
 class BankHead(nn.Module):
@@ -99,12 +107,13 @@ class BankHead(nn.Module):
         self.mean, self.std = bank.stats
         self.weight, self.image_size, self.sigma = float(weight), tuple(image_size), float(sigma)
         self.k = min(3, rows.shape[0]) if bank.config.reweight else 1
+        self.candidates = min(CANDIDATES, rows.shape[0])
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted image scores ``(B,)`` and maps ``(B, H, W)`` of all-valid features ``(B, C, h, w)``."""
         b, c, h, w = feats.shape
         q = (feats.permute(0, 2, 3, 1).reshape(-1, c).float() - self.mean) / self.std
-        dist, idx = _l2_topk(q, self.bank, self.bank_sq, 1)
+        dist, idx = _l2_topk(q, self.bank, self.bank_sq, 1, self.candidates)
         patch = dist[:, 0].reshape(b, h, w)
         s_star, where = patch.reshape(b, h * w).max(dim=1)
         s_star = s_star.clamp_min(0)
@@ -112,7 +121,7 @@ class BankHead(nn.Module):
         if self.k >= 2:
             star_q = q.reshape(b, h * w, c).gather(1, where[:, None, None].expand(b, 1, c))[:, 0]
             star_nn = idx[:, 0].reshape(b, h * w).gather(1, where[:, None])[:, 0]
-            _, neigh = _l2_topk(self.bank[star_nn], self.bank, self.bank_sq, self.k)
+            _, neigh = _l2_topk(self.bank[star_nn], self.bank, self.bank_sq, self.k, self.k)
             d_neigh = torch.linalg.vector_norm(star_q[:, None, :] - self.bank[neigh[:, 1:]], dim=-1)
             image = reweighted_image_score(s_star, d_neigh, c)
         amap = anomaly_map(patch, self.image_size, sigma=self.sigma, mode="float")
