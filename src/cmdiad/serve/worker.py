@@ -6,11 +6,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cmdiad.errors import DatasetError
 from cmdiad.io.mvtec3d import load_sample
-from cmdiad.serve.store import Part, colour_scale, heatmap_png
+from cmdiad.serve.store import Part, colour_scale
 from cmdiad.types import SampleRecord
-from cmdiad.viz.heatmaps import depth_render
+from cmdiad.viz.heatmaps import depth_render, resize_image
 
 MIN_SIDE = 8
 """Smallest accepted image side in pixels."""
@@ -79,11 +81,13 @@ def score_upload(model: Any, files: dict[str, tuple[Path, str]], part_id: str) -
     score, threshold = float(scores.image_score[0]), det.threshold
     decision = "UNKNOWN" if threshold is None else ("FAIL" if score > threshold else "PASS")
     background = sample.rgb if sample.rgb is not None else depth_render(sample.xyz)
-    png = heatmap_png(background, scores.anomaly_map[0].numpy(), colour_scale(det))
+    amap = scores.anomaly_map[0].numpy()
+    if background.shape[:2] != amap.shape:
+        background = resize_image(background, amap.shape)
     result = {
         "id": part_id, "score": score, "threshold": threshold, "decision": decision, "route": route,
         "heatmap_url": f"/heatmaps/{part_id}.png", "received": time.time(),
         "files": {field: name for field, (_, name) in files.items()},
         "timing_ms": {"score": score_ms, "total": score_ms},
     }  # fmt: skip
-    return Part(part_id, result, png)
+    return Part(part_id, result, background, amap.astype(np.float16), colour_scale(det))
