@@ -310,8 +310,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from cmdiad.pipeline.onnx_model import load_model
     from cmdiad.serve.app import ServeConfig, create_app
+    from cmdiad.serve.worker import NoFeatureCache
 
-    model = load_model(args.model, args.device or "cpu", threads=args.threads)  # errors before binding the port
+    # Loaded before binding the port so that a bad model is a CLI error; no feature cache: every upload is new.
+    model = load_model(args.model, args.device or "cpu", threads=args.threads, cache=NoFeatureCache())
     cfg = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pending=args.queue,
                       keep_parts=args.keep, torch_threads=args.threads)
     print(f"serving {args.model} (routes {', '.join(sorted(model.detectors))}) on http://{args.host}:{args.port}/")

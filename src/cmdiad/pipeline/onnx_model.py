@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cmdiad.errors import DatasetError, ModelFileError
+from cmdiad.features.cache import FeatureCache
 from cmdiad.io.mvtec3d import load_sample
 from cmdiad.pipeline.export import INPUT_NAME, ONNX_FORMAT, ONNX_FORMAT_VERSION
 from cmdiad.pipeline.routing import Router
@@ -123,12 +124,20 @@ def load_onnx_model(path: Path | str, *, threads: int | None = None, optimizatio
     return OnnxDetector(path, threads=threads, optimization=optimization)
 
 
-def load_model(path: Path | str, device: str | torch.device = "cpu", *, threads: int | None = None) -> Router:
-    """A Router for a model folder or model set, or a one-route (``rgb``) Router for an ``.onnx`` file."""
+def load_model(path: Path | str, device: str | torch.device = "cpu", *, threads: int | None = None,
+               cache: FeatureCache | None = None) -> Router:
+    """A Router for a model folder or model set, or a one-route (``rgb``) Router for an ``.onnx`` file.
+
+    Args:
+        path: Model folder, model-set folder or ``.onnx`` file.
+        device: Torch device of a model folder's detectors.
+        threads: onnxruntime intra-op threads of an ``.onnx`` model.
+        cache: Feature cache of a model folder's encoders (an in-memory one when None).
+    """
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return Router({"rgb": load_onnx_model(path, threads=threads)})  # type: ignore[dict-item]
-    return Router.load(path, device=device)
+    return Router.load(path, device=device, cache=cache)
 
 
 __all__ = ["OnnxDetector", "load_model", "load_onnx_model", "read_onnx_metadata"]

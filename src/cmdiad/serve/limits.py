@@ -8,10 +8,6 @@ from typing import Any
 Scope = dict[str, Any]
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def _reply(status: int, message: str):
     body = json.dumps({"error": message, "status": status}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -42,27 +38,37 @@ class BodyLimit:
         if self._declared(scope) > self.max_bytes:
             await self._refuse(send)
             return
-        seen, started = 0, False
+        await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: Scope, receive, send) -> None:
+        """Count streamed body bytes; past the limit answer 413 and tell the app the client left."""
+        seen, started, refused = 0, False, False
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
+                if seen > self.max_bytes and not started:
+                    await self._refuse(send)
+                    refused = True
+                    return {"type": "http.disconnect"}
             return msg
 
         async def tracking_send(msg):
             nonlocal started
+            if refused:
+                return  # the 413 is already out; drop whatever the app answers to the disconnect
             started = started or msg["type"] == "http.response.start"
             await send(msg)
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send)
+        except Exception:
+            if not refused:
+                raise
 
     @staticmethod
     def _declared(scope: Scope) -> int:

@@ -9,13 +9,34 @@ from typing import Any
 import numpy as np
 
 from cmdiad.errors import DatasetError
+from cmdiad.features.cache import FeatureCache
 from cmdiad.io.mvtec3d import load_sample
 from cmdiad.serve.store import Part, colour_scale
-from cmdiad.types import SampleRecord
+from cmdiad.types import PatchFeatures, SampleRecord
 from cmdiad.viz.heatmaps import depth_render, resize_image
 
 MIN_SIDE = 8
 """Smallest accepted image side in pixels."""
+
+
+class NoFeatureCache(FeatureCache):
+    """A feature cache that keeps nothing.
+
+    Every upload is a new file, so the default in-memory cache of a loaded detector would keep
+    the features of every part ever scored (it grew the server by ~0.7 GB over 2,000 parts).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+    def get(self, extractor_key: str, sample_key: str) -> None:
+        """Always a miss."""
+        self.misses += 1
+        return None
+
+    def put(self, extractor_key: str, sample_key: str, pf: PatchFeatures) -> PatchFeatures:
+        """``pf`` on the CPU (float32), not stored."""
+        return PatchFeatures(pf.features.detach().cpu().float(), pf.valid.detach().cpu().bool())
 
 
 class UploadError(Exception):

@@ -97,3 +97,19 @@ def test_foreign_onnx_file_is_refused(tmp_path: Path) -> None:
     bad.write_bytes(b"not a protobuf")
     with pytest.raises(ModelFileError, match="x.onnx"):
         load_onnx_model(bad)
+
+
+def test_cli_export_checks_parity_and_refuses_point_cloud_rows(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    from cmdiad.cli import main
+
+    save_detector(_fit(tiny_data, "rgb", "rgb"), tmp_path / "rgb_model")
+    out = tmp_path / "rgb.onnx"
+    assert main(["export", str(tmp_path / "rgb_model"), "--format", "onnx", str(out),
+                 "--check", str(tiny_data / "ring" / "test")]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "max |diff| image score" in printed
+    assert set(load_model(tmp_path / "rgb_model").detectors) == {"rgb"}  # a folder loads as a Router
+    save_detector(_fit(tiny_data, "xyz", "xyz"), tmp_path / "xyz_model")
+    assert main(["export", str(tmp_path / "xyz_model"), "--format", "onnx", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be exported to ONNX" in err and "Traceback" not in err and not (tmp_path / "x.onnx").exists()

@@ -125,3 +125,28 @@ def test_unexpected_failure_is_a_500_json_without_traceback(serve_router, part_f
     with TestClient(create_app(lambda: router), raise_server_exceptions=False) as c:
         r = c.post("/score", files=_files(rgb=part_files["rgb"]))
     assert r.status_code == 500 and "RuntimeError" in r.json()["error"] and "secret" not in r.text
+
+
+def test_streamed_body_over_the_limit_is_a_413(client, part_files) -> None:
+    boundary = "cmdiadtest"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"rgb\"; filename=\"a.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + bytes(2**20 + 10) + f"\r\n--{boundary}--\r\n".encode()
+
+    def chunks():  # no Content-Length: the size is only known while streaming
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    r = client.post("/score", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413 and "larger than the limit" in r.json()["error"]
+
+
+def test_no_feature_cache_keeps_nothing() -> None:
+    import torch
+
+    from cmdiad.serve.worker import NoFeatureCache
+    from cmdiad.types import PatchFeatures
+
+    cache = NoFeatureCache()
+    pf = PatchFeatures(torch.ones(1, 2, 3, 3), torch.ones(1, 3, 3, dtype=torch.bool))
+    back = cache.put("e", "s", pf)
+    assert torch.equal(back.features, pf.features) and cache.get("e", "s") is None and not cache._memory
