@@ -54,7 +54,8 @@ def commands(work: Path) -> list[str]:
     """The CLI commands :func:`prepare` runs, for the report."""
     return [f"cmdiad synth {work}/data {' '.join(SYNTH)}",
             f"cmdiad fit {work}/data {' '.join(FIT)} --out {work}/model",
-            f"cmdiad export {work}/model --format onnx {work}/model.onnx --check {work}/data/ring/test"]
+            f"cmdiad export {work}/model --format onnx {work}/model.onnx",
+            f"# the same parity check from the CLI: cmdiad export ... --check {work}/data/ring/test"]
 
 
 def _nn_error(det, x: torch.Tensor) -> float:
@@ -145,6 +146,8 @@ def render(res: dict, work: Path, load_before) -> str:
              "Milliseconds per sample at batch 1, normalised image to scores:", "",
              "| path | ms / sample |", "|---|---|"]
     lines += [f"| {name} | {ms:.1f} |" for name, ms in res["ms"].items()]
+    lines += ["", "A 2-thread time far above the 1-thread one means other jobs held the cores: intra-op threads "
+              "then wait for each other (PyTorch's far more than onnxruntime's, whose threads do not spin)."]
     lines += ["", "Commands (the benchmark runs them in-process):", "", "```",
               *commands(work), f"{_common.command_line()}", "```", "",
               f"Machine: {_common.machine_description(load_before)}. {_common.git_revision()}."]

@@ -138,7 +138,8 @@ def render(rows: dict[str, dict], args, load_before) -> str:
              "run is counted from the end of its warm-up, after the first run. The model is the "
              "EfficientNet-Lite0 `f2f_rgb` detector of the ONNX section (fitted with `cmdiad synth` + "
              "`cmdiad fit`), served as its model folder (PyTorch) and as its ONNX export (onnxruntime). "
-             "Latency is the client's (upload, routing, scoring, heatmap PNG, JSON); server scoring is the "
+             "Latency is the client's (upload, validation, routing, scoring, JSON; the heatmap PNG is encoded when "
+             "first fetched, which this test does not do); server scoring is the "
              "`timing_ms.score` the service reports. Targets: p50 <= 60 ms, p95 <= 120 ms, no failed request, "
              "server RSS growth < 50 MB.", "",
              "| model | requests | failed | p50 ms | p95 ms | p99 ms | server scoring p50 ms | requests/s "
