@@ -150,3 +150,14 @@ def test_no_feature_cache_keeps_nothing() -> None:
     pf = PatchFeatures(torch.ones(1, 2, 3, 3), torch.ones(1, 3, 3, dtype=torch.bool))
     back = cache.put("e", "s", pf)
     assert torch.equal(back.features, pf.features) and cache.get("e", "s") is None and not cache._memory
+
+
+def test_cli_serve_refuses_a_bad_model_before_binding(tmp_path: Path, capsys) -> None:
+    from cmdiad.cli import main
+
+    assert main(["serve", str(tmp_path / "missing"), "--port", "1"]) == 2
+    assert "missing" in capsys.readouterr().err
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"junk")
+    assert main(["serve", str(bad), "--port", "1"]) == 2
+    assert "bad.onnx" in capsys.readouterr().err
