@@ -1,7 +1,7 @@
 """Command-line interface: the only place that parses strings, prints and shows progress bars.
 
 Verbs: ``synth``, ``preprocess``, ``convert-eyecandies``, ``experiment``, ``demo``, ``fit``,
-``predict``, ``config``, ``evaluate``, ``report``.
+``predict``, ``config``, ``evaluate``, ``report``, ``export``, ``serve``.
 """
 
 from __future__ import annotations
@@ -372,6 +372,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from cmdiad.pipeline.export import export_onnx
+    from cmdiad.pipeline.persist import load_detector
+
+    if (args.model / "router.json").is_file():
+        raise ConfigError(f"{args.model} is a model set; export one of its detector folders (e.g. {args.model}/rgb)")
+    det = load_detector(args.model)
+    out = export_onnx(det, args.out, opset=args.opset)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    if args.check:
+        from cmdiad.pipeline.inputs import records_from_inputs
+        from cmdiad.pipeline.onnx_model import load_onnx_model
+
+        records = [r for r in records_from_inputs(args.check) if r.rgb_path is not None]
+        ref, got = det.score(records), load_onnx_model(out).score(records)
+        image = float((ref.image_score - got.image_score).abs().max())
+        amap = float((ref.anomaly_map - got.anomaly_map).abs().max())
+        print(f"onnxruntime vs PyTorch on {len(records)} samples: max |diff| image score {image:.3g}, "
+              f"anomaly map {amap:.3g}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cmdiad.pipeline.onnx_model import load_model
+    from cmdiad.serve.app import ServeConfig, create_app
+    from cmdiad.serve.worker import NoFeatureCache
+
+    # Loaded before binding the port so that a bad model is a CLI error; no feature cache: every upload is new.
+    model = load_model(args.model, args.device or "cpu", threads=args.threads, cache=NoFeatureCache())
+    cfg = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pending=args.queue,
+                      keep_parts=args.keep, torch_threads=args.threads)
+    print(f"serving {args.model} (routes {', '.join(sorted(model.detectors))}) on http://{args.host}:{args.port}/")
+    uvicorn.run(create_app(lambda: model, cfg, name=str(args.model)), host=args.host, port=args.port,
+                log_level="warning")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 class _Help(argparse.HelpFormatter):
     """Shows an option's default in its help when it has a meaningful one."""
@@ -490,6 +529,24 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="rewrite tables and report.html of an experiment folder")
     s.add_argument("run", type=Path)
     s.set_defaults(func=cmd_report)
+    s = sub.add_parser("export", help="export an RGB-only detector (rgb, f2f_rgb, i2f_rgb) to ONNX")
+    s.add_argument("model", type=Path, help="a detector folder written by 'cmdiad fit'")
+    s.add_argument("out", type=Path, help="the .onnx file to write")
+    s.add_argument("--format", default="onnx", choices=["onnx"])
+    s.add_argument("--opset", type=int, default=17)
+    s.add_argument("--check", type=Path, nargs="+", help="samples to compare onnxruntime with PyTorch on")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="HTTP scoring service for a model folder or an exported .onnx file")
+    s.add_argument("model", type=Path)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--device", default=None)
+    s.add_argument("--threads", type=int, default=None, help="torch / onnxruntime intra-op threads")
+    s.add_argument("--queue", type=int, default=8, help="requests in flight before 503")
+    s.add_argument("--keep", type=int, default=50, help="last parts kept with their heatmaps")
+    s.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=64.0)
+    s.set_defaults(func=cmd_serve)
     for s in sub.choices.values():  # -v after the verb too; SUPPRESS keeps a -v given before it
         s.formatter_class = _Help
         s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")

@@ -1,0 +1,1 @@
+"""The scoring service: ``cmdiad serve MODEL`` (FastAPI + uvicorn; the ``deploy`` extra)."""

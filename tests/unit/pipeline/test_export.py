@@ -1,0 +1,115 @@
+"""ONNX export: the graph scores like the PyTorch detector; rows with non-torch steps are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cmdiad.config import CoresetConfig, DataConfig, DetectorConfig, DistillConfig, MemoryConfig, RGBFeatureConfig
+from cmdiad.errors import ModelFileError
+from cmdiad.io.mvtec3d import list_records
+from cmdiad.pipeline.detector import Detector
+from cmdiad.pipeline.export import ExportError, check_exportable, export_onnx
+from cmdiad.pipeline.onnx_model import load_model, load_onnx_model, read_onnx_metadata
+from cmdiad.pipeline.persist import build_encoder, load_detector, save_detector
+from cmdiad.synthetic.generator import SynthConfig, generate_dataset
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export_data")
+    generate_dataset(root, SynthConfig(categories=("ring",), image_size=(64, 64), train=5, validation=2,
+                                       test_good=2, test_per_defect=1, seed=3))
+    return root
+
+
+def _cfg(method: str, main: str) -> DetectorConfig:
+    return DetectorConfig(
+        method=method, main=main, data=DataConfig(image_size=(64, 64)),
+        rgb=RGBFeatureConfig(pretrained=False),
+        memory=MemoryConfig(coreset=CoresetConfig(ratio=0.5)),
+        distill=DistillConfig(epochs=2, width=8, trunk_width=4, trunk_blocks=1),
+    )
+
+
+_FITTED: dict[tuple[str, str], Detector] = {}
+
+
+def _fit(root: Path, method: str, main: str) -> Detector:
+    if (method, main) in _FITTED:
+        return _FITTED[method, main]
+    torch.manual_seed(0)
+    cfg = _cfg(method, main)
+    det = Detector(cfg, build_encoder(cfg, device="cpu", modalities=("rgb", "xyz")))
+    det.fit(list_records(root, "ring", "train"), validation=list_records(root, "ring", "validation"))
+    _FITTED[method, main] = det
+    return det
+
+
+@pytest.mark.parametrize(("method", "main"), [("rgb", "rgb"), ("f2f", "rgb"), ("i2f", "rgb")])
+def test_onnx_scores_match_the_detector(tiny_data: Path, tmp_path: Path, method: str, main: str) -> None:
+    save_detector(_fit(tiny_data, method, main), tmp_path / "model")
+    det = load_detector(tmp_path / "model")  # what `cmdiad export` reads
+    onnx_path = export_onnx(det, tmp_path / "model.onnx")
+    test = list_records(tiny_data, "ring", "test")
+    expected = det.score(test)
+    got = load_onnx_model(onnx_path).score(test)
+    assert got.anomaly_map.shape == expected.anomaly_map.shape == (len(test), 64, 64)
+    assert float((got.image_score - expected.image_score).abs().max()) <= 1e-4
+    assert float((got.anomaly_map - expected.anomaly_map).abs().max()) <= 1e-4
+    assert float(expected.image_score.std()) > 0  # the comparison is not between constants
+
+
+def test_metadata_and_router_wrapping(tiny_data: Path, tmp_path: Path) -> None:
+    det = _fit(tiny_data, "f2f", "rgb")
+    path = export_onnx(det, tmp_path / "m.onnx")
+    meta = read_onnx_metadata(path)
+    assert meta["row"] == "f2f_rgb" and meta["image_size"] == [64, 64]
+    assert meta["threshold"] == pytest.approx(det.threshold)
+    assert meta["mean"] == list(det.encoder.extractor("rgb").mean) and meta["streams"] == ["rgb", "xyz_from_rgb"]
+    router = load_model(path)
+    assert set(router.detectors) == {"rgb"} and router.detectors["rgb"].modalities == ("rgb",)
+    test = list_records(tiny_data, "ring", "test")
+    routed = router.score(test)
+    assert [r[0] for r in routed] == ["rgb"] * len(test)
+    np.testing.assert_allclose([float(r[1].image_score[0]) for r in routed], det.score(test).image_score.numpy(),
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize(("method", "main", "reason"), [
+    ("f2i", "rgb", "Open3D"), ("f2f", "xyz", "point clouds"), ("xyz", "xyz", "point clouds"),
+    ("dual", "both", "point clouds"), ("i2f", "xyz", "point clouds"),
+])
+def test_rows_reading_point_clouds_are_refused(method: str, main: str, reason: str) -> None:
+    cfg = _cfg(method, main)
+    det = Detector(cfg, build_encoder(cfg, device="cpu", modalities=("rgb",)))
+    with pytest.raises(ExportError, match=reason):
+        check_exportable(det)
+
+
+def test_foreign_onnx_file_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(ModelFileError, match="x.onnx"):
+        load_onnx_model(bad)
+
+
+def test_cli_export_checks_parity_and_refuses_point_cloud_rows(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    from cmdiad.cli import main
+
+    save_detector(_fit(tiny_data, "rgb", "rgb"), tmp_path / "rgb_model")
+    out = tmp_path / "rgb.onnx"
+    assert main(["export", str(tmp_path / "rgb_model"), "--format", "onnx", str(out),
+                 "--check", str(tiny_data / "ring" / "test")]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "max |diff| image score" in printed
+    assert set(load_model(tmp_path / "rgb_model").detectors) == {"rgb"}  # a folder loads as a Router
+    save_detector(_fit(tiny_data, "xyz", "xyz"), tmp_path / "xyz_model")
+    assert main(["export", str(tmp_path / "xyz_model"), "--format", "onnx", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be exported to ONNX" in err and "Traceback" not in err and not (tmp_path / "x.onnx").exists()
