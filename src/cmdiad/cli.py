@@ -323,14 +323,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from cmdiad.io.layout import check_model_folder
     from cmdiad.pipeline.inputs import items_from_inputs
+    from cmdiad.pipeline.onnx_model import load_model
     from cmdiad.pipeline.predict import check_output, clear_output, predict
-    from cmdiad.pipeline.routing import Router
+    from cmdiad.serve.worker import NoFeatureCache
 
     check_model_folder(args.model)
     splits = tuple(s for s in args.splits.split(",") if s)
     items = items_from_inputs(args.inputs, splits=splits)  # before loading the model: cheap and fails fast
     check_output(args.out, overwrite=args.overwrite)
-    router = Router.load(args.model, device=args.device or "cpu")
+    # each file is scored once: an in-memory feature cache would only grow with the batch
+    router = load_model(args.model, device=args.device or "cpu", cache=NoFeatureCache())
     clear_output(args.out)
     outcome = predict(router, items, args.out, progress=Bars())
     for row in outcome.rows:
@@ -482,7 +484,7 @@ def _add_deploy(sub) -> None:
     _add_config_args(s)
     s.set_defaults(func=cmd_fit)
     s = sub.add_parser("predict", help="score samples with a fitted model")
-    s.add_argument("model", type=Path, help="model folder written by 'cmdiad fit'")
+    s.add_argument("model", type=Path, help="model folder written by 'cmdiad fit', or an .onnx file from 'cmdiad export'")
     s.add_argument("inputs", type=Path, nargs="+",
                    help="files, plain folders of files, sample folders (rgb/, xyz/), category or dataset folders")
     s.add_argument("--out", type=Path, default=Path("predictions"),

@@ -72,12 +72,14 @@ def check_model_target(path: Path | str) -> None:
 
 
 def check_model_folder(path: Path | str) -> None:
-    """Fail fast, before loading anything, when ``path`` is not a cmdiad model folder.
+    """Fail fast, before loading anything, when ``path`` is not a cmdiad model folder or ``.onnx`` file.
 
     Raises:
-        ModelFileError: ``path`` does not exist, is a file, or has no detector.json/router.json.
+        ModelFileError: ``path`` does not exist, is another file, or has no detector.json/router.json.
     """
     path = Path(path)
+    if path.suffix.lower() == ".onnx" and path.is_file():
+        return  # an exported model; its metadata is checked when it is loaded
     if not path.is_dir():
         raise ModelFileError(path, "not a model folder (it does not exist or is a file)")
     if not ((path / "detector.json").is_file() or (path / "router.json").is_file()):

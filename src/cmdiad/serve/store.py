@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cmdiad.viz.heatmaps import overlay, resize_image
+from cmdiad.viz.heatmaps import annotate, calibrated_scale, overlay, resize_image
 
 
 @dataclass
@@ -26,21 +26,22 @@ class Part:
         result: The JSON answer of ``POST /score``.
         background: ``(H, W, 3)`` uint8 image the map is drawn over.
         amap: ``(h, w)`` float16 anomaly map.
-        scale: Fixed colour scale ``(vmin, vmax)``.
+        scale: Fixed colour scale ``(vmin, good_level, vmax)``.
     """
 
     id: str
     result: dict[str, Any]
     background: np.ndarray = field(repr=False)
     amap: np.ndarray = field(repr=False)
-    scale: tuple[float, float] = (0.0, 1.0)
+    scale: tuple[float, float, float] = (0.0, 0.5, 1.0)
     _png: bytes | None = field(default=None, repr=False)
 
     @property
     def png(self) -> bytes:
         """The heatmap as PNG bytes (encoded once)."""
         if self._png is None:
-            self._png = heatmap_png(self.background, self.amap.astype(np.float32), self.scale)
+            self._png = heatmap_png(self.background, self.amap.astype(np.float32), self.scale,
+                                    score=self.result["score"], threshold=self.result["threshold"])
         return self._png
 
 
@@ -81,28 +82,22 @@ class PartStore:
             return len(self._parts)
 
 
-def colour_scale(model: Any) -> tuple[float, float]:
-    """A fixed ``(vmin, vmax)`` of a model's heatmaps.
+def colour_scale(model: Any, amap: np.ndarray) -> tuple[float, float, float]:
+    """The ``(vmin, good_level, vmax)`` of a part's heatmap, fixed by the model's calibration.
 
-    The model's ``map_calibration`` when it has one (a ``(low, high)`` pair or a dict with
-    ``vmin``/``vmax``), else ``threshold / 2`` to ``2 · threshold`` (the image threshold is on the
-    scale of the fused map's values for the default fusion, whose columns are normalised to mean 1
-    on good samples, so good regions come out cold and clear defects hot), else 0 to 1.
+    The same scale as ``cmdiad predict`` (:func:`~cmdiad.viz.heatmaps.calibrated_scale`): from the
+    model's validation good-pixel quantiles when it has them, else from the part's own map.
     """
     cal = getattr(model, "map_calibration", None)
-    if isinstance(cal, dict) and {"vmin", "vmax"} <= set(cal):
-        return float(cal["vmin"]), float(cal["vmax"])
-    if isinstance(cal, (list, tuple)) and len(cal) == 2:
-        return float(cal[0]), float(cal[1])
-    threshold = getattr(model, "threshold", None)
-    if threshold is not None and threshold > 0:
-        return 0.5 * float(threshold), 2.0 * float(threshold)
-    return 0.0, 1.0
+    return calibrated_scale(cal if isinstance(cal, dict) else None, amap)
 
 
-def heatmap_png(background: np.ndarray, amap: np.ndarray, scale: tuple[float, float]) -> bytes:
-    """PNG bytes of ``amap`` ``(H, W)`` blended over ``background`` (resized to the map's size)."""
+def heatmap_png(background: np.ndarray, amap: np.ndarray, scale: tuple[float, float, float], *,
+                score: float, threshold: float | None) -> bytes:
+    """PNG bytes of ``amap`` ``(H, W)`` over ``background`` with the verdict strip and colour bar."""
     back = resize_image(background, amap.shape[:2]) if background.shape[:2] != amap.shape[:2] else background
+    img = overlay(back, amap, vmin=scale[0], vmax=scale[2], good_level=scale[1])
     buf = io.BytesIO()
-    Image.fromarray(overlay(back, amap, vmin=scale[0], vmax=scale[1])).save(buf, format="PNG", compress_level=1)
+    Image.fromarray(annotate(img, scale=scale, score=score, threshold=threshold)).save(buf, format="PNG",
+                                                                                      compress_level=1)
     return buf.getvalue()

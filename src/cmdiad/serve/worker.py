@@ -111,4 +111,4 @@ def score_upload(model: Any, files: dict[str, tuple[Path, str]], part_id: str) -
         "files": {field: name for field, (_, name) in files.items()},
         "timing_ms": {"score": score_ms, "total": score_ms},
     }  # fmt: skip
-    return Part(part_id, result, background, amap.astype(np.float16), colour_scale(det))
+    return Part(part_id, result, background, amap.astype(np.float16), colour_scale(det, amap))

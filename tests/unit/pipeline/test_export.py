@@ -113,3 +113,25 @@ def test_cli_export_checks_parity_and_refuses_point_cloud_rows(tiny_data: Path, 
     assert main(["export", str(tmp_path / "xyz_model"), "--format", "onnx", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err
     assert "cannot be exported to ONNX" in err and "Traceback" not in err and not (tmp_path / "x.onnx").exists()
+
+
+def test_predict_accepts_the_exported_file_in_place_of_the_model_folder(tiny_data: Path, tmp_path: Path) -> None:
+    import json
+    from dataclasses import replace
+
+    from cmdiad.cli import main
+
+    # the shipped weights, so that every load of the model folder builds the same extractor
+    cfg = replace(_cfg("f2f", "rgb"), rgb=RGBFeatureConfig(pretrained=True))
+    det = Detector(cfg, build_encoder(cfg, device="cpu", modalities=("rgb", "xyz")))
+    det.fit(list_records(tiny_data, "ring", "train"), validation=list_records(tiny_data, "ring", "validation"))
+    save_detector(det, tmp_path / "model")
+    assert main(["export", str(tmp_path / "model"), "--format", "onnx", str(tmp_path / "m.onnx")]) == 0
+    test = str(tiny_data / "ring" / "test")
+    assert main(["predict", str(tmp_path / "model"), test, "--out", str(tmp_path / "p_folder")]) == 0
+    assert main(["predict", str(tmp_path / "m.onnx"), test, "--out", str(tmp_path / "p_onnx")]) == 0
+    folder, onnx = (json.loads((tmp_path / p / "predictions.json").read_text()) for p in ("p_folder", "p_onnx"))
+    assert [r["sample"] for r in folder] == [r["sample"] for r in onnx] and len(onnx) > 0
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(folder, onnx, strict=True)) <= 1e-4
+    assert [a["anomalous"] for a in folder] == [b["anomalous"] for b in onnx]
+    assert all(b["heatmaps"] for b in onnx)
