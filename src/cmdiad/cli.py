@@ -484,7 +484,7 @@ def _add_deploy(sub) -> None:
     _add_config_args(s)
     s.set_defaults(func=cmd_fit)
     s = sub.add_parser("predict", help="score samples with a fitted model")
-    s.add_argument("model", type=Path, 
+    s.add_argument("model", type=Path,
                    help="model folder written by 'cmdiad fit', or an .onnx file from 'cmdiad export'")
     s.add_argument("inputs", type=Path, nargs="+",
                    help="files, plain folders of files, sample folders (rgb/, xyz/), category or dataset folders")
