@@ -96,8 +96,7 @@ class MemoryBank:
         if self._collected is None:
             if not self._parts or sum(p.shape[0] for p in self._parts) == 0:
                 raise ValueError("the memory bank has no valid patches; add() training features first")
-            self._collected = torch.cat(self._parts) if len(self._parts) > 1 else self._parts[0]
-            self._parts = []
+            self._collected = _concat_releasing(self._parts)
         return self._collected
 
     def collected_stats(self) -> tuple[float, float]:
@@ -217,6 +216,26 @@ class MemoryBank:
         bank.mean, bank.std = float(meta["mean"]), float(meta["std"])
         bank._build_index()
         return bank
+
+
+def _concat_releasing(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate ``parts`` (emptying the list), freeing each part once copied.
+
+    Peak memory is the result plus one part (``torch.cat`` would hold all parts and the result).
+    """
+    if len(parts) == 1:
+        return parts.pop()
+    first = parts[0]
+    out = torch.empty(sum(p.shape[0] for p in parts), first.shape[1], dtype=first.dtype, device=first.device)
+    del first
+    parts.reverse()
+    start = 0
+    while parts:
+        part = parts.pop()
+        out[start : start + part.shape[0]] = part
+        start += part.shape[0]
+        del part
+    return out
 
 
 def _read_meta(path: Path) -> dict:

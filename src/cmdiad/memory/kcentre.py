@@ -71,14 +71,15 @@ def _kmeans(z: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     if k == 1:
         return torch.zeros(z.shape[0], dtype=torch.long)
     train = z[perm[: _TRAIN_PER_CENTRE * k]] if z.shape[0] > _TRAIN_PER_CENTRE * k else z
-    rows = torch.arange(train.shape[0])
     for _ in range(_KMEANS_ITERS):
-        one_hot = torch.zeros(k, train.shape[0])
-        one_hot[_assign(train, centres), rows] = 1.0
-        counts = one_hot.sum(dim=1)
-        sums = one_hot @ train  # a GEMM: much faster than index_add_ on the CPU
+        labels = _assign(train, centres)
+        order = torch.argsort(labels)
+        counts = torch.bincount(labels, minlength=k)
         filled = counts > 0
-        centres[filled] = sums[filled] / counts[filled, None]
+        offsets = torch.cumsum(counts, 0)[filled] - counts[filled]
+        # segment sums of the sorted rows: far faster than index_add_ on the CPU
+        sums = np.add.reduceat(train[order].numpy(), offsets.numpy(), axis=0)
+        centres[filled] = torch.from_numpy(sums) / counts[filled, None].float()
     return _assign(z, centres)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from cmdiad.config import CoresetConfig, MemoryConfig
 from cmdiad.errors import ModelFileError
-from cmdiad.memory.bank import MemoryBank, reweighted_image_score
+from cmdiad.memory.bank import MemoryBank, _concat_releasing, reweighted_image_score
 from cmdiad.types import PatchFeatures
 
 
@@ -168,3 +168,11 @@ def test_misuse_raises() -> None:
     bank.add(_features())
     with pytest.raises(ValueError, match="channels"):
         bank.add(_features(c=7))
+
+
+def test_concat_releasing_empties_the_parts() -> None:
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, 5, generator=gen) for n in (3, 0, 7, 1)]
+    expected = torch.cat(parts)
+    out = _concat_releasing(parts)
+    assert parts == [] and torch.equal(out, expected)
