@@ -98,8 +98,9 @@ def _projected(x: torch.Tensor, projection_dim: int | None, eps: float | None, s
 def _greedy_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: int) -> torch.Tensor:
     """Reference k-centre greedy loop (torch, any device) from ``first`` given squared min distances ``min_d2``.
 
-    Per step, ``Σ (z − c)²`` over row chunks (bounded temporaries; duplicates tie exactly at 0)
-    lowers ``min_d2``; selected points are marked -1 so they are never picked twice.
+    Per step, ``Σ (z − c)²`` over row chunks (float32 differences, squares summed in float64 and
+    rounded once, so the sum hardly depends on its order; bounded temporaries; duplicates tie
+    exactly at 0) lowers ``min_d2``; selected points are marked -1 so they are never picked twice.
     """
     out = torch.empty(n, dtype=torch.long, device=z.device)
     idx = first
@@ -108,7 +109,8 @@ def _greedy_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: 
         centre = z[idx]
         for start in range(0, z.shape[0], _LOOP_CHUNK):
             part = min_d2[start : start + _LOOP_CHUNK]
-            torch.minimum(part, (z[start : start + _LOOP_CHUNK] - centre).square_().sum(dim=1), out=part)
+            d2 = (z[start : start + _LOOP_CHUNK] - centre).double().square_().sum(dim=1).float()
+            torch.minimum(part, d2, out=part)
         min_d2[idx] = -1.0
         idx = torch.argmax(min_d2)
     return out

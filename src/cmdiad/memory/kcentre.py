@@ -12,8 +12,10 @@ picks are those of the brute-force loop (ties broken towards the smallest row in
 ``torch.argmax``), up to float rounding at near-ties.
 
 The step loop is compiled with numba (an optional import): :func:`available` says whether it can
-run. Distances are float32 ``Σ (z − q)²`` (no expanded ``|z|² − 2 z·q + |q|²`` form, so duplicate
-rows tie exactly at 0).
+run. Distances are ``Σ (z − q)²`` of float32 differences with the squares summed in float64 and
+rounded once to float32, like the torch reference loop: the summation order then hardly matters
+(the two loops agree bit for bit but for rare float32 rounding boundaries), and duplicate rows tie
+exactly at 0 (no expanded ``|z|² − 2 z·q + |q|²`` form).
 """
 
 from __future__ import annotations
@@ -115,12 +117,13 @@ if numba is not None:
     _FLAGS = {"reassoc", "contract", "nsz"}  # vectorised sums; no 'ninf' (min distances start at inf)
 
     @numba.njit(fastmath=_FLAGS, cache=True, nogil=True)
-    def _sq_dist(a: np.ndarray, b: np.ndarray) -> float:
-        acc = np.float32(0.0)
+    def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.float32:
+        """``Σ (a − b)²`` of float32 rows: float32 differences, squares summed in float64, rounded once."""
+        acc = 0.0
         for i in range(a.shape[0]):
-            diff = a[i] - b[i]
+            diff = np.float64(a[i] - b[i])
             acc += diff * diff
-        return acc
+        return np.float32(acc)
 
     @numba.njit(fastmath=_FLAGS, cache=True, nogil=True)
     def _visit(z, q, lo, hi, d_qc, d_pc, min_d2, slack):
@@ -235,8 +238,12 @@ class ClusteredRows:
 
         Returns:
             ``idx`` (n,) int64 rows in selection order and ``radius`` (n,) float32: the covering
-            radius of the first ``i + 1`` picks (largest distance of any row to them).
+            radius of the first ``i + 1`` picks (largest distance of any row to them; with
+            ``min_d2`` given, of the rows to the picks or their initial distance).
         """
+        if not 1 <= n <= self.num_rows or (forced is not None and len(forced) != n):
+            given = None if forced is None else len(forced)
+            raise ValueError(f"cannot select {n} of {self.num_rows} rows (forced rows given: {given})")
         pos = self._position.numpy()
         init = np.full(self.num_rows, np.inf, dtype=np.float32)
         if min_d2 is not None:

@@ -107,3 +107,12 @@ def test_without_numba_falls_back_to_the_torch_loop(monkeypatch, caplog) -> None
     assert "numba" in caplog.text
     with pytest.raises(RuntimeError, match="numba"):
         kcentre.ClusteredRows(x)
+
+
+def test_run_rejects_bad_sizes() -> None:
+    rows = kcentre.ClusteredRows(_points(30, 3, seed=12), num_clusters=3)
+    for n in (0, 31):
+        with pytest.raises(ValueError, match="cannot select"):
+            rows.run(n)
+    with pytest.raises(ValueError, match="forced"):
+        rows.run(5, forced=torch.arange(4))
