@@ -98,18 +98,19 @@ def _projected(x: torch.Tensor, projection_dim: int | None, eps: float | None, s
 def _greedy_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: int) -> torch.Tensor:
     """Reference k-centre greedy loop (torch, any device) from ``first`` given squared min distances ``min_d2``.
 
-    Per step, ``Σ (z − c)²`` over row chunks (float32 differences, squares summed in float64 and
-    rounded once, so the sum hardly depends on its order; bounded temporaries; duplicates tie
-    exactly at 0) lowers ``min_d2``; selected points are marked -1 so they are never picked twice.
+    Per step, ``Σ (z − c)²`` over row chunks (in float64, rounded once to float32, so the result
+    hardly depends on the summation order; duplicates tie exactly at 0) lowers ``min_d2``; selected
+    points are marked -1 so they are never picked twice. Holds a float64 copy of ``z``.
     """
     out = torch.empty(n, dtype=torch.long, device=z.device)
+    z64 = z.double()
     idx = first
     for step in range(n):
         out[step] = idx
-        centre = z[idx]
+        centre = z64[idx]
         for start in range(0, z.shape[0], _LOOP_CHUNK):
             part = min_d2[start : start + _LOOP_CHUNK]
-            d2 = (z[start : start + _LOOP_CHUNK] - centre).double().square_().sum(dim=1).float()
+            d2 = (z64[start : start + _LOOP_CHUNK] - centre).square_().sum(dim=1).float()
             torch.minimum(part, d2, out=part)
         min_d2[idx] = -1.0
         idx = torch.argmax(min_d2)

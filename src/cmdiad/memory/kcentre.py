@@ -12,8 +12,8 @@ picks are those of the brute-force loop (ties broken towards the smallest row in
 ``torch.argmax``), up to float rounding at near-ties.
 
 The step loop is compiled with numba (an optional import): :func:`available` says whether it can
-run. Distances are ``Σ (z − q)²`` of float32 differences with the squares summed in float64 and
-rounded once to float32, like the torch reference loop: the summation order then hardly matters
+run. Distances are ``Σ (z − q)²`` computed in float64 from the float32 rows and rounded once to
+float32, like the torch reference loop: the summation order then hardly matters
 (the two loops agree bit for bit but for rare float32 rounding boundaries), and duplicate rows tie
 exactly at 0 (no expanded ``|z|² − 2 z·q + |q|²`` form).
 """
@@ -118,10 +118,10 @@ if numba is not None:
 
     @numba.njit(fastmath=_FLAGS, cache=True, nogil=True)
     def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.float32:
-        """``Σ (a − b)²`` of float32 rows: float32 differences, squares summed in float64, rounded once."""
+        """``Σ (a − b)²`` of float32 rows, computed in float64 and rounded once to float32."""
         acc = 0.0
         for i in range(a.shape[0]):
-            diff = np.float64(a[i] - b[i])
+            diff = np.float64(a[i]) - np.float64(b[i])
             acc += diff * diff
         return np.float32(acc)
 
