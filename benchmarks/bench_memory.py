@@ -36,6 +36,7 @@ from cmdiad.memory.bank import MemoryBank
 from cmdiad.memory.coreset import (
     SAMPLERS,
     _greedy_loop,
+    _matvec_loop,
     approximate_greedy_coreset_indices,
     coreset_size,
     greedy_coreset_indices,
@@ -120,10 +121,13 @@ def bench_compare(x: torch.Tensor, state: dict, ref_steps: int) -> dict:
     steps = min(ref_steps, n)
     min_d2 = torch.full((z.shape[0],), float("inf"))
     ref_s, ref = timed(lambda: _greedy_loop(z, min_d2, torch.tensor(0), steps))
+    min_d2 = torch.full((z.shape[0],), float("inf"))
+    matvec_s, matvec = timed(lambda: _matvec_loop(z, min_d2, torch.tensor(0), steps))
     approx_s, approx = timed(lambda: approximate_greedy_coreset_indices(x, n, projection_dim=None, eps=EPS, seed=0))
     rand = SAMPLERS.get("random")(n / x.shape[0], seed=0).select(x)[:n]
     return {"ref_steps": steps, "ref_prefix_same": bool(torch.equal(ref, idx[:steps])),
-            "ref_total_s": ref_s * n / steps, "approx_s": approx_s,
+            "ref_total_s": ref_s * n / steps, "approx_s": approx_s, "matvec_total_s": matvec_s * n / steps,
+            "matvec_prefix_same": bool(torch.equal(matvec, idx[:steps])),
             "radius_approx": float(rows.run(n, forced=approx)[1][-1]),
             "radius_random": float(rows.run(len(rand), forced=rand)[1][-1])}  # fmt: skip
 
@@ -220,7 +224,9 @@ def _exact_lines(exact: dict | None, compare: dict | None, largest: int) -> list
         c = compare
         lines.append(f"- {largest:,} rows: the reference loop's first {c['ref_steps']} picks "
                      f"{'equal' if c['ref_prefix_same'] else 'DIFFER from'} the pruned loop's (reference in full, "
-                     f"extrapolated: {c['ref_total_s']:.0f} s). Covering radius in the same projection: "
+                     f"extrapolated: {c['ref_total_s']:.0f} s; the float32 matrix-vector loop that GPU tensors and a "
+                     f"missing numba use, the former CPU loop: {c['matvec_total_s']:.0f} s, first picks "
+                     f"{'equal' if c['matvec_prefix_same'] else 'differ'}). Covering radius in the same projection: "
                      f"`approximate_greedy` {c['radius_approx']:.3f} ({c['approx_s']:.1f} s), `random` "
                      f"{c['radius_random']:.3f}; `greedy` in the table above.")  # fmt: skip
     return lines + [""]

@@ -117,14 +117,32 @@ def _greedy_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: 
     return out
 
 
+def _matvec_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: int) -> torch.Tensor:
+    """The greedy loop with one fused float32 ``|z|² − 2 z·c + |c|²`` matrix-vector product per step.
+
+    A quarter of the reference loop's memory traffic (fast on a GPU); its rounding may break
+    near-ties differently from the reference, and duplicates are kept apart by the -1 marks.
+    """
+    sq = torch.einsum("nd,nd->n", z, z)
+    out = torch.empty(n, dtype=torch.long, device=z.device)
+    idx = first
+    for step in range(n):
+        out[step] = idx
+        d2 = torch.addmv(sq, z, z[idx], alpha=-2.0).add_(sq[idx])
+        torch.minimum(min_d2, d2, out=min_d2)
+        min_d2[idx] = -1.0
+        idx = torch.argmax(min_d2)
+    return out
+
+
 def _fast_loop(z: torch.Tensor, min_d2: torch.Tensor, first: int, n: int, seed: int) -> torch.Tensor:
-    """The same picks as :func:`_greedy_loop`: the pruned compiled loop on the CPU, else the torch loop."""
+    """Greedy picks: the pruned compiled loop on the CPU (the reference's picks), else the matvec loop."""
     if z.device.type == "cpu" and kcentre.available():
         idx, _ = kcentre.ClusteredRows(z, seed=seed).run(n, start_index=first, min_d2=min_d2)
         return idx
     if z.device.type == "cpu":
-        logger.warning("numba is not importable: the greedy coreset runs the slow torch loop")
-    return _greedy_loop(z, min_d2, torch.tensor(first, device=z.device), n)
+        logger.warning("numba is not importable: the greedy coreset runs the slower torch matvec loop")
+    return _matvec_loop(z, min_d2, torch.tensor(first, device=z.device), n)
 
 
 def _check_n(n: int, total: int) -> None:
@@ -144,9 +162,10 @@ def greedy_coreset_indices(
 ) -> torch.Tensor:
     """Exact greedy k-centre selection (method-spec §3.2), fp32.
 
-    On the CPU the loop is the pruned compiled one of :mod:`cmdiad.memory.kcentre` (same picks,
-    a small fraction of the distance computations); ``reference=True``, a tensor on another
-    device or a missing numba run the plain torch loop.
+    On the CPU the loop is the pruned compiled one of :mod:`cmdiad.memory.kcentre` (the reference
+    loop's picks from a small fraction of its distance computations); a tensor on another device,
+    or a missing numba, runs the float32 matrix-vector loop; ``reference=True`` the float64 torch
+    reference loop (slow; tests and parity checks).
 
     Args:
         x: ``(N, D)`` points.
