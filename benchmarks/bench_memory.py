@@ -164,7 +164,8 @@ def bench_big_bank(args: argparse.Namespace, mon: _common.RssMonitor) -> dict:
     t3 = time.perf_counter()
     bank.score(query)
     t4 = time.perf_counter()
-    out = {"rows": bank.bank.shape[0], "bank_gib": bank_bytes / GIB, "add_s": t1 - t0, "finalize_s": t2 - t1,
+    out = {"rows": bank.bank.shape[0], "dim": bank.bank.shape[1], "bank_gib": bank_bytes / GIB, "add_s": t1 - t0,
+           "finalize_s": t2 - t1,
            "build_extra_gib": (mon.peak(t0, t2) - base - bank_bytes) / GIB, "score_s": t4 - t3,
            "score_extra_gib": (mon.peak(t3, t4) - before_score) / GIB, "queries": grid * grid}  # fmt: skip
     if args.bank_ratio > 0:
@@ -236,7 +237,8 @@ def _bank_lines(b: dict | None) -> list[str]:
     if not b:
         return []
     lines = [f"### A {b['rows']:,}-row bank (float32, {b['bank_gib']:.2f} GiB)", "",
-             f"- collect with `MemoryBank.add` (8-sample batches, each part freed once copied): {b['add_s']:.1f} s; "
+             "- collect with `MemoryBank.add` (8-sample batches copied into 64 MiB blocks, each block freed once "
+             f"copied into the bank): {b['add_s']:.1f} s; "
              f"finalize (identity sampler, standardise in place, index): {b['finalize_s']:.1f} s; peak RSS above "
              f"the bank while building: {b['build_extra_gib']:.2f} GiB.",
              f"- score one sample ({b['queries']} patch queries, exact torch search, query chunk 4096 x bank "
@@ -246,6 +248,12 @@ def _bank_lines(b: dict | None) -> list[str]:
     if "coreset_s" in b:
         lines.append(f"- greedy coreset of {b['coreset_n']:,} rows from it: {b['coreset_s']:.1f} s, peak RSS above "
                      f"the bank {b['coreset_extra_gib']:.2f} GiB (projection + cluster-sorted copy).")  # fmt: skip
+    block_mib = min(b["queries"], 4096) * 16384 * 4 / 2**20
+    chunk_mib = 16384 * b["dim"] * 4 / 2**20
+    lines.append(f"- RSS figures are the growth of the process RSS (psutil, polled every 5 ms) over the stage's start: "
+                 "lower bounds, since freed memory is reused. By construction the search's working set is one "
+                 f"distance block ({block_mib:.0f} MiB here) plus one float32 bank chunk ({chunk_mib:.0f} MiB), "
+                 "whatever the bank size.")  # fmt: skip
     return lines + [""]
 
 
@@ -269,7 +277,8 @@ def render(args, load_before, search, coreset, exact, compare, big) -> str:
               "visited cluster every row whose bound (|q - centroid| - |row - centroid|)² is not below its own "
               "min distance; the loop is compiled with numba. The bounds carry a 1e-4 relative slack, so only "
               "provably unaffected rows are skipped and the picks are the brute-force ones. Without numba, or for "
-              "a GPU tensor, the plain torch loop runs (one pass over the projected bank per step).", "",
+              "a GPU tensor, the float32 matrix-vector torch loop runs (one pass over the projected bank per "
+              "step).", "",
               "What bounds the search: exact search of one sample is 2 x queries x rows x D flops (compute bound; "
               "the working set is one query chunk x bank chunk distance block whatever the bank size). For large "
               "banks use `memory.knn_backend = \"faiss\"` with `memory.faiss_index = \"ivf\"` (accuracy cost in "

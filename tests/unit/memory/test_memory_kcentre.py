@@ -96,7 +96,7 @@ def test_projected_sampler_matches_reference_sampler() -> None:
     assert torch.equal(fast, SAMPLERS.get("greedy")(0.05, seed=3, eps=0.9).select(x))  # deterministic
 
 
-def test_without_numba_falls_back_to_the_torch_loop(monkeypatch, caplog) -> None:
+def test_without_numba_falls_back_to_the_matvec_loop(monkeypatch, caplog) -> None:
     x = _points(300, 5, seed=11)
     fast = greedy_coreset_indices(x, 30)
     approx = approximate_greedy_coreset_indices(x, 30, projection_dim=None)
