@@ -135,7 +135,8 @@ class CoresetConfig:
     ratio: float = 0.1
     """Fraction of patches kept (0, 1]; 1 keeps every patch."""
     sampler: str = "greedy"
-    """``greedy`` (k-centre), ``approximate_greedy``, ``random`` or ``identity``."""
+    """``greedy`` (exact k-centre; pruned compiled loop on the CPU), ``greedy_reference`` (the same picks
+    from the plain torch loop), ``approximate_greedy``, ``random`` or ``identity``."""
     projection_eps: float = 0.9
     """Johnson-Lindenstrauss eps for the random projection's dimension."""
     seed: int = 0

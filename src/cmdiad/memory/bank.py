@@ -29,6 +29,8 @@ FORMAT = "cmdiad.memory_bank"
 FORMAT_VERSION = 1
 TENSORS_FILE = "bank.safetensors"
 META_FILE = "bank.json"
+BLOCK_BYTES = 64 * 2**20
+"""Bytes per collection block: above glibc's largest mmap threshold (32 MiB), so a freed block goes back to the OS."""
 
 
 def reweighted_image_score(
@@ -56,6 +58,52 @@ def reweighted_image_score(
     return (1.0 - torch.exp(log_ratio)) * s_star
 
 
+class _RowBlocks:
+    """Rows appended into fixed-size blocks, concatenated once with each block freed as it is copied.
+
+    Collecting N rows this way peaks at the bank plus one block, where ``torch.cat`` of per-batch
+    parts would hold the parts and the result (and freed small parts stay in the heap).
+    """
+
+    def __init__(self) -> None:
+        self.blocks: list[torch.Tensor] = []
+        self.fill = 0  # rows used in the last block
+        self.num_rows = 0
+
+    @property
+    def dim(self) -> int | None:
+        return int(self.blocks[0].shape[1]) if self.blocks else None
+
+    def append(self, rows: torch.Tensor) -> None:
+        """Copy ``rows`` (n, C) in."""
+        start = 0
+        while start < rows.shape[0]:
+            if not self.blocks or self.fill == self.blocks[-1].shape[0]:
+                capacity = max(1, BLOCK_BYTES // (rows.shape[1] * rows.element_size()))
+                self.blocks.append(torch.empty(capacity, rows.shape[1], dtype=rows.dtype, device=rows.device))
+                self.fill = 0
+            block = self.blocks[-1]
+            take = min(block.shape[0] - self.fill, rows.shape[0] - start)
+            block[self.fill : self.fill + take] = rows[start : start + take]
+            self.fill, start, self.num_rows = self.fill + take, start + take, self.num_rows + take
+
+    def concat(self) -> torch.Tensor:
+        """All rows (N, C); the blocks are released."""
+        first = self.blocks[0]
+        out = torch.empty(self.num_rows, first.shape[1], dtype=first.dtype, device=first.device)
+        del first
+        self.blocks.reverse()
+        start = 0
+        while self.blocks:
+            block = self.blocks.pop()
+            take = min(block.shape[0], self.num_rows - start)
+            out[start : start + take] = block[:take]
+            start += take
+            del block
+        self.fill = self.num_rows = 0
+        return out
+
+
 class MemoryBank:
     """Patch memory bank of one stream.
 
@@ -67,7 +115,7 @@ class MemoryBank:
     def __init__(self, config: MemoryConfig, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
-        self._parts: list[torch.Tensor] = []
+        self._parts = _RowBlocks()
         self._collected: torch.Tensor | None = None
         self.bank: torch.Tensor | None = None
         self.mean: float | None = None
@@ -80,7 +128,7 @@ class MemoryBank:
         source = self.bank if self.bank is not None else self._collected
         if source is not None:
             return int(source.shape[1])
-        return int(self._parts[0].shape[1]) if self._parts else None
+        return self._parts.dim
 
     def add(self, pf: PatchFeatures) -> None:
         """Append the valid patches of a batch ((B, C, h, w) features) as (n, C) rows."""
@@ -89,15 +137,14 @@ class MemoryBank:
         rows = pf.features.permute(0, 2, 3, 1)[pf.valid].detach().float().to(self.device)
         if self.dim is not None and rows.shape[1] != self.dim:
             raise ValueError(f"patch features have {rows.shape[1]} channels, the bank has {self.dim}")
-        self._parts.append(rows)
+        self._parts.append(rows)  # copied into a block: the batch's features are not kept alive
 
     def _gather(self) -> torch.Tensor:
         """The collected rows (N, C), concatenated once."""
         if self._collected is None:
-            if not self._parts or sum(p.shape[0] for p in self._parts) == 0:
+            if self._parts.num_rows == 0:
                 raise ValueError("the memory bank has no valid patches; add() training features first")
-            self._collected = torch.cat(self._parts) if len(self._parts) > 1 else self._parts[0]
-            self._parts = []
+            self._collected = self._parts.concat()
         return self._collected
 
     def collected_stats(self) -> tuple[float, float]:

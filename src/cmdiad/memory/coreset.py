@@ -16,11 +16,13 @@ import math
 import torch
 
 from cmdiad.config import CoresetConfig
+from cmdiad.memory import kcentre
 from cmdiad.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 _ROW_CHUNK = 65536  # rows per projection chunk: bounds the temporary of a dtype cast
+_LOOP_CHUNK = 16384  # rows per distance block of the reference loop
 
 
 def johnson_lindenstrauss_dim(n: int, eps: float) -> int:
@@ -94,10 +96,32 @@ def _projected(x: torch.Tensor, projection_dim: int | None, eps: float | None, s
 
 
 def _greedy_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: int) -> torch.Tensor:
-    """k-centre greedy from ``first`` given the current squared min distances ``min_d2``.
+    """Reference k-centre greedy loop (torch, any device) from ``first`` given squared min distances ``min_d2``.
 
-    One fused ``sq − 2·z·c`` matrix-vector product per step; selected points are marked -1 so
-    they are never picked twice (exact duplicates would otherwise tie at 0).
+    Per step, ``Σ (z − c)²`` over row chunks (in float64, rounded once to float32, so the result
+    hardly depends on the summation order; duplicates tie exactly at 0) lowers ``min_d2``; selected
+    points are marked -1 so they are never picked twice. Holds a float64 copy of ``z``.
+    """
+    out = torch.empty(n, dtype=torch.long, device=z.device)
+    z64 = z.double()
+    idx = first
+    for step in range(n):
+        out[step] = idx
+        centre = z64[idx]
+        for start in range(0, z.shape[0], _LOOP_CHUNK):
+            part = min_d2[start : start + _LOOP_CHUNK]
+            d2 = (z64[start : start + _LOOP_CHUNK] - centre).square_().sum(dim=1).float()
+            torch.minimum(part, d2, out=part)
+        min_d2[idx] = -1.0
+        idx = torch.argmax(min_d2)
+    return out
+
+
+def _matvec_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: int) -> torch.Tensor:
+    """The greedy loop with one fused float32 ``|z|² − 2 z·c + |c|²`` matrix-vector product per step.
+
+    A quarter of the reference loop's memory traffic (fast on a GPU); its rounding may break
+    near-ties differently from the reference, and duplicates are kept apart by the -1 marks.
     """
     sq = torch.einsum("nd,nd->n", z, z)
     out = torch.empty(n, dtype=torch.long, device=z.device)
@@ -109,6 +133,16 @@ def _greedy_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: 
         min_d2[idx] = -1.0
         idx = torch.argmax(min_d2)
     return out
+
+
+def _fast_loop(z: torch.Tensor, min_d2: torch.Tensor, first: int, n: int, seed: int) -> torch.Tensor:
+    """Greedy picks: the pruned compiled loop on the CPU (the reference's picks), else the matvec loop."""
+    if z.device.type == "cpu" and kcentre.available():
+        idx, _ = kcentre.ClusteredRows(z, seed=seed).run(n, start_index=first, min_d2=min_d2)
+        return idx
+    if z.device.type == "cpu":
+        logger.warning("numba is not importable: the greedy coreset runs the slower torch matvec loop")
+    return _matvec_loop(z, min_d2, torch.tensor(first, device=z.device), n)
 
 
 def _check_n(n: int, total: int) -> None:
@@ -124,8 +158,14 @@ def greedy_coreset_indices(
     eps: float | None = None,
     seed: int = 0,
     start_index: int = 0,
+    reference: bool = False,
 ) -> torch.Tensor:
     """Exact greedy k-centre selection (method-spec §3.2), fp32.
+
+    On the CPU the loop is the pruned compiled one of :mod:`cmdiad.memory.kcentre` (the reference
+    loop's picks from a small fraction of its distance computations); a tensor on another device,
+    or a missing numba, runs the float32 matrix-vector loop; ``reference=True`` the float64 torch
+    reference loop (slow; tests and parity checks).
 
     Args:
         x: ``(N, D)`` points.
@@ -133,8 +173,9 @@ def greedy_coreset_indices(
         projection_dim: Dimension of the random projection the search runs in; ``None`` with
             ``eps`` derives it from Johnson-Lindenstrauss; no projection when it is not < D.
         eps: Johnson-Lindenstrauss distortion used when ``projection_dim`` is None.
-        seed: Seed of the projection.
+        seed: Seed of the projection (and of the pruning clusters, which do not change the picks).
         start_index: The first selected point.
+        reference: Run the plain torch loop (tests, parity checks).
 
     Returns:
         ``(n,)`` int64 indices on ``x``'s device, in selection order, without repeats.
@@ -142,8 +183,9 @@ def greedy_coreset_indices(
     _check_n(n, x.shape[0])
     z = _projected(x, projection_dim, eps, seed)
     min_d2 = torch.full((z.shape[0],), float("inf"), device=z.device)
-    first = torch.tensor(start_index, device=z.device)
-    return _greedy_loop(z, min_d2, first, n)
+    if reference:
+        return _greedy_loop(z, min_d2, torch.tensor(start_index, device=z.device), n)
+    return _fast_loop(z, min_d2, start_index, n, seed).to(x.device)
 
 
 def approximate_greedy_coreset_indices(
@@ -180,7 +222,7 @@ def approximate_greedy_coreset_indices(
     centres = z[starts.to(z.device)]
     d2 = (sq[:, None] - 2.0 * z @ centres.T + sq[starts.to(z.device)][None, :]).clamp_min_(0.0)
     min_d2 = d2.sqrt_().mean(dim=1).square_()
-    return _greedy_loop(z, min_d2, torch.argmax(min_d2), n)
+    return _fast_loop(z, min_d2, int(torch.argmax(min_d2)), n, seed).to(x.device)
 
 
 def covering_radius(x: torch.Tensor, selected_idx: torch.Tensor) -> float:
@@ -220,6 +262,15 @@ class GreedyCoresetSampler(_Sampler):
     def select(self, x: torch.Tensor) -> torch.Tensor:
         n = coreset_size(self.ratio, x.shape[0])
         return greedy_coreset_indices(x, n, eps=self.eps, seed=self.seed)
+
+
+@SAMPLERS.register("greedy_reference")
+class GreedyReferenceCoresetSampler(_Sampler):
+    """The same picks as ``greedy`` from the plain torch loop (slow; tests and parity checks)."""
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        n = coreset_size(self.ratio, x.shape[0])
+        return greedy_coreset_indices(x, n, eps=self.eps, seed=self.seed, reference=True)
 
 
 @SAMPLERS.register("approximate_greedy")

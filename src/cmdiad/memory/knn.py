@@ -47,14 +47,26 @@ def _exact_distances(queries: torch.Tensor, bank: torch.Tensor, idx: torch.Tenso
     return torch.where(found, dist, torch.full_like(dist, float("inf")))
 
 
+def _row_norms(bank: torch.Tensor, bank_chunk: int) -> torch.Tensor:
+    """``|b|²`` (N,) float32, converted chunk by chunk (a float16 bank is never copied whole)."""
+    out = torch.empty(bank.shape[0], device=bank.device)
+    for start in range(0, bank.shape[0], bank_chunk):
+        b = bank[start : start + bank_chunk].float()
+        out[start : start + bank_chunk] = torch.einsum("nd,nd->n", b, b)
+    return out
+
+
 def _torch_topk_block(
     q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int, bank_chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared-distance top-k (smallest) of one query chunk against all bank chunks."""
+    """Squared-distance top-k (smallest) of one query chunk against all bank chunks.
+
+    The working set is one ``(chunk, bank_chunk)`` distance block plus one float32 bank chunk.
+    """
     q_sq = torch.einsum("md,md->m", q, q)[:, None]
     best_d2 = best_idx = None
     for start in range(0, bank.shape[0], bank_chunk):
-        b = bank[start : start + bank_chunk]
+        b = bank[start : start + bank_chunk].float()
         d2 = torch.addmm(bank_sq[None, start : start + bank_chunk], q, b.T, alpha=-2.0).add_(q_sq)
         kk = min(k, b.shape[0])
         d2, idx = torch.topk(d2, kk, dim=1, largest=False)
@@ -67,15 +79,13 @@ def _torch_topk_block(
 
 
 def _torch_search(
-    queries: torch.Tensor, bank: torch.Tensor, k: int, chunk_size: int, bank_chunk_size: int
+    queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int, chunk_size: int, bank_chunk_size: int
 ) -> torch.Tensor:
-    """Indices (M, k) of the k nearest bank rows, torch back-end."""
-    bank_f = bank.float()
-    bank_sq = torch.einsum("nd,nd->n", bank_f, bank_f)
+    """Indices (M, k) of the k nearest bank rows, torch back-end (``bank_sq`` from :func:`_row_norms`)."""
     out = torch.empty(queries.shape[0], k, dtype=torch.long, device=queries.device)
     for start in range(0, queries.shape[0], chunk_size):
         q = queries[start : start + chunk_size].float()
-        _, idx = _torch_topk_block(q, bank_f, bank_sq, k, bank_chunk_size)
+        _, idx = _torch_topk_block(q, bank, bank_sq, k, bank_chunk_size)
         out[start : start + chunk_size] = idx
     return out
 
@@ -118,8 +128,10 @@ class KnnIndex:
         self.bank = bank
         self.backend, self.kind = backend, index
         self.chunk_size, self.bank_chunk_size = chunk_size, bank_chunk_size
-        self._faiss = None
-        if backend == "faiss":
+        self._faiss = self._bank_sq = None
+        if backend == "torch":
+            self._bank_sq = _row_norms(bank, bank_chunk_size)
+        else:
             self._faiss = _build_faiss(bank, index, nlist=nlist, nprobe=nprobe, m=m, seed=seed)
 
     def __len__(self) -> int:
@@ -139,7 +151,8 @@ class KnnIndex:
         """
         _check_inputs(queries, self.bank, k)
         if self._faiss is None:
-            idx = _torch_search(queries, self.bank, k, self.chunk_size, self.bank_chunk_size)
+            idx = _torch_search(queries.to(self.bank.device), self.bank, self._bank_sq, k, self.chunk_size,
+                                self.bank_chunk_size)
         else:
             idx = self._faiss_search(queries, k)
         idx = idx.to(self.bank.device)
@@ -166,18 +179,21 @@ def _default_m(dim: int) -> int:
     return next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0 and m <= max(1, dim // 4))
 
 
-def _training_rows(data: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    if data.shape[0] <= limit:
-        return data
-    keep = np.sort(np.random.default_rng(seed).choice(data.shape[0], limit, replace=False))
-    return np.ascontiguousarray(data[keep])
+def _as_numpy(rows: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(rows.detach().float().cpu().numpy())
+
+
+def _training_rows(bank: torch.Tensor, limit: int, seed: int) -> np.ndarray:
+    if bank.shape[0] <= limit:
+        return _as_numpy(bank)
+    keep = np.sort(np.random.default_rng(seed).choice(bank.shape[0], limit, replace=False))
+    return _as_numpy(bank[torch.from_numpy(keep).to(bank.device)])
 
 
 def _build_faiss(bank: torch.Tensor, kind: str, *, nlist: int | None, nprobe: int, m: int | None, seed: int):
-    """A trained, filled FAISS index over ``bank`` (N, D)."""
+    """A trained, filled FAISS index over ``bank`` (N, D), filled chunk by chunk (no full float32 copy)."""
     faiss = _import_faiss()
-    data = np.ascontiguousarray(bank.detach().float().cpu().numpy())
-    n, dim = data.shape
+    n, dim = bank.shape
     if kind == "flat":
         index = faiss.IndexFlatL2(dim)
     else:
@@ -191,9 +207,10 @@ def _build_faiss(bank: torch.Tensor, kind: str, *, nlist: int | None, nprobe: in
             index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits)
             index.pq.cp.seed = seed
         index.cp.seed = seed
-        index.train(_training_rows(data, 64 * nlist, seed))
+        index.train(_training_rows(bank, 64 * nlist, seed))
         index.nprobe = min(nprobe, nlist)
-    index.add(data)
+    for start in range(0, n, BANK_CHUNK_SIZE):
+        index.add(_as_numpy(bank[start : start + BANK_CHUNK_SIZE]))
     return index
 
 

@@ -11,7 +11,8 @@ import torch
 
 from cmdiad.config import CoresetConfig, MemoryConfig
 from cmdiad.errors import ModelFileError
-from cmdiad.memory.bank import MemoryBank, reweighted_image_score
+from cmdiad.memory import bank as bank_module
+from cmdiad.memory.bank import MemoryBank, _RowBlocks, reweighted_image_score
 from cmdiad.types import PatchFeatures
 
 
@@ -168,3 +169,16 @@ def test_misuse_raises() -> None:
     bank.add(_features())
     with pytest.raises(ValueError, match="channels"):
         bank.add(_features(c=7))
+
+
+def test_row_blocks_concatenate_across_block_boundaries(monkeypatch) -> None:
+    monkeypatch.setattr(bank_module, "BLOCK_BYTES", 4 * 5 * 4)  # 4 rows of 5 float32 per block
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, 5, generator=gen) for n in (3, 0, 7, 1, 4)]
+    blocks = _RowBlocks()
+    for p in parts:
+        blocks.append(p)
+    assert len(blocks.blocks) == 4 and blocks.dim == 5
+    out = blocks.concat()
+    assert torch.equal(out, torch.cat(parts))
+    assert blocks.blocks == [] and blocks.num_rows == 0

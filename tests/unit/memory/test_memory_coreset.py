@@ -45,7 +45,7 @@ def test_random_projection_is_seeded_and_shaped() -> None:
     assert not torch.equal(a, random_projection(x, 16, seed=4))
 
 
-@pytest.mark.parametrize("name", ["greedy", "approximate_greedy", "random", "identity"])
+@pytest.mark.parametrize("name", ["greedy", "greedy_reference", "approximate_greedy", "random", "identity"])
 def test_sampler_subset_size_determinism(name: str) -> None:
     x = _points()
     ratio = 1.0 if name == "identity" else 0.13

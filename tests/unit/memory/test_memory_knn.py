@@ -69,3 +69,13 @@ def test_index_is_reusable_and_validates() -> None:
         index.search(q[:, :5], 1)
     with pytest.raises(ValueError, match="faiss"):
         KnnIndex(bank, index="ivf")
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_half_precision_bank_is_searched_like_its_float32_copy(backend: str) -> None:
+    q, bank = _data()
+    half = bank.half()
+    d_half, i_half = KnnIndex(half, backend=backend, bank_chunk_size=97).search(q, 2)
+    d_full, i_full = KnnIndex(half.float(), backend=backend).search(q, 2)
+    assert torch.equal(i_half, i_full)
+    assert torch.allclose(d_half, d_full)

@@ -1,0 +1,118 @@
+"""Pruned greedy k-centre: the same picks as the torch reference loop, exact covering radii."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from cmdiad.memory import kcentre
+from cmdiad.memory.coreset import (
+    SAMPLERS,
+    _greedy_loop,
+    approximate_greedy_coreset_indices,
+    greedy_coreset_indices,
+)
+
+pytestmark = pytest.mark.skipif(not kcentre.available(), reason="numba is not importable")
+
+
+def _points(n: int, d: int, seed: int, duplicates: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(8, d, generator=gen) * 4.0
+    x = centres[torch.randint(8, (n,), generator=gen)] + torch.randn(n, d, generator=gen)
+    if duplicates:
+        src = torch.randperm(n, generator=gen)[:duplicates]
+        dst = torch.randperm(n, generator=gen)[:duplicates]
+        x[dst] = x[src]
+    return x
+
+
+def _brute_radius(x: torch.Tensor, picks: torch.Tensor) -> float:
+    return float(torch.cdist(x.double(), x[picks].double()).min(dim=1).values.max())
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "k", "duplicates", "seed"),
+    [(40, 2, 40, 0, 0), (300, 5, 30, 0, 1), (1000, 16, 150, 100, 2), (2500, 32, 250, 400, 3), (600, 3, 600, 200, 4)],
+)
+def test_pruned_picks_equal_reference_picks(n: int, d: int, k: int, duplicates: int, seed: int) -> None:
+    x = _points(n, d, seed, duplicates)
+    fast = greedy_coreset_indices(x, k, seed=seed)
+    ref = greedy_coreset_indices(x, k, seed=seed, reference=True)
+    assert torch.equal(fast, ref)
+    assert len(set(fast.tolist())) == k
+
+
+@pytest.mark.parametrize("num_clusters", [1, 7, 64, 500])
+def test_picks_do_not_depend_on_the_clustering(num_clusters: int) -> None:
+    x = _points(500, 6, seed=5, duplicates=50)
+    ref = greedy_coreset_indices(x, 80, reference=True, start_index=17)
+    for seed in (0, 1):
+        idx, _ = kcentre.ClusteredRows(x, num_clusters=num_clusters, seed=seed).run(80, start_index=17)
+        assert torch.equal(idx, ref)
+
+
+def test_radii_are_the_covering_radii_and_never_increase() -> None:
+    x = _points(400, 4, seed=6)
+    idx, radius = kcentre.ClusteredRows(x, num_clusters=20).run(60)
+    assert all(b <= a for a, b in zip(radius.tolist(), radius.tolist()[1:], strict=False))
+    for i in (0, 9, 59):
+        assert radius[i].item() == pytest.approx(_brute_radius(x, idx[: i + 1]), rel=1e-5)
+
+
+def test_forced_picks_give_their_covering_radius() -> None:
+    x = _points(400, 4, seed=7)
+    picks = torch.randperm(400, generator=torch.Generator().manual_seed(0))[:40]
+    idx, radius = kcentre.ClusteredRows(x, num_clusters=30).run(40, forced=picks)
+    assert torch.equal(idx, picks)
+    assert radius[-1].item() == pytest.approx(_brute_radius(x, picks), rel=1e-5)
+    _, greedy_radius = kcentre.ClusteredRows(x, num_clusters=30).run(40)
+    assert greedy_radius[-1] < radius[-1]  # greedy k-centre covers better than random picks
+
+
+def test_all_rows_picked_gives_radius_zero() -> None:
+    x = _points(50, 3, seed=8, duplicates=10)
+    idx, radius = kcentre.ClusteredRows(x, num_clusters=5).run(50)
+    assert sorted(idx.tolist()) == list(range(50))
+    assert radius[-1].item() == 0.0
+
+
+def test_initial_min_distances_match_the_reference_loop() -> None:
+    x = _points(800, 8, seed=9)
+    init = torch.rand(800, generator=torch.Generator().manual_seed(1)) * 50.0
+    first = int(torch.argmax(init))
+    ref = _greedy_loop(x, init.clone(), torch.tensor(first), 90)
+    idx, _ = kcentre.ClusteredRows(x, num_clusters=40).run(90, start_index=first, min_d2=init)
+    assert torch.equal(idx, ref)
+
+
+def test_projected_sampler_matches_reference_sampler() -> None:
+    x = _points(1200, 96, seed=10, duplicates=30)
+    fast = SAMPLERS.get("greedy")(0.05, seed=3, eps=0.9).select(x)
+    ref = SAMPLERS.get("greedy_reference")(0.05, seed=3, eps=0.9).select(x)
+    assert torch.equal(fast, ref)
+    assert torch.equal(fast, SAMPLERS.get("greedy")(0.05, seed=3, eps=0.9).select(x))  # deterministic
+
+
+def test_without_numba_falls_back_to_the_matvec_loop(monkeypatch, caplog) -> None:
+    x = _points(300, 5, seed=11)
+    fast = greedy_coreset_indices(x, 30)
+    approx = approximate_greedy_coreset_indices(x, 30, projection_dim=None)
+    monkeypatch.setattr(kcentre, "numba", None)
+    with caplog.at_level(logging.WARNING, logger="cmdiad.memory.coreset"):
+        assert torch.equal(greedy_coreset_indices(x, 30), fast)
+        assert torch.equal(approximate_greedy_coreset_indices(x, 30, projection_dim=None), approx)
+    assert "numba" in caplog.text
+    with pytest.raises(RuntimeError, match="numba"):
+        kcentre.ClusteredRows(x)
+
+
+def test_run_rejects_bad_sizes() -> None:
+    rows = kcentre.ClusteredRows(_points(30, 3, seed=12), num_clusters=3)
+    for n in (0, 31):
+        with pytest.raises(ValueError, match="cannot select"):
+            rows.run(n)
+    with pytest.raises(ValueError, match="forced"):
+        rows.run(5, forced=torch.arange(4))
