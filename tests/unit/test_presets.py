@@ -32,6 +32,7 @@ def test_paper_distillers_follow_the_reference(paper: ExperimentConfig) -> None:
     assert d.architecture == "reference"  # reference F2F/F2I/I2F, so released checkpoints load
     assert d.grid == "finer"  # RGB 28x28 repeated to 56x56; hallucinated banks 56x56
     assert d.val_fraction == 0.0  # trains on every training sample
+    assert d.pooled  # one distiller per design and direction over every category
     assert (d.epochs, d.batch_size, d.warmup_epochs, d.seed) == (100, 32, 10, 3407)
     assert d.lr == 5e-4 and (d.i2f_lr_main_xyz, d.i2f_lr_main_rgb) == (3e-4, 2e-4)
     assert d.warmup_from_zero and not d.masked_loss and d.loss_sum_over_positions

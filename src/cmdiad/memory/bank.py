@@ -131,10 +131,19 @@ class MemoryBank:
         return self._parts.dim
 
     def add(self, pf: PatchFeatures) -> None:
-        """Append the valid patches of a batch ((B, C, h, w) features) as (n, C) rows."""
+        """Append the valid patches of a batch ((B, C, h, w) features) as (n, C) rows.
+
+        With ``keep_invalid_patches`` (reference parity) every patch is added, invalid ones as
+        zero vectors, as the reference's banks hold them; scoring still gives invalid patches 0.
+        """
         if self.bank is not None:
             raise RuntimeError("the bank is finalized; create a new MemoryBank to add patches")
-        rows = pf.features.permute(0, 2, 3, 1)[pf.valid].detach().float().to(self.device)
+        feats = pf.features.permute(0, 2, 3, 1)
+        if self.config.keep_invalid_patches:
+            rows = (feats * pf.valid.unsqueeze(-1)).reshape(-1, feats.shape[-1])
+        else:
+            rows = feats[pf.valid]
+        rows = rows.detach().float().to(self.device)
         if self.dim is not None and rows.shape[1] != self.dim:
             raise ValueError(f"patch features have {rows.shape[1]} channels, the bank has {self.dim}")
         self._parts.append(rows)  # copied into a block: the batch's features are not kept alive

@@ -213,8 +213,12 @@ class Detector:
         return fidelity(predicted, self.encoder.features(paired, s.target))
 
     def _standardization(self, train, feats) -> dict[str, tuple[float, float]]:
-        """Per-bank constants (empty dict) or M3DM's mixed ones: xyz-bank mean, rgb-bank std."""
-        if self.config.memory.standardize != "m3dm":
+        """Per-bank constants (empty dict) or M3DM's mixed ones: xyz-bank mean, rgb-bank std.
+
+        As in the reference, the mixed constants serve the methods with two streams (dual and
+        MTFI); a single-bank method standardises its bank with the bank's own mean and std.
+        """
+        if self.config.memory.standardize != "m3dm" or len(self.streams) < 2:
             return {}
         real = dict(feats)
         paired = paired_subset(train, self.config.data.paired_fraction, self.config.seed)

@@ -34,7 +34,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "keep_invalid_patches": True},
             # The reference fits the pixel OCSVM on every training pixel (no subsampling).
             "fusion": {"kind": "ocsvm", "fit_on": "train", "max_pixel_rows": 10**12},
-            "distill": {"architecture": "reference", "grid": "finer", "val_fraction": 0.0,
+            # One distiller per design and direction, trained on every category's training samples.
+            "distill": {"architecture": "reference", "grid": "finer", "val_fraction": 0.0, "pooled": True,
                         "epochs": 100, "batch_size": 32, "lr": 5e-4, "warmup_epochs": 10,
                         "warmup_from_zero": True, "masked_loss": False, "loss_sum_over_positions": True,
                         "i2f_lr_main_xyz": 3e-4, "i2f_lr_main_rgb": 2e-4,

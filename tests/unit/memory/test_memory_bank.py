@@ -38,6 +38,18 @@ def test_only_valid_patches_are_collected() -> None:
     assert (dist > 1e-4).all()
 
 
+def test_keep_invalid_patches_banks_them_as_zero_vectors_and_still_scores_them_zero() -> None:
+    pf = _features()
+    bank = _bank(keep_invalid_patches=True)
+    bank.add(pf)
+    bank.finalize(0.0, 1.0)  # no standardisation: the zero rows stay zero
+    assert bank.bank.shape == (pf.valid.numel(), 12)  # every patch, as the reference's banks
+    zero_rows = int((bank.bank.abs().sum(dim=1) == 0).sum())
+    assert zero_rows == int((~pf.valid).sum())
+    _, patch = bank.score(pf)
+    assert float(patch[~pf.valid].abs().max()) == 0.0
+
+
 def test_training_samples_score_zero_against_full_bank() -> None:
     pf = _features()
     bank = _bank()
