@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from cmdiad.errors import DatasetError
+from cmdiad.metrics.reference import mean_over_categories
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +93,10 @@ def _finite(value: Any) -> float | None:
 
 
 def _rounded_mean(values: Sequence[float | None], digits: int) -> float | None:
-    """Mean of the rounded values; None when any value is missing (a partial mean misleads)."""
+    """Mean of the rounded values, rounded (the reference tables' way); None when any value is missing."""
     if not values or any(v is None for v in values):
-        return None
-    return round(sum(round(v, digits) for v in values) / len(values), digits)
+        return None  # a partial mean misleads
+    return mean_over_categories(values, digits)
 
 
 def metric_table(
