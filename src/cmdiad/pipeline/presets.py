@@ -14,9 +14,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "rgb": {"name": "efficientnet_lite0"},
             "xyz": {"name": "fpfh", "patch_stride": 8},
             "memory": {"coreset": {"ratio": 0.1}},
-            # Normalised sum calibrated on held-out good samples: the OCSVM weights each stream
-            # roughly by its typical score, so a noisy hallucinated stream dominates (docs/method.md).
-            "fusion": {"kind": "sum", "fit_on": "validation"},
+            # Each stream calibrated on held-out good samples, the most surprised stream decides: a
+            # stream that sees nothing of a defect cannot dilute one that sees it (docs/method.md).
+            "fusion": {"kind": "calibrated_max", "fit_on": "validation"},
             "distill": {"epochs": 20, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 2, "width": 8,
                         "trunk_width": 16, "trunk_blocks": 3},
         }
