@@ -37,6 +37,36 @@ within a stage, and the last call of a stage has ``done == total``. A stage rest
 """
 
 
+def staged(progress: Progress | None, stage: str) -> Progress | None:
+    """``progress`` reporting under ``stage`` whatever name the caller gives (``None`` stays ``None``).
+
+    For library code that reports a generic stage (e.g. ``coreset``) which the caller wants to
+    name (``coreset xyz``).
+    """
+    if progress is None:
+        return None
+    return lambda _stage, done, total: progress(stage, done, total)
+
+
+def throttled(progress: Progress | None, min_interval: float = 0.2) -> Progress | None:
+    """``progress`` passing at most one call per ``min_interval`` s per stage, plus every final call.
+
+    For tight loops (a greedy coreset picks thousands of rows): a stage's first call and its
+    ``done == total`` call always pass, so bars open at once and always close.
+    """
+    if progress is None:
+        return None
+    last: dict[str, float] = {}
+
+    def call(stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done >= total or stage not in last or now - last[stage] >= min_interval:
+            last[stage] = now
+            progress(stage, done, total)
+
+    return call
+
+
 def default_read_workers() -> int:
     """Threads that read and preprocess files: PIL decoding and resizing release the GIL."""
     return max(1, min(4, os.cpu_count() or 1))

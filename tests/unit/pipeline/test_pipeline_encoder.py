@@ -109,3 +109,27 @@ def test_read_workers_do_not_change_inputs(dataset: Path, workers: int) -> None:
     ref = _encoder(FeatureCache(None), read_workers=1).inputs(records, "xyz")
     got = _encoder(FeatureCache(None), read_workers=workers).inputs(records, "xyz")
     assert torch.equal(ref, got)
+
+
+def test_staged_and_throttled_progress() -> None:
+    from cmdiad.pipeline.encoder import staged, throttled
+
+    calls: list[tuple[str, int, int]] = []
+    named = staged(lambda *a: calls.append(a), "coreset xyz")
+    named("coreset", 1, 3)
+    assert calls == [("coreset xyz", 1, 3)]
+    assert staged(None, "x") is None and throttled(None) is None
+    calls.clear()
+    fast = throttled(lambda *a: calls.append(a), min_interval=60.0)
+    for i in range(1, 1001):
+        fast("coreset", i, 1000)
+    assert calls == [("coreset", 1, 1000), ("coreset", 1000, 1000)]  # first and last of the stage pass
+
+
+def test_float16_cache_gives_the_same_features_on_both_runs(dataset: Path, tmp_path: Path) -> None:
+    records = _records(dataset)[:3]
+    first = _encoder(FeatureCache(tmp_path / "c16", dtype=torch.float16)).features(records, "xyz")
+    second = _encoder(FeatureCache(tmp_path / "c16", dtype=torch.float16)).features(records, "xyz")
+    assert first.features.dtype == torch.float32 and torch.equal(first.features, second.features)
+    exact = _encoder(FeatureCache(None)).features(records, "xyz")
+    torch.testing.assert_close(first.features, exact.features, rtol=1e-3, atol=1e-3)
