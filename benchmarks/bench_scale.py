@@ -28,7 +28,6 @@ Writes the section "## Real-dataset scale (800x800)" of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import sys
 import tempfile
@@ -58,8 +57,8 @@ from cmdiad.synthetic.generator import SynthConfig, generate_dataset  # noqa: E4
 SECTION = "## Real-dataset scale (800x800)"
 COMPARED_ROWS = ("rgb", "xyz", "dual", "f2f_rgb", "f2f_xyz")
 FULL = {"train": 200, "validation": 20, "test": 60}
-QUICK = {"train": 16, "validation": 4, "test": 9}
-PAPER_QUICK = {"train": 4, "validation": 2, "test": 6}
+QUICK = {"train": 16, "validation": 4, "test": 10}
+PAPER_QUICK = {"train": 4, "validation": 2, "test": 7}
 PAPER_ROWS_QUICK = ("rgb", "xyz", "dual", "f2f_xyz")
 PAPER_SETS = {"detector.rgb.pretrained": False, "detector.xyz.pretrained": False}
 
@@ -173,7 +172,7 @@ class ReadCounter:
 
 def make_data(root: Path, size: int, counts: dict[str, int]) -> Path:
     """One category ``ring`` at ``size`` x ``size`` with the requested split sizes (generated once)."""
-    per_defect = max(1, math.ceil(counts["test"] / (len(DEFECT_TYPES) + 1)))
+    per_defect = max(1, round(2 * counts["test"] / 3 / len(DEFECT_TYPES)))  # 60 -> 20 good + 8 per defect type
     good = max(1, counts["test"] - per_defect * len(DEFECT_TYPES))
     tag = f"s{size}-t{counts['train']}-v{counts['validation']}-g{good}-d{per_defect}"
     path = root / tag
