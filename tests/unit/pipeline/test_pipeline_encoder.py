@@ -81,6 +81,10 @@ def test_first_run_reads_each_file_once(dataset: Path, monkeypatch) -> None:
     enc.features(records, "xyz")
     assert counter.calls["read_xyz"] == len(records)
     assert counter.calls["patch_features"] == -(-len(records) // 2)  # one call per batch of 2
+    lean = _encoder(FeatureCache(None), keep_inputs=False)
+    assert torch.equal(lean.inputs(records, "xyz"), enc.inputs(records, "xyz"))
+    lean.inputs(records, "xyz")
+    assert counter.calls["read_xyz"] == 3 * len(records)  # nothing kept: read on every call
 
 
 def test_masks_decode_only_mask_files_and_match_load_sample(dataset: Path, monkeypatch) -> None:
