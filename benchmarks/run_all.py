@@ -3,7 +3,8 @@
 Each script writes its own ``## Section`` of the report (``_common.write_section``); this runner
 calls them one after another in fresh processes (so one's memory does not weigh on the next),
 then puts the sections in a fixed order under a short header. Quick sizes by default (about
-20-30 minutes on 2 cores), ``--full`` for the large ones (hours: the 300k-row coreset, the demo's
+30-45 minutes on 2 cores, bench_scale's quick 800x800 run included), ``--full`` for the large ones
+(hours: the 300k-row coreset, the 200-scan 800x800 category, the demo's
 full splits on three categories).
 
     python benchmarks/run_all.py                       # quick sizes, all scripts
@@ -33,10 +34,11 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
     "pipeline": ("bench_pipeline.py", [], ["--full"]),
     "peer": ("bench_peer.py", [], ["--full"]),
     "ann": ("bench_ann.py", [], ["--categories", "ring,tile,dome"]),
+    "scale": ("bench_scale.py", ["--quick"], []),
 }
 ORDER = ("## Pipeline stages and few-modal speed-up", "## Peer comparison: anomalib PatchCore (RGB)",
          "## Feature extractors", "## Point-cloud grouping", "## Memory bank scaling",
-         "## Approximate nearest-neighbour search: accuracy cost")
+         "## Approximate nearest-neighbour search: accuracy cost", "## Real-dataset scale (800x800)")
 """Section order in the report; sections not listed follow in their current order."""
 HEADER = """# Benchmarks
 

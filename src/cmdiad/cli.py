@@ -27,10 +27,18 @@ DEFAULT_RUN = Path("runs/demo")
 
 
 class Bars:
-    """tqdm progress bars keyed by stage name, fed by library ``progress(stage, done, total)``."""
+    """tqdm progress bars keyed by stage name, fed by library ``progress(stage, done, total)``.
 
-    def __init__(self, enabled: bool = True) -> None:
+    Each bar shows the stage name, done/total, the elapsed time and an ETA; a stage whose
+    ``done`` goes back (a new row running the same stage) starts a new bar. ``" loss "`` in a
+    stage name moves the text after it to the bar's postfix (the distiller's running loss).
+    """
+
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}, ETA {remaining}{postfix}]"
+
+    def __init__(self, enabled: bool = True, file: Any = None) -> None:
         self.enabled = enabled
+        self.file = file
         self.bars: dict[str, Any] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
@@ -43,7 +51,8 @@ class Bars:
         if bar is None or bar.total != total or done < bar.n:
             if bar is not None:
                 bar.close()
-            bar = self.bars[key] = tqdm(total=total, desc=key, leave=False, file=sys.stderr, dynamic_ncols=True)
+            bar = self.bars[key] = tqdm(total=total, desc=key, leave=False, file=self.file or sys.stderr,
+                                        dynamic_ncols=True, bar_format=self.FORMAT, mininterval=0.5)
         if " loss " in stage:
             bar.set_postfix_str("loss " + stage.split(" loss ")[1])
         bar.update(done - bar.n)

@@ -97,6 +97,7 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
         self._memory: dict[tuple[str, str], PatchFeatures] = {}
+        self._timings: dict[str, float] = {}
 
     def path_of(self, extractor_key: str, sample_key: str) -> Path:
         """The file of an entry (whether or not it exists); requires a ``root``."""
@@ -140,6 +141,35 @@ class FeatureCache:
         else:
             self._write(self.path_of(extractor_key, sample_key), sample_key, stored)
         return PatchFeatures(stored.features.float(), stored.valid)
+
+    def put_timing(self, extractor_key: str, ms_per_sample: float) -> None:
+        """Remember how long one sample took to read and encode with this extractor.
+
+        A later run whose features all come from the cache reports this figure instead of
+        re-reading files just to time them.
+        """
+        self._timings[extractor_key] = float(ms_per_sample)
+        if self.root is None:
+            return
+        path = self.root / extractor_key / "timing.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"format": CACHE_FORMAT, "ms_per_sample": float(ms_per_sample)}) + "\n")
+        os.replace(tmp, path)
+
+    def get_timing(self, extractor_key: str) -> float | None:
+        """The stored milliseconds per sample of an extractor, or ``None`` when never measured."""
+        if extractor_key in self._timings or self.root is None:
+            return self._timings.get(extractor_key)
+        path = self.root / extractor_key / "timing.json"
+        try:
+            raw = json.loads(path.read_text())
+            value = float(raw["ms_per_sample"]) if raw.get("format") == CACHE_FORMAT else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if value is not None:
+            self._timings[extractor_key] = value
+        return value
 
     def _load(self, extractor_key: str, sample_key: str) -> PatchFeatures | None:
         if self.root is None:

@@ -25,8 +25,8 @@ def _open(path: Path) -> Image.Image:
         raise DatasetError(path, "file not found")
     try:
         with Image.open(path) as img:
-            img.load()
-            return img.copy()
+            img.load()  # decoded pixels stay valid after the file is closed: no copy needed
+            return img
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(path, f"unreadable or truncated image ({err})") from err
 
@@ -52,7 +52,7 @@ def read_rgb(path: Path | str) -> np.ndarray:
         raise DatasetError(path, f"expected 3 channels, got {bands} (mode {img.mode})")
     if img.mode != "RGB":
         raise DatasetError(path, f"expected an 8-bit RGB image, got mode {img.mode}")
-    return np.asarray(img, dtype=np.uint8).copy()
+    return np.array(img, dtype=np.uint8)  # one writable copy
 
 
 def rgb_file_size(path: Path | str, *, verify: bool = False) -> tuple[int, int]:

@@ -150,3 +150,15 @@ def test_key_of_shipped_weights_follows_the_installed_file(monkeypatch, tmp_path
     assert extractor_key(cfg, (32, 32)) != before
     assert extractor_key(RGBFeatureConfig(name="efficientnet_lite0", pretrained=False), (32, 32)) == extractor_key(
         RGBFeatureConfig(name="efficientnet_lite0", pretrained=False), (32, 32))
+
+
+def test_timing_is_kept_on_disk_and_a_corrupt_file_is_ignored(tmp_path: Path) -> None:
+    FeatureCache(tmp_path).put_timing("fpfh-abc", 12.5)
+    assert FeatureCache(tmp_path).get_timing("fpfh-abc") == 12.5
+    assert FeatureCache(tmp_path).get_timing("other") is None
+    (tmp_path / "fpfh-abc" / "timing.json").write_text("{not json")
+    assert FeatureCache(tmp_path).get_timing("fpfh-abc") is None
+    memory = FeatureCache(None)
+    assert memory.get_timing("k") is None
+    memory.put_timing("k", 3.0)
+    assert memory.get_timing("k") == 3.0

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from cmdiad.scoring.patch import anomaly_map, gaussian_blur, gaussian_kernel1d
+from cmdiad.scoring.patch import anomaly_map, gaussian_blur, gaussian_blur_conv, gaussian_kernel1d
 
 
 def test_output_size_and_bilinear_upsample() -> None:
@@ -57,3 +57,15 @@ def test_pil8bit_zero_map_and_bad_mode() -> None:
 def test_small_maps_use_replicate_padding() -> None:
     out = anomaly_map(torch.rand(1, 2, 2), (6, 6), sigma=4.0)
     assert out.shape == (1, 6, 6) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("grid", "size", "sigma"), [((28, 28), (224, 224), 4.0), ((7, 5), (20, 30), 4.0),
+                                                     ((6, 6), (9, 13), 2.5), ((5, 4), (40, 32), 0.0)])
+def test_matrix_form_equals_upsample_then_convolve(grid, size, sigma) -> None:
+    import torch.nn.functional as F
+
+    scores = torch.rand(3, *grid, generator=torch.Generator().manual_seed(1)) * 10
+    up = F.interpolate(scores[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    want = gaussian_blur_conv(up, sigma)
+    torch.testing.assert_close(anomaly_map(scores, size, sigma=sigma), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gaussian_blur(up, sigma), want, rtol=1e-6, atol=1e-6)
