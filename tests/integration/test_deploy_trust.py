@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import stat
 from pathlib import Path
@@ -102,7 +103,8 @@ def test_model_files_get_umask_permissions(models) -> None:
 def test_heatmap_colours_do_not_depend_on_the_batch(tiny_dataset: Path, models, tmp_path: Path) -> None:
     meta = json.loads((models["xyz"] / "detector.json").read_text())
     cal = meta["map_calibration"]
-    assert 0 < cal["good_p50"] < cal["good_p999"]
+    # calibrated fusion centres each stream on good samples, so the median good pixel is near 0
+    assert math.isfinite(cal["good_p50"]) and cal["good_p50"] < cal["good_p999"]
     test = tiny_dataset / "ring" / "test"
     one = test / "good" / "xyz" / "000.tiff"
     alone = _predict(models["xyz"], tmp_path / "alone", one)
