@@ -14,7 +14,7 @@ from cmdiad.pipeline.persist import build_encoder, load_detector, save_detector
 
 
 @pytest.mark.parametrize(("method", "main"), [("f2f", "rgb"), ("f2f", "xyz"), ("i2f", "xyz")])
-def test_finer_grid_hallucinated_bank_and_round_trip(tiny_dataset: Path, tmp_path: Path, method: str, main: str) -> None:
+def test_finer_grid_hallucinated_bank_and_round_trip(tiny_dataset: Path, tmp_path: Path, method, main) -> None:
     # xyz patches of 4 px (16x16 grid) against the RGB extractor's 8 px (8x8 grid)
     cfg = DetectorConfig(method=method, main=main, data=DataConfig(image_size=(64, 64)),
                          xyz=PointFeatureConfig(patch_stride=4), memory=MemoryConfig(coreset=CoresetConfig(ratio=1.0)),
