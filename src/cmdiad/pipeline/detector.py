@@ -19,7 +19,7 @@ from cmdiad.config import DetectorConfig
 from cmdiad.distill.train import TrainReport
 from cmdiad.errors import DatasetError
 from cmdiad.memory.bank import MemoryBank
-from cmdiad.pipeline.encoder import Encoder, Progress
+from cmdiad.pipeline.encoder import Encoder, Progress, staged
 from cmdiad.pipeline.mtfi import DESIGNS, Design, Hallucinator, PairedData, design, fidelity, train_hallucinator
 from cmdiad.pipeline.streams import Stream, needed_modalities, streams_for
 from cmdiad.scoring.fusion import build_fuser
@@ -126,13 +126,13 @@ class Detector:
         train_scores = {}
         for s in self.streams:
             self.banks[s.name], train_scores[s.name] = self._build_bank(
-                s, stream_feats[s.name], mean_std.get(s.target, (None, None)), usable
+                s, stream_feats[s.name], mean_std.get(s.target, (None, None)), usable, progress
             )
             report.bank_sizes[s.name] = int(self.banks[s.name].bank.shape[0])
         held_out = [r for r in validation if set(self.modalities) <= r.modalities]
         report.fidelity = self._fidelity(validation)
         if self.config.fusion.fit_on == "validation" and held_out:
-            self._fit_fusion(self.stream_scores(held_out))
+            self._fit_fusion(self.stream_scores(held_out, staged(progress, "validation scores")))
         else:
             if self.config.fusion.fit_on == "validation":
                 log.warning("no validation samples: fusion fitted on training samples (their own banks)")
@@ -251,7 +251,7 @@ class Detector:
         amap = anomaly_map(patch, self.encoder.image_size, sigma=mem.blur_sigma, mode=mem.blur_mode)
         return s.weight * image.cpu(), s.weight * amap.cpu()
 
-    def _build_bank(self, s: Stream, feats: PatchFeatures, mean_std, usable) -> tuple[MemoryBank, tuple]:
+    def _build_bank(self, s: Stream, feats: PatchFeatures, mean_std, usable, progress=None) -> tuple[MemoryBank, tuple]:
         """The stream's bank and its training samples' (image, map) scores, reused when shared.
 
         A reused bank adds the seconds it took to build to ``self._reused_seconds`` so that
@@ -268,19 +268,27 @@ class Detector:
         t0 = time.perf_counter()
         bank = MemoryBank(self.config.memory, device=self.device)
         bank.add(feats)
+        if progress is not None:  # the compiled coreset loop reports nothing itself: a bar that shows the wait
+            progress(f"coreset {s.name}", 0, 1)
         bank.finalize(*mean_std)
+        if progress is not None:
+            progress(f"coreset {s.name}", 1, 1)
         self.banks[s.name] = bank
-        scores = self._score_bank_only(s, feats)
+        scores = self._score_bank_only(s, feats, staged(progress, f"bank search {s.name}"))
         if key is not None:
             self._shared[key] = (bank, scores, time.perf_counter() - t0)
         return bank, scores
 
-    def stream_scores(self, records: Sequence[SampleRecord]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def stream_scores(
+        self, records: Sequence[SampleRecord], progress: Progress | None = None
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Weighted per-stream image scores ``(N,)`` and maps ``(N, H, W)`` of ``records``, before fusion."""
         parts = []
         for i in range(0, len(records), self.encoder.batch_size):
             chunk = records[i : i + self.encoder.batch_size]
             parts.append(self._stream_scores(*self._encode(chunk)))
+            if progress is not None:
+                progress("stream scores", min(i + len(chunk), len(records)), len(records))
         return {k: (torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts])) for k in parts[0]}
 
     def _fit_fusion(self, per: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -295,11 +303,16 @@ class Detector:
         self.fuser.fit(image_rows, pixel_rows)
         log.info("fusion fitted on %d samples, %d pixel rows", n, pixel_rows.shape[0])
 
-    def _score_bank_only(self, s: Stream, pf: PatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score_bank_only(
+        self, s: Stream, pf: PatchFeatures, progress: Progress | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted scores of already-computed features of many samples, batch by batch."""
-        step = self.encoder.batch_size
-        parts = [self._weighted_scores(s, PatchFeatures(pf.features[i : i + step], pf.valid[i : i + step]))
-                 for i in range(0, pf.features.shape[0], step)]
+        step, n = self.encoder.batch_size, pf.features.shape[0]
+        parts = []
+        for i in range(0, n, step):
+            parts.append(self._weighted_scores(s, PatchFeatures(pf.features[i : i + step], pf.valid[i : i + step])))
+            if progress is not None:
+                progress("bank search", min(i + step, n), n)
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def score_features(self, feats: dict[str, PatchFeatures], inputs: torch.Tensor | None = None) -> Scores:
@@ -352,7 +365,7 @@ class Detector:
         With fewer than ``1 / frr`` samples the threshold is simply their largest score;
         ``cmdiad fit`` warns about it.
         """
-        scored = self.score(list(records))
+        scored = self.score(list(records), staged(progress, "calibrate"))
         scores = scored.image_score.numpy()
         pixels = scored.anomaly_map.numpy().ravel()
         self.threshold = float(np.quantile(scores, 1.0 - frr, method="higher"))

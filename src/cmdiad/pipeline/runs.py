@@ -270,8 +270,12 @@ def run_experiment(
                               progress=progress, on_record=on_record)
     info["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
+    if progress is not None:
+        progress("report.html", 0, 1)
     write_html_report(out, load_records(out), out / "raw", title=f"cmdiad experiment on {root}",
                       command=command, run_info=info)
+    if progress is not None:
+        progress("report.html", 1, 1)
     return records
 
 
@@ -298,7 +302,9 @@ def _run_categories(
         if pooled is None:
             pooled = _pooled(root, cfg, encoder, categories, rows, out, progress)
         shared: dict = {}  # real-modality banks, built once per category
-        for row in rows:
+        for k, row in enumerate(rows):
+            if progress is not None:
+                progress(f"rows of {category}", k, len(rows))
             if (row, category) in done:
                 records.append(done[(row, category)])
                 continue
@@ -309,4 +315,6 @@ def _run_categories(
             write_results(out, [rec], config=resolved)
             if on_record is not None:
                 on_record(rec)
+        if progress is not None:
+            progress(f"rows of {category}", len(rows), len(rows))
     return records
