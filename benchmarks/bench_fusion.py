@@ -143,6 +143,23 @@ def summary(table: list[list], rules: list[str]) -> list[str]:
     return lines
 
 
+def per_row(table: list[list], rules: list[str]) -> list[str]:
+    """Markdown: per row, mean fused - best stream and the number of shortfalls, for each rule."""
+    head = "| row | " + " | ".join(f"{r}: I mean / cases < -0.02 | {r}: P mean / cases < -0.01" for r in rules) + " |"
+    lines = [head, "|---|" + "---:|" * (2 * len(rules))]
+    for row in ROWS:
+        arr = np.array([r[4:] for r in table if r[2] == row], dtype=float)
+        if not len(arr):
+            continue
+        cells = []
+        for j in range(len(rules)):
+            di, dp = arr[:, 2 + 2 * j] - arr[:, 0], arr[:, 3 + 2 * j] - arr[:, 1]
+            cells += [f"{di.mean():+.3f} / {(di < -0.02).sum()} of {len(di)}",
+                      f"{dp.mean():+.3f} / {(dp < -0.01).sum()} of {len(dp)}"]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def detail(table: list[list], rules: list[str]) -> list[str]:
     """Markdown: every (dataset, category, row, defect) with best stream and each rule."""
     head = "| data | category | row | defect | best I | best P | " + " | ".join(
@@ -159,18 +176,19 @@ def main() -> None:
     p.add_argument("--rules", default="sum,calibrated_max", help="fusers, e.g. sum,calibrated_max:zscore")
     p.add_argument("--write", action="store_true", help="publish to docs/benchmarks.md")
     p.add_argument("--detail", action="store_true", help="print every case")
+    p.add_argument("--describe", default="", help="how the datasets were made, for the published section")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(2)
     rules = args.rules.split(",")
     table = compare(args.data, rules)
-    lines = summary(table, rules)
+    lines = [*summary(table, rules), "", *per_row(table, rules)]
     print("\n".join(lines))
     if args.detail:
         print("\n".join(detail(table, rules)))
     if args.write:
         body = ["## Fusion never hurts", "", f"Command: `{command_line()}` (default preset; datasets made with "
-                f"`cmdiad synth`). {machine_description()}.", "",
+                f"`cmdiad synth`). {machine_description()}.", "", args.describe, "",
                 "Fused minus the better stream of the row, per (dataset, category, row, defect type): "
                 "I = I-AUROC of test/good against that type, P = P-AUROC over the pixels of good + that type.",
                 "", *lines]

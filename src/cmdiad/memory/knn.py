@@ -90,6 +90,10 @@ def _torch_search(
     return out
 
 
+RERANK_CANDIDATES = 8
+"""Nearest rows found by the expanded formula and re-ranked by exact distance (torch back-end)."""
+
+
 class KnnIndex:
     """A search index built once from a bank and queried many times.
 
@@ -151,8 +155,11 @@ class KnnIndex:
         """
         _check_inputs(queries, self.bank, k)
         if self._faiss is None:
-            idx = _torch_search(queries.to(self.bank.device), self.bank, self._bank_sq, k, self.chunk_size,
-                                self.bank_chunk_size)
+            # A few more candidates than asked, re-ranked below by exact distances: the expanded
+            # formula's float32 cancellation can rank a farther row first among near-ties.
+            candidates = min(len(self), max(k, RERANK_CANDIDATES))
+            idx = _torch_search(queries.to(self.bank.device), self.bank, self._bank_sq, candidates,
+                                self.chunk_size, self.bank_chunk_size)
         else:
             idx = self._faiss_search(queries, k)
         idx = idx.to(self.bank.device)
@@ -165,6 +172,7 @@ class KnnIndex:
         )
         # Re-sort: exact distances may reorder near-ties found from the expanded formula.
         dist, order = torch.sort(dist, dim=1)
+        dist, order = dist[:, :k], order[:, :k]
         return dist.to(queries.device), torch.gather(idx, 1, order).to(queries.device)
 
     def _faiss_search(self, queries: torch.Tensor, k: int) -> torch.Tensor:

@@ -79,3 +79,15 @@ def test_half_precision_bank_is_searched_like_its_float32_copy(backend: str) -> 
     d_full, i_full = KnnIndex(half.float(), backend=backend).search(q, 2)
     assert torch.equal(i_half, i_full)
     assert torch.allclose(d_half, d_full)
+
+
+def test_torch_search_ranks_near_ties_by_exact_distance() -> None:
+    # Rows of norm ~1000 whose distances to the query differ by 1e-4: the expanded formula's
+    # float32 error (~0.06 at |q|^2 = 1e6) cannot tell them apart; exact re-ranking can.
+    gen = torch.Generator().manual_seed(0)
+    v = 1000.0 * torch.nn.functional.normalize(torch.randn(64, generator=gen), dim=0)
+    offsets = torch.eye(64)[:6] * torch.tensor([0.0101, 0.0102, 0.0103, 0.0104, 0.0105, 0.0100])[:, None]
+    bank = torch.cat([v + offsets, v + 5.0 + torch.randn(20, 64, generator=gen)])
+    dist, idx = KnnIndex(bank).search(v[None], k=2)
+    assert idx[0].tolist() == [5, 0]
+    assert dist[0, 0].item() == pytest.approx(0.0100, rel=1e-2)
