@@ -309,6 +309,19 @@ def run_info_html(info: Mapping[str, Any] | None) -> str:
     return "".join(parts)
 
 
+def _recommendation_html(records: Sequence[Mapping[str, Any]]) -> str:
+    """The closing section: per category, the best row for each sensor set (:mod:`cmdiad.viz.recommend`)."""
+    from cmdiad.viz.recommend import recommendation_table
+
+    header, rows = recommendation_table(records)
+    if not rows:
+        return ""
+    note = ("<p>Per category and set of sensors a line could run at inference, the row with the highest "
+            "mean of I-AUROC, P-AUROC and AUPRO@30%, its I-AUROC per defect type (test/good against that "
+            "type) and its time per sample.</p>")
+    return f"<h2>Which sensors to deploy</h2>{note}" + html_table(header, rows)
+
+
 def write_html_report(
     out_dir: Path | str,
     records: Sequence[Mapping[str, Any]],
@@ -347,7 +360,7 @@ def write_html_report(
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>"
         f"{run_info_html(run_info)}{_tables_html(records)}{_timings_html(records)}{provenance}"
-        f"{''.join(sections)}</body></html>\n"
+        f"{''.join(sections)}{_recommendation_html(records)}</body></html>\n"
     )
     path = Path(out_dir) / "report.html"
     atomic_write_text(path, page)

@@ -1,0 +1,28 @@
+"""Which sensors to deploy: the best row per category and sensor set, with per-defect numbers."""
+
+from __future__ import annotations
+
+from cmdiad.viz.html import _recommendation_html
+from cmdiad.viz.recommend import recommendation_table
+
+
+def _rec(method: str, main: str, category: str, score: float, ms: float) -> dict:
+    return {"method": method, "main": main, "category": category, "i_auroc": score, "p_auroc": score,
+            "aupro_30": score, "ms_per_sample": ms,
+            "per_defect": {"stain": {"i_auroc": score}, "bump": {"i_auroc": 1 - score}}}
+
+
+def test_best_row_per_sensor_set_with_per_defect_numbers_and_time() -> None:
+    records = [_rec("rgb", "rgb", "ring", 0.80, 10.0), _rec("i2f", "rgb", "ring", 0.85, 12.0),
+               _rec("f2f", "xyz", "ring", 0.70, 50.0), _rec("xyz", "xyz", "ring", 0.90, 40.0),
+               _rec("dual", "both", "ring", 0.95, 60.0), _rec("rgb", "rgb", "tile", 0.60, 9.0)]
+    header, rows = recommendation_table(records)
+    assert header[1] == "Sensors at inference" and len(rows) == 4
+    ring = {r[1]: r for r in rows if r[0] == "Ring"}
+    assert ring["RGB camera only"][2] == "MTFI I2F (RGB main)" and ring["RGB camera only"][7] == 12.0
+    assert ring["3D scanner only"][2] == "Single xyz bank"
+    assert ring["RGB + 3D"][2] == "Dual bank" and ring["RGB + 3D"][6] == "bump 0.050, stain 0.950"
+    assert [r[1] for r in rows if r[0] == "Tile"] == ["RGB camera only"]
+    html = _recommendation_html(records)
+    assert "Which sensors to deploy" in html and "MTFI I2F (RGB main)" in html
+    assert _recommendation_html([]) == ""
