@@ -16,6 +16,7 @@ import torch
 from cmdiad.config import ExperimentConfig, to_dict
 from cmdiad.errors import DatasetError
 from cmdiad.features.cache import FeatureCache
+from cmdiad.io.atomic import atomic_path, atomic_write_text
 from cmdiad.io.mvtec3d import list_categories, list_records, load_sample
 from cmdiad.metrics.per_defect import evaluate_record
 from cmdiad.pipeline.detector import Detector
@@ -25,7 +26,7 @@ from cmdiad.pipeline.outputs import check_output, run_metadata
 from cmdiad.pipeline.persist import build_encoder, load_hallucinator
 from cmdiad.pipeline.streams import ALL_ROWS, needed_modalities, parse_row
 from cmdiad.types import SampleRecord, Scores
-from cmdiad.viz.report import atomic_write_text, load_records, plain, row_name, write_html_report, write_results
+from cmdiad.viz.report import load_records, plain, row_name, write_html_report, write_results
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,8 @@ def raw_arrays(recs: Sequence[SampleRecord], scores: Scores, masks: torch.Tensor
 
 
 def _save_raw(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def run_row(

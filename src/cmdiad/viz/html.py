@@ -19,12 +19,12 @@ import numpy as np
 from PIL import Image
 
 from cmdiad.errors import DatasetError
+from cmdiad.io.atomic import atomic_write_text
 from cmdiad.viz.heatmaps import colormap_table, depth_render, draw_contour, overlay, resize_image
 from cmdiad.viz.plots import colour_bar, histogram_svg, roc_svg
 from cmdiad.viz.report import (
     METRICS,
     Cell,
-    atomic_write_text,
     count_table,
     defect_count_table,
     defect_table,

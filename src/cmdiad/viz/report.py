@@ -22,8 +22,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from cmdiad.errors import DatasetError
+from cmdiad.io.atomic import atomic_write_text
 from cmdiad.metrics.reference import mean_over_categories
 
 logger = logging.getLogger(__name__)
@@ -286,24 +285,6 @@ def split_timings(records: Sequence[Record]) -> tuple[list[dict[str, Any]], list
             keys = {k: record[k] for k in ("method", "main", "category")}
             timings.append({"row": row_name(record), **keys, **found})
     return metrics, timings
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_json_list(path: Path) -> list[dict[str, Any]]:
