@@ -155,8 +155,10 @@ class Detector:
 
     def train_distiller(
         self, train: Sequence[SampleRecord], progress: Progress | None = None
-    ) -> tuple[int, TrainReport]:
+    ) -> tuple[int, TrainReport | None]:
         """Train this method's distiller on the paired samples of ``train`` (any categories).
+
+        With ``distill.checkpoint`` the distiller is loaded instead (the report is then None).
 
         Returns:
             The number of paired samples it was trained on, and the training report.
@@ -169,7 +171,7 @@ class Detector:
         self.hallucinator, report = self._train_distiller(s, paired, progress)
         return len(paired), report
 
-    def _train_distiller(self, s: Stream, paired, progress) -> tuple[Hallucinator, TrainReport]:
+    def _train_distiller(self, s: Stream, paired, progress) -> tuple[Hallucinator, TrainReport | None]:
         kind = self.config.method
         data = PairedData(
             main_features=self.encoder.features(paired, s.source),
