@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cmdiad.config import DISTILL_KINDS, DetectorConfig
-from cmdiad.errors import ConfigError
+from cmdiad.rows import ALL_ROWS, parse_row, row_name
 
 OTHER = {"rgb": "xyz", "xyz": "rgb"}
 
@@ -57,21 +57,4 @@ def needed_modalities(cfg: DetectorConfig) -> tuple[str, ...]:
     return tuple(sorted({s.source for s in streams_for(cfg)}))
 
 
-def row_name(method: str, main: str) -> str:
-    """Result-row name: ``xyz``, ``rgb``, ``dual`` or ``<method>_<main>``."""
-    return method if method in ("xyz", "rgb", "dual") else f"{method}_{main}"
-
-
-def parse_row(row: str) -> tuple[str, str]:
-    """Inverse of :func:`row_name`: ``"f2f_xyz"`` -> ``("f2f", "xyz")``."""
-    if row in ("xyz", "rgb"):
-        return row, row
-    if row == "dual":
-        return "dual", "both"
-    method, _, main = row.partition("_")
-    if method not in DISTILL_KINDS or main not in ("xyz", "rgb"):
-        raise ConfigError(f"unknown row {row!r}; known: {', '.join(ALL_ROWS)}")
-    return method, main
-
-
-ALL_ROWS = ("xyz", "rgb", "dual", "f2f_xyz", "f2i_xyz", "i2f_xyz", "f2f_rgb", "f2i_rgb", "i2f_rgb")
+__all__ = ["ALL_ROWS", "OTHER", "Stream", "needed_modalities", "parse_row", "row_name", "streams_for"]

@@ -31,15 +31,15 @@ import numpy as np
 from cmdiad.errors import DatasetError
 from cmdiad.io.atomic import atomic_write_text
 from cmdiad.metrics.reference import mean_over_categories
+from cmdiad.rows import ALL_ROWS
+from cmdiad.rows import row_name as _row_name
 
 logger = logging.getLogger(__name__)
 
 Record = Mapping[str, Any]
 Cell = str | float | None
 
-ROW_ORDER: tuple[str, ...] = (
-    "xyz", "rgb", "dual", "f2f_xyz", "f2i_xyz", "i2f_xyz", "f2f_rgb", "f2i_rgb", "i2f_rgb",
-)
+ROW_ORDER: tuple[str, ...] = ALL_ROWS
 ROW_LABELS: dict[str, str] = {
     "xyz": "Single xyz bank",
     "rgb": "Single RGB bank",
@@ -58,13 +58,11 @@ RECORD_KEYS: tuple[str, ...] = ("method", "main", "category", *METRICS, *TIMINGS
 CSV_KEYS: tuple[str, ...] = ("row", "method", "main", "category", "defect", "num_test", *METRICS)
 PER_DEFECT = "per_defect"
 ALL_DEFECTS = "all"
-_SINGLE_ROW_METHODS = ("xyz", "rgb", "dual")
 
 
 def row_name(record: Record) -> str:
-    """The table row of a record: ``method`` for xyz/rgb/dual, else ``f"{method}_{main}"``."""
-    method = str(record["method"])
-    return method if method in _SINGLE_ROW_METHODS else f"{method}_{record['main']}"
+    """The table row of a record (:func:`cmdiad.rows.row_name` of its method and main)."""
+    return _row_name(str(record["method"]), str(record["main"]))
 
 
 def row_label(name: str) -> str:
