@@ -286,7 +286,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cmdiad.viz.report import load_records, write_html_report
+    from cmdiad.viz.html import write_html_report
+    from cmdiad.viz.report import load_records
 
     records = load_records(args.run)
     if not records:

@@ -26,7 +26,8 @@ from cmdiad.pipeline.outputs import check_output, run_metadata
 from cmdiad.pipeline.persist import build_encoder, load_hallucinator
 from cmdiad.pipeline.streams import ALL_ROWS, needed_modalities, parse_row
 from cmdiad.types import SampleRecord, Scores
-from cmdiad.viz.report import load_records, plain, row_name, write_html_report, write_results
+from cmdiad.viz.html import write_html_report
+from cmdiad.viz.report import load_records, plain, row_name, write_results
 
 log = logging.getLogger(__name__)
 

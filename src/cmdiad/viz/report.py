@@ -419,15 +419,3 @@ def write_results(
         atomic_write_text(out / "timings.md", timings_markdown(merged))
     logger.info("wrote %d result records (%d kept from before) to %s", len(merged), carried, out)
     return merged
-
-
-def write_html_report(
-    out_dir: Path | str, records: Sequence[Record], raw_dir: Path | str, **kwargs: Any
-) -> Path:
-    """Write report.html; see :func:`cmdiad.viz.html.write_html_report` for the keyword arguments.
-
-    Imported lazily because :mod:`cmdiad.viz.html` builds on this module.
-    """
-    from cmdiad.viz.html import write_html_report as write
-
-    return write(out_dir, records, raw_dir, **kwargs)

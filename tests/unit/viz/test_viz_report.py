@@ -165,8 +165,15 @@ def test_no_nan_token_in_json(tmp_path) -> None:
     assert json.loads(text)[0]["i_auroc"] is None
 
 
-def test_report_module_reexports_html_writer(tmp_path) -> None:
-    from cmdiad.viz.report import write_html_report
+def test_report_tables_do_not_depend_on_the_html_writer(tmp_path) -> None:
+    # one direction only (viz.html builds on viz.report), so there is no import cycle to defer
+    import subprocess
+    import sys
+
+    code = "import sys, cmdiad.viz.report; print('cmdiad.viz.html' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    from cmdiad.viz.html import write_html_report
 
     path = write_html_report(tmp_path, [_record("xyz", "xyz", "a")], tmp_path / "raw", title="R")
     assert path == tmp_path / "report.html" and "<h2>I-AUROC</h2>" in path.read_text()
