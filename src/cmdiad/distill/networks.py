@@ -33,8 +33,7 @@ from cmdiad.distill.base import (  # noqa: F401  (DISTILLERS, OutputScale re-exp
     per_patch,
     registry_name,
 )
-from cmdiad.features.base import to_grid
-from cmdiad.types import MODALITIES, PatchFeatures
+from cmdiad.types import MODALITIES
 
 
 @DISTILLERS.register("f2f")
@@ -372,8 +371,9 @@ def feature_grid(kind: str, main_grid: tuple[int, int], target_grid: tuple[int, 
     ``main``: F2F and F2I read the main grid (F2F targets are resampled to it) and I2F predicts
     the target grid. ``finer``: every design works on the finer of the two grids, the coarser
     features repeated onto it (the reference duplicates DINO's 28x28 map to Point-MAE's 56x56), so
-    F2F/I2F hallucinated banks are on the finer grid too. Resample with
-    :func:`cmdiad.features.base.to_grid` (nearest repetition when upsampling).
+    F2F/I2F hallucinated banks are on the finer grid too. The designs of
+    :mod:`cmdiad.pipeline.mtfi` resample their data to it with :func:`cmdiad.features.base.to_grid`
+    (nearest repetition when upsampling, valid-patch averages when downsampling).
 
     Args:
         kind: ``f2f``, ``f2i`` or ``i2f``.
@@ -389,30 +389,6 @@ def feature_grid(kind: str, main_grid: tuple[int, int], target_grid: tuple[int, 
     if policy != "main":
         raise ValueError(f"unknown distill grid policy {policy!r}; known: main, finer")
     return tuple(target_grid) if kind == "i2f" else tuple(main_grid)
-
-
-def align_features(
-    kind: str, main: PatchFeatures, target: PatchFeatures, policy: str
-) -> tuple[PatchFeatures, PatchFeatures]:
-    """Main and target patch features resampled to the grid the distiller works on.
-
-    The grid is :func:`feature_grid`'s: F2F gets both sides on it, F2I its input (the target's
-    features are not used), I2F its target. Upsampling repeats patches (nearest), which is the
-    reference's 28x28 -> 56x56 duplication; downsampling averages valid patches.
-
-    Args:
-        kind: ``f2f``, ``f2i`` or ``i2f``.
-        main: Main features ``(N, Cm, hm, wm)`` and validity.
-        target: Target features ``(N, Ct, ht, wt)`` and validity.
-        policy: ``main`` or ``finer`` (``distill.grid``).
-
-    Returns:
-        ``(main, target)``, each on the distiller's grid where the design reads it.
-    """
-    grid = feature_grid(kind, main.grid, target.grid, policy)
-    main_out = main if kind == "i2f" else to_grid(main, grid)
-    target_out = target if kind == "f2i" else to_grid(target, grid)
-    return main_out, target_out
 
 
 def build_distiller(
@@ -466,13 +442,3 @@ def build_distiller(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return cls.build(sides, cfg)
-
-
-def loss_name(kind: str, target_modality: str) -> str:
-    """The training loss of cmdiad's network of ``kind`` hallucinating ``target_modality``.
-
-    Prefer ``net.loss``, which also knows the reference networks' losses.
-    """
-    if kind == "f2i":
-        return "xyz_l2" if target_modality == "xyz" else "pixel_l2"
-    return "patch_l2"

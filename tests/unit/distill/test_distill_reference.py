@@ -19,7 +19,6 @@ from cmdiad.config import DistillConfig, from_dict
 from cmdiad.distill.networks import (
     FeatureToFeature,
     InputToFeature,
-    align_features,
     build_distiller,
     feature_grid,
 )
@@ -32,6 +31,7 @@ from cmdiad.distill.reference import (
 )
 from cmdiad.distill.train import fit_distiller, load_distiller, save_distiller
 from cmdiad.errors import ConfigError, ModelFileError
+from cmdiad.pipeline.mtfi import PairedData, design
 from cmdiad.types import PatchFeatures
 
 MAIN, TARGET = (56, 56), (28, 28)  # Point-MAE at stride 4 and DINO at stride 8, 224 input
@@ -63,21 +63,31 @@ def test_feature_grid_policies() -> None:
         from_dict(DistillConfig, {"architecture": "hrnet"})
 
 
-def test_align_features_repeats_the_rgb_map_onto_the_finer_grid() -> None:
+def test_designs_resample_their_training_data_onto_the_feature_grid() -> None:
     rgb = PatchFeatures(torch.randn(2, 4, 3, 3), torch.ones(2, 3, 3, dtype=torch.bool))
     valid = torch.ones(2, 6, 6, dtype=torch.bool)
     valid[:, :2] = False
     xyz = PatchFeatures(torch.randn(2, 5, 6, 6) * valid.unsqueeze(1), valid)
-    main, target = align_features("f2f", rgb, xyz, "finer")  # f2f_rgb, reference grid
-    assert main.grid == target.grid == (6, 6) and target is xyz
-    torch.testing.assert_close(main.features, rgb.features.repeat_interleave(2, 2).repeat_interleave(2, 3))
-    main, target = align_features("f2f", rgb, xyz, "main")  # cmdiad: xyz pooled over valid patches
-    assert main is rgb and target.grid == (3, 3) and not target.valid[:, 0].any() and target.valid[:, 1:].all()
-    torch.testing.assert_close(target.features[:, :, 1, 1], xyz.features[:, :, 2:4, 2:4].mean(dim=(2, 3)))
-    main, target = align_features("i2f", xyz, rgb, "finer")  # i2f_xyz: rgb target repeated to 6x6
-    assert main is xyz and target.grid == (6, 6)
-    main, target = align_features("f2i", rgb, xyz, "finer")  # f2i_rgb: decoder input 6x6
-    assert main.grid == (6, 6) and target is xyz
+
+    def data(main, target, inputs=None):
+        return PairedData(main, inputs, target, inputs)
+
+    f2f = design("f2f")
+    grid = feature_grid("f2f", rgb.grid, xyz.grid, "finer")  # f2f_rgb, reference grid
+    x, y, mask = f2f.training_data(data(rgb, xyz), grid)
+    assert grid == (6, 6) and y is xyz.features and torch.equal(mask, xyz.valid)
+    torch.testing.assert_close(x, rgb.features.repeat_interleave(2, 2).repeat_interleave(2, 3))
+    grid = feature_grid("f2f", rgb.grid, xyz.grid, "main")  # cmdiad: xyz pooled over valid patches
+    x, y, mask = f2f.training_data(data(rgb, xyz), grid)
+    assert x is rgb.features and y.shape[2:] == (3, 3) and not mask[:, 0].any() and mask[:, 1:].all()
+    torch.testing.assert_close(y[:, :, 1, 1], xyz.features[:, :, 2:4, 2:4].mean(dim=(2, 3)))
+    inputs = torch.randn(2, 3, 24, 24)
+    grid = feature_grid("i2f", xyz.grid, rgb.grid, "finer")  # i2f_xyz: rgb target repeated to 6x6
+    x, y, _ = design("i2f").training_data(data(xyz, rgb, inputs), grid)
+    assert x is inputs and y.shape[2:] == (6, 6)
+    grid = feature_grid("f2i", rgb.grid, xyz.grid, "finer")  # f2i_rgb: decoder input 6x6
+    x, y, _ = design("f2i").training_data(data(rgb, xyz, inputs), grid)
+    assert x.shape[2:] == (6, 6) and y is inputs
 
 
 def test_reference_i2f_xyz_predicts_56x56_with_stride_4_on_the_finer_grid() -> None:
