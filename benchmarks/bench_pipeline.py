@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-import cmdiad.pipeline.detector as detector_module  # noqa: E402
+import cmdiad.pipeline.core as core_module  # noqa: E402
 import cmdiad.pipeline.encoder as encoder_module  # noqa: E402
 from cmdiad.config import to_dict  # noqa: E402
 from cmdiad.memory.bank import MemoryBank  # noqa: E402
@@ -174,8 +174,8 @@ def timed_score(det: Detector, test, clock: StageClock, opened: dict[str, int]):
         (enc, "inputs", w(enc.inputs, _modality_label("read + encode"))),
         (encoder_module, "load_sample", counting_load),
         (MemoryBank, "score", w(MemoryBank.score, "NN search")),
-        (detector_module, "anomaly_map", w(detector_module.anomaly_map, "anomaly map")),
-        (det, "_hallucinate", w(det._hallucinate, "hallucinate")),
+        (core_module, "anomaly_map", w(core_module.anomaly_map, "anomaly map")),
+        (det.core, "hallucinate", w(det.core.hallucinate, "hallucinate")),
         (det.fuser, "image_scores", w(det.fuser.image_scores, "fusion")),
         (det.fuser, "pixel_scores", w(det.fuser.pixel_scores, "fusion")),
     ):

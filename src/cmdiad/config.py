@@ -16,12 +16,15 @@ from typing import Any, TypeVar
 
 import tomllib
 
+from cmdiad.designs import PAPER_DESIGNS, design_names
 from cmdiad.errors import ConfigError
 
 C = TypeVar("C")
 
-METHODS = ("xyz", "rgb", "dual", "f2f", "f2i", "i2f")
-DISTILL_KINDS = ("f2f", "f2i", "i2f")
+BANK_METHODS = ("xyz", "rgb", "dual")
+DISTILL_KINDS = PAPER_DESIGNS
+METHODS = (*BANK_METHODS, *DISTILL_KINDS)
+"""The paper's methods; a registered design (:func:`cmdiad.designs.design_names`) is a method too."""
 DISTILL_ARCHITECTURES = ("cmdiad", "reference")
 DISTILL_GRIDS = ("main", "finer")
 
@@ -327,7 +330,8 @@ class DetectorConfig:
     """Global seed."""
 
     def __post_init__(self) -> None:
-        _check(self.method in METHODS, f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        known = (*BANK_METHODS, *design_names())
+        _check(self.method in known, f"unknown method {self.method!r}; known: {', '.join(known)}")
         expected = {"xyz": ("xyz",), "rgb": ("rgb",), "dual": ("both",)}.get(self.method, ("xyz", "rgb"))
         _check(self.main in expected, f"method {self.method!r} needs main in {expected}, got {self.main!r}")
 

@@ -38,6 +38,10 @@ class Registry(Generic[T]):
             known = ", ".join(sorted(self._items)) or "none"
             raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (e.g. a plug-in registered by a test); a name never registered is ignored."""
+        self._items.pop(name, None)
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._items)

@@ -7,6 +7,7 @@ A row is a method with its main modality: ``xyz``, ``rgb`` and ``dual`` (banks o
 from __future__ import annotations
 
 from cmdiad.config import DISTILL_KINDS
+from cmdiad.designs import design_names
 from cmdiad.errors import ConfigError
 
 BANK_ROWS: tuple[str, ...] = ("xyz", "rgb", "dual")
@@ -28,6 +29,6 @@ def parse_row(row: str) -> tuple[str, str]:
     if row == "dual":
         return "dual", "both"
     method, _, main = row.partition("_")
-    if method not in DISTILL_KINDS or main not in ("xyz", "rgb"):
+    if method not in design_names() or main not in ("xyz", "rgb"):
         raise ConfigError(f"unknown row {row!r}; known: {', '.join(ALL_ROWS)}")
     return method, main

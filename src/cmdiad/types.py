@@ -1,7 +1,7 @@
 """Typed records passed between cmdiad components.
 
 Modalities are spelled ``"rgb"`` and ``"xyz"`` everywhere. Arrays read from disk are numpy
-(``Sample``); tensors fed to models are torch (``Batch``, ``PatchFeatures``, ``Scores``).
+(``Sample``); tensors fed to models are torch (``PatchFeatures``, ``Scores``).
 """
 
 from __future__ import annotations
@@ -75,25 +75,6 @@ class Sample:
     rgb: np.ndarray | None = None
     xyz: np.ndarray | None = None
     mask: np.ndarray | None = None
-
-
-@dataclass
-class Batch:
-    """Preprocessed tensors for ``B`` samples at the model input size ``(H, W)``.
-
-    Attributes:
-        rgb: ``(B, 3, H, W)`` normalised image, or ``None``.
-        xyz: ``(B, 3, H, W)`` organized point cloud, invalid points 0, or ``None``.
-        mask: ``(B, H, W)`` bool ground truth.
-        label: ``(B,)`` int64, 1 = defective.
-        paths: Sample keys, length ``B``.
-    """
-
-    rgb: torch.Tensor | None
-    xyz: torch.Tensor | None
-    mask: torch.Tensor
-    label: torch.Tensor
-    paths: list[str]
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import load_file
 
 from cmdiad.cli import main
 
@@ -69,10 +70,11 @@ def _predict(model: Path, out: Path, *inputs: Path, extra: tuple[str, ...] = ())
 def test_refit_replaces_the_whole_model(tiny_dataset: Path, models, tmp_path: Path, capsys) -> None:
     model = tmp_path / "m"
     assert _fit(tiny_dataset, model, "f2f", *MTFI) == 0
-    assert (model / "distiller").is_dir() and (model / "banks" / "rgb_from_xyz").is_dir()
+    first = set(load_file(str(model / "model.safetensors")))
+    assert any(k.startswith("hallucinator.net.") for k in first) and "banks.rgb_from_xyz.bank" in first
     assert _fit(tiny_dataset, model, "rgb") == 0
-    assert sorted(p.name for p in model.iterdir()) == ["banks", "detector.json"]
-    assert [p.name for p in (model / "banks").iterdir()] == ["rgb"]
+    assert sorted(p.name for p in model.iterdir()) == ["detector.json", "model.safetensors"]
+    assert {k.split(".")[1] for k in load_file(str(model / "model.safetensors")) if k.startswith("banks.")} == {"rgb"}
     # A model set (router.json + routes) replaced by a single detector: the set is gone entirely.
     shutil.rmtree(model)
     shutil.copytree(models["xyz"], model / "xyz")
@@ -212,7 +214,7 @@ def test_threshold_sample_count_is_recorded_and_warned_about(tiny_dataset: Path,
 # ----------------------------------------------------------------------------- 9. model-file errors
 @pytest.mark.parametrize(("file", "key", "value"), [("detector.json", "threshold", "high"),
                                                     ("detector.json", "map_calibration", [1, 2]),
-                                                    ("banks/xyz/bank.json", "mean", "x")])
+                                                    ("detector.json", "banks", {"xyz": [3]})])
 def test_wrong_types_in_model_json_are_one_clear_error(models, tmp_path: Path, tiny_dataset: Path, capsys,
                                                        file, key, value) -> None:
     model = Path(shutil.copytree(models["xyz"], tmp_path / "m"))

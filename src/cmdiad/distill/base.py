@@ -56,6 +56,10 @@ class Distiller(nn.Module):
     kind: str = ""
     architecture: str = "cmdiad"
     loss: str = "patch_l2"
+    feature_side: str = "main"
+    """Whose patch grid the feature side is on under ``distill.grid = main``: ``main`` or ``target``."""
+    lr_fields: dict[str, str] | None = None
+    """Per main modality, the DistillConfig field with this design's own learning rate (None: ``lr``)."""
     init_kwargs: dict
 
     @classmethod

@@ -298,6 +298,8 @@ class InputToFeature(Distiller):
     """
 
     kind = "i2f"
+    feature_side = "target"  # it predicts the target extractor's patch grid
+    lr_fields = {"xyz": "i2f_lr_main_xyz", "rgb": "i2f_lr_main_rgb"}
 
     def __init__(
         self,
@@ -376,7 +378,8 @@ def feature_grid(kind: str, main_grid: tuple[int, int], target_grid: tuple[int, 
     (nearest repetition when upsampling, valid-patch averages when downsampling).
 
     Args:
-        kind: ``f2f``, ``f2i`` or ``i2f``.
+        kind: A registered design (``f2f``, ``f2i``, ``i2f``, ...); its network's ``feature_side``
+            says which grid ``main`` means.
         main_grid: Main patch grid ``(h, w)``.
         target_grid: Target patch grid ``(h, w)``.
         policy: ``main`` or ``finer`` (``distill.grid``).
@@ -388,7 +391,7 @@ def feature_grid(kind: str, main_grid: tuple[int, int], target_grid: tuple[int, 
         return tuple(max(main_grid, target_grid, key=lambda g: g[0] * g[1]))
     if policy != "main":
         raise ValueError(f"unknown distill grid policy {policy!r}; known: main, finer")
-    return tuple(target_grid) if kind == "i2f" else tuple(main_grid)
+    return tuple(target_grid) if DISTILLERS.get(registry_name(kind)).feature_side == "target" else tuple(main_grid)
 
 
 def build_distiller(

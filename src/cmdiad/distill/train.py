@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from cmdiad.config import DistillConfig, replace
 from cmdiad.distill.networks import DISTILLERS, Distiller, registry_name
 from cmdiad.errors import ModelFileError
+from cmdiad.io.meta import read_meta
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +134,12 @@ def warmup_lr(step: int, steps_per_epoch: int, cfg: DistillConfig) -> float:
 def design_config(cfg: DistillConfig, kind: str, main_modality: str) -> DistillConfig:
     """``cfg`` with the learning rate of design ``kind`` for main ``main_modality``.
 
-    I2F has its own rates when ``cfg.i2f_lr_main_xyz`` / ``cfg.i2f_lr_main_rgb`` are set (the
-    reference trains I2F at 3e-4 with xyz main and 2e-4 with rgb main, F2F/F2I at 5e-4).
+    A network class with ``lr_fields`` has its own rates where those fields are set: I2F's
+    ``cfg.i2f_lr_main_xyz`` / ``cfg.i2f_lr_main_rgb`` (the reference trains I2F at 3e-4 with xyz
+    main and 2e-4 with rgb main, F2F/F2I at 5e-4).
     """
-    lr = {"xyz": cfg.i2f_lr_main_xyz, "rgb": cfg.i2f_lr_main_rgb}.get(main_modality) if kind == "i2f" else None
+    fields = DISTILLERS.get(registry_name(kind)).lr_fields or {}
+    lr = getattr(cfg, fields[main_modality]) if main_modality in fields else None
     return cfg if lr is None else replace(cfg, lr=lr)
 
 
@@ -287,6 +290,28 @@ def fit_distiller(
     return TrainReport(train_loss, val_loss, cfg.epochs, seconds, len(train_idx), len(val_idx))
 
 
+def network_meta(net: Distiller) -> dict:
+    """What rebuilds ``net`` (without its weights): ``kind``, ``architecture``, constructor ``kwargs``."""
+    return {"kind": net.kind, "architecture": net.architecture, "kwargs": net.init_kwargs}
+
+
+def network_from_meta(meta: dict, where: Path | str) -> Distiller:
+    """An untrained network of the registered kind and architecture that ``meta`` names.
+
+    Raises:
+        ModelFileError: On ``where``, when the kind is unknown or the arguments do not fit it.
+    """
+    if not isinstance(meta, dict):
+        raise ModelFileError(where, f"distiller description must be an object, got {type(meta).__name__}")
+    name = registry_name(str(meta.get("kind")), str(meta.get("architecture", "cmdiad")))
+    if name not in DISTILLERS or not isinstance(meta.get("kwargs"), dict):
+        raise ModelFileError(where, f"unknown distiller {name!r} or missing kwargs")
+    try:
+        return DISTILLERS.get(name)(**meta["kwargs"])
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(where, f"invalid constructor arguments: {e}") from e
+
+
 def save_distiller(net: Distiller, path_dir: Path | str) -> None:
     """Write ``distiller.safetensors`` (state dict) and ``distiller.json`` (kind, architecture, kwargs).
 
@@ -300,24 +325,8 @@ def save_distiller(net: Distiller, path_dir: Path | str) -> None:
     path_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(path_dir / WEIGHTS_FILE))
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "kind": net.kind, "architecture": net.architecture,
-            "kwargs": net.init_kwargs}
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, **network_meta(net)}
     (path_dir / META_FILE).write_text(json.dumps(meta, indent=2))
-
-
-def _read_meta(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(path, f"cannot read distiller metadata: {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelFileError(path, f"not a cmdiad distiller file (expected format {FORMAT!r})")
-    if meta.get("version") != FORMAT_VERSION:
-        raise ModelFileError(path, f"unsupported version {meta.get('version')!r}; expected {FORMAT_VERSION}")
-    name = registry_name(str(meta.get("kind")), str(meta.get("architecture", "cmdiad")))
-    if name not in DISTILLERS or not isinstance(meta.get("kwargs"), dict):
-        raise ModelFileError(path, f"unknown distiller {name!r} or missing kwargs")
-    return meta
 
 
 def load_distiller(path_dir: Path | str, device: torch.device | str = "cpu") -> Distiller:
@@ -338,11 +347,7 @@ def load_distiller(path_dir: Path | str, device: torch.device | str = "cpu") -> 
 
     path_dir = Path(path_dir)
     meta_path, weights_path = path_dir / META_FILE, path_dir / WEIGHTS_FILE
-    meta = _read_meta(meta_path)
-    try:
-        net = DISTILLERS.get(registry_name(meta["kind"], meta.get("architecture", "cmdiad")))(**meta["kwargs"])
-    except (TypeError, ValueError) as e:
-        raise ModelFileError(meta_path, f"invalid constructor arguments: {e}") from e
+    net = network_from_meta(read_meta(meta_path, FORMAT, FORMAT_VERSION, what="distiller"), meta_path)
     try:
         state = load_file(str(weights_path))
         net.load_state_dict(state, strict=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from cmdiad.errors import DatasetError, ModelFileError
 
-MODEL_ENTRIES = frozenset({"detector.json", "router.json", "banks", "distiller", "both", "xyz", "rgb"})
+MODEL_ENTRIES = frozenset({"detector.json", "model.safetensors", "router.json", "banks", "distiller", "both", "xyz",
+                           "rgb"})
 """Names a cmdiad model folder (one detector or a model set) may hold."""
 
 

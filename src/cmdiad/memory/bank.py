@@ -1,4 +1,4 @@
-"""One modality's memory bank: collect, standardise, subsample, search, save/load (§3.1-3.3).
+"""One modality's memory bank: collect, standardise, subsample, search (§3.1-3.3).
 
 Patch scores of *invalid* patches (``PatchFeatures.valid`` False, e.g. no 3D points under the
 patch) are 0: such a patch carries no data in this modality, so it cannot be judged anomalous
@@ -8,27 +8,19 @@ the image score only looks at valid patches.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from torch import nn
 
-from cmdiad.config import MemoryConfig, from_dict, to_dict
-from cmdiad.errors import ConfigError, ModelFileError
+from cmdiad.config import MemoryConfig
 from cmdiad.memory.coreset import build_sampler
 from cmdiad.memory.knn import KnnIndex
 from cmdiad.types import PatchFeatures
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "cmdiad.memory_bank"
-FORMAT_VERSION = 1
-TENSORS_FILE = "bank.safetensors"
-META_FILE = "bank.json"
 BLOCK_BYTES = 64 * 2**20
 """Bytes per collection block: above glibc's largest mmap threshold (32 MiB), so a freed block goes back to the OS."""
 
@@ -104,23 +96,68 @@ class _RowBlocks:
         return out
 
 
-class MemoryBank:
-    """Patch memory bank of one stream.
+class MemoryBank(nn.Module):
+    """Patch memory bank of one stream, a module whose state is two buffers.
+
+    Buffers (in ``state_dict`` once finalized): ``bank`` ``(M, C)`` standardised coreset rows,
+    ``standardisation`` ``(2,)`` float64, its mean and std. ``.to(device)`` moves them;
+    the search index is rebuilt on the new device when next needed.
 
     Args:
         config: Coreset, search back-end, standardisation and re-weighting settings.
-        device: Where the bank lives and is searched.
+        device: Where the bank is collected, lives and is searched.
     """
 
+    bank: torch.Tensor | None
+    standardisation: torch.Tensor | None
+
     def __init__(self, config: MemoryConfig, device: torch.device | str = "cpu") -> None:
+        super().__init__()
         self.config = config
         self.device = torch.device(device)
         self._parts = _RowBlocks()
         self._collected: torch.Tensor | None = None
-        self.bank: torch.Tensor | None = None
-        self.mean: float | None = None
-        self.std: float | None = None
+        self.register_buffer("bank", None)
+        self.register_buffer("standardisation", None)
         self._index: KnnIndex | None = None
+
+    @classmethod
+    def empty(cls, config: MemoryConfig, rows: int, dim: int, device: torch.device | str = "cpu") -> MemoryBank:
+        """A finalized-shaped bank of ``rows x dim`` zeros, to be filled by ``load_state_dict``."""
+        bank = cls(config, device)
+        bank.bank = torch.zeros(rows, dim, device=bank.device)
+        bank.standardisation = torch.tensor([0.0, 1.0], dtype=torch.float64, device=bank.device)
+        return bank
+
+    @property
+    def mean(self) -> float | None:
+        """Standardisation mean (None before ``finalize``)."""
+        return None if self.standardisation is None else float(self.standardisation[0])
+
+    @property
+    def std(self) -> float | None:
+        """Standardisation std (None before ``finalize``)."""
+        return None if self.standardisation is None else float(self.standardisation[1])
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        out = super()._apply(fn, recurse)
+        if self.bank is not None:
+            self.device = self.bank.device
+        self._index = None  # built again, on the buffers' device, by the next search
+        return out
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - nn.Module's hook
+        super()._load_from_state_dict(*args, **kwargs)
+        self._index = None
+
+    @property
+    def index(self) -> KnnIndex:
+        """The search index over ``bank`` (built on first use)."""
+        if self.bank is None:
+            raise RuntimeError("the bank is not finalized")
+        if self._index is None:
+            self._build_index()
+        return self._index
 
     @property
     def dim(self) -> int | None:
@@ -173,11 +210,11 @@ class MemoryBank:
         """
         rows = self._gather()
         own_mean, own_std = self.collected_stats() if mean is None or std is None else (0.0, 1.0)
-        self.mean = float(own_mean if mean is None else mean)
-        self.std = float(own_std if std is None else std)
-        if not self.std > 0:
-            raise ValueError(f"standardisation std must be > 0, got {self.std}")
-        rows.sub_(self.mean).div_(self.std)  # in place: the raw rows are not needed again
+        mean, std = float(own_mean if mean is None else mean), float(own_std if std is None else std)
+        if not std > 0:
+            raise ValueError(f"standardisation std must be > 0, got {std}")
+        self.standardisation = torch.tensor([mean, std], dtype=torch.float64, device=self.device)
+        rows.sub_(mean).div_(std)  # in place: the raw rows are not needed again
         idx = build_sampler(self.config.coreset).select(rows)
         self.bank = rows if len(idx) == rows.shape[0] else rows[idx].contiguous()
         self._collected = None
@@ -213,15 +250,14 @@ class MemoryBank:
             ``image_score`` (B,) (re-weighted max over valid patches; 0 without valid patches)
             and ``patch_scores`` (B, h, w): NN distance of each valid patch, 0 where invalid.
         """
-        if self._index is None or self.bank is None:
-            raise RuntimeError("the bank is not finalized")
+        index = self.index
         pf = pf.to(self.device)
         rows = self.standardize(pf.features.permute(0, 2, 3, 1)[pf.valid].float())
         patch = torch.zeros(pf.valid.shape, device=self.device)
         image = torch.zeros(pf.valid.shape[0], device=self.device)
         if rows.shape[0] == 0:
             return image, patch
-        dist, nn = self._index.search(rows, 1)
+        dist, nn = index.search(rows, 1)
         patch[pf.valid] = dist[:, 0]
         has_valid = pf.valid.flatten(1).any(dim=1)
         image[has_valid] = self._image_scores(rows, dist[:, 0], nn[:, 0], pf.valid)[has_valid]
@@ -240,68 +276,11 @@ class MemoryBank:
         k = min(3, self.bank.shape[0])
         if not self.config.reweight or k < 2:
             return s_star.clamp_min(0)
-        _, neigh = self._index.search(self.bank[nn[star_rows]], k)
+        _, neigh = self.index.search(self.bank[nn[star_rows]], k)
         neigh = neigh[:, 1:]  # b* itself comes first; drop it
         diff = rows[star_rows][:, None, :] - self.bank[neigh.clamp_min(0)]
         d_neigh = torch.linalg.vector_norm(diff, dim=-1)
         return reweighted_image_score(s_star.clamp_min(0), d_neigh, self.bank.shape[1])
 
-    def save(self, directory: Path | str) -> None:
-        """Write ``bank.safetensors`` (bank rows, mean, std) and ``bank.json`` (format, config)."""
-        mean, std = self.stats
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {"bank": self.bank.detach().cpu().contiguous(), "stats": torch.tensor([mean, std])}
-        save_file(tensors, str(out / TENSORS_FILE))
-        meta = {
-            "format": FORMAT, "version": FORMAT_VERSION, "config": to_dict(self.config),
-            "mean": mean, "std": std, "num_entries": int(self.bank.shape[0]), "dim": int(self.bank.shape[1]),
-        }  # fmt: skip
-        (out / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-
-    @classmethod
-    def load(cls, directory: Path | str, device: torch.device | str = "cpu") -> MemoryBank:
-        """Read a bank written by :meth:`save`; a missing/corrupt/foreign file raises ModelFileError."""
-        meta = _read_meta(Path(directory) / META_FILE)
-        try:
-            config = from_dict(MemoryConfig, meta["config"], "memory bank config")
-        except ConfigError as exc:
-            raise ModelFileError(Path(directory) / META_FILE, str(exc)) from exc
-        bank = cls(config, device)
-        tensors = _read_tensors(Path(directory) / TENSORS_FILE, meta)
-        bank.bank = tensors["bank"].to(bank.device)
-        bank.mean, bank.std = float(meta["mean"]), float(meta["std"])
-        bank._build_index()
-        return bank
-
-
-def _read_meta(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelFileError(path, "missing memory-bank metadata file") from exc
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(path, f"unreadable or not JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelFileError(path, f"not a cmdiad memory bank (format is not {FORMAT!r})")
-    if meta.get("version") != FORMAT_VERSION:
-        raise ModelFileError(path, f"format version {meta.get('version')!r}, expected {FORMAT_VERSION}")
-    missing = {"config", "mean", "std", "num_entries", "dim"} - set(meta)
-    if missing:
-        raise ModelFileError(path, f"missing key(s) {', '.join(sorted(missing))}")
-    return meta
-
-
-def _read_tensors(path: Path, meta: dict) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelFileError(path, "missing memory-bank tensor file")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(path, f"corrupt safetensors file ({exc})") from exc
-    bank = tensors.get("bank")
-    expected = (meta["num_entries"], meta["dim"])
-    if bank is None or bank.ndim != 2 or tuple(bank.shape) != tuple(expected):
-        got = None if bank is None else tuple(bank.shape)
-        raise ModelFileError(path, f"bank tensor shape {got} does not match the metadata {expected}")
-    return tensors
+    def extra_repr(self) -> str:
+        return "not finalized" if self.bank is None else f"{self.bank.shape[0]} x {self.bank.shape[1]}"

@@ -1,4 +1,9 @@
-"""The Detector: memory banks per stream, optional distiller, decision-layer fusion.
+"""The Detector: fits and runs a :class:`~cmdiad.pipeline.core.DetectorCore` on samples.
+
+The core (banks, distiller, fusion: one module, one ``state_dict``) computes scores from
+features; the Detector is the runner around it: it reads samples through the Encoder (files,
+feature cache, batching), builds banks (shared between methods of a category), trains the
+distiller, fits fusion and calibrates the threshold, and times what it does.
 
 Every method of the paper is a :class:`~cmdiad.config.DetectorConfig` over these same parts
 (see :mod:`cmdiad.pipeline.streams`); there is no per-method subclass.
@@ -19,11 +24,11 @@ from cmdiad.config import DetectorConfig
 from cmdiad.distill.train import TrainReport
 from cmdiad.errors import DatasetError
 from cmdiad.memory.bank import MemoryBank
+from cmdiad.pipeline.core import DetectorCore, StreamScores
 from cmdiad.pipeline.encoder import Encoder, Progress, staged
 from cmdiad.pipeline.mtfi import DESIGNS, Design, Hallucinator, PairedData, design, fidelity, train_hallucinator
-from cmdiad.pipeline.streams import Stream, needed_modalities, streams_for
-from cmdiad.scoring.fusion import build_fuser
-from cmdiad.scoring.patch import anomaly_map
+from cmdiad.pipeline.streams import Stream, needed_modalities
+from cmdiad.scoring.fusion import Fuser
 from cmdiad.types import PatchFeatures, SampleRecord, Scores
 
 log = logging.getLogger(__name__)
@@ -80,15 +85,40 @@ class Detector:
         self._shared = shared_banks
         self.encoder = encoder
         self.device = torch.device(device)
-        self.streams: list[Stream] = streams_for(config)
+        self.core = DetectorCore(config, encoder.image_size)
+        """The fitted model: banks, distiller, fusion."""
         self.design: Design | None = design(config.method) if config.method in DESIGNS else None
         """The distillation design of an MTFI method (None for bank-only methods)."""
-        self.banks: dict[str, MemoryBank] = {}
-        self.hallucinator: Hallucinator | None = hallucinator
+        self.core.hallucinator = hallucinator
         self._pretrained = hallucinator is not None
-        self.fuser = build_fuser(config.fusion)
         self.threshold: float | None = None
+        self.threshold_samples: int | None = None
+        self.map_calibration: dict[str, float] | None = None
         self._reused_seconds = 0.0
+
+    @property
+    def streams(self) -> list[Stream]:
+        """The method's streams, in the order of the fusion columns."""
+        return self.core.streams
+
+    @property
+    def banks(self) -> dict[str, MemoryBank]:
+        """Memory bank per stream name (the core's)."""
+        return dict(self.core.banks.items())
+
+    @property
+    def hallucinator(self) -> Hallucinator | None:
+        """The distiller of an MTFI method (the core's), None for bank-only methods."""
+        return self.core.hallucinator
+
+    @hallucinator.setter
+    def hallucinator(self, value: Hallucinator | None) -> None:
+        self.core.hallucinator = value
+
+    @property
+    def fuser(self) -> Fuser:
+        """The fitted fusion rule (the core's)."""
+        return self.core.fusion.fuser
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -125,10 +155,10 @@ class Detector:
         mean_std = self._standardization(train, feats)
         train_scores = {}
         for s in self.streams:
-            self.banks[s.name], train_scores[s.name] = self._build_bank(
+            self.core.banks[s.name], train_scores[s.name] = self._build_bank(
                 s, stream_feats[s.name], mean_std.get(s.target, (None, None)), usable, progress
             )
-            report.bank_sizes[s.name] = int(self.banks[s.name].bank.shape[0])
+            report.bank_sizes[s.name] = int(self.core.banks[s.name].bank.shape[0])
         held_out = [r for r in validation if set(self.modalities) <= r.modalities]
         report.fidelity = self._fidelity(validation)
         if self.config.fusion.fit_on == "validation" and held_out:
@@ -195,13 +225,7 @@ class Detector:
         )
 
     def _hallucinate(self, main: PatchFeatures, inputs: torch.Tensor | None) -> PatchFeatures:
-        assert self.hallucinator is not None
-        parts, step = [], self.encoder.batch_size
-        for i in range(0, main.features.shape[0], step):
-            pf = PatchFeatures(main.features[i : i + step], main.valid[i : i + step])
-            x = inputs[i : i + step] if inputs is not None else None
-            parts.append(self.hallucinator(pf, x).to("cpu"))
-        return PatchFeatures(torch.cat([p.features for p in parts]), torch.cat([p.valid for p in parts]))
+        return self.core.hallucinate(main, inputs, self.encoder.batch_size)
 
     def _fidelity(self, validation: Sequence[SampleRecord]) -> dict[str, float] | None:
         """Fidelity of the hallucinated stream on held-out samples that have both modalities."""
@@ -236,23 +260,6 @@ class Detector:
         return {"rgb": (mean, std), "xyz": (mean, std)}
 
     # ------------------------------------------------------------------ scoring
-    def _stream_scores(
-        self, feats: dict[str, PatchFeatures], inputs: torch.Tensor | None
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Weighted per-stream image scores ``(B,)`` and maps ``(B, H, W)``."""
-        out = {}
-        for s in self.streams:
-            pf = feats[s.source] if not s.hallucinated else self._hallucinate(feats[s.source], inputs)
-            out[s.name] = self._weighted_scores(s, pf)
-        return out
-
-    def _weighted_scores(self, s: Stream, pf: PatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch against the stream's bank: weighted image scores ``(B,)`` and maps ``(B, H, W)``."""
-        mem = self.config.memory
-        image, patch = self.banks[s.name].score(pf.to(self.device))
-        amap = anomaly_map(patch, self.encoder.image_size, sigma=mem.blur_sigma, mode=mem.blur_mode)
-        return s.weight * image.cpu(), s.weight * amap.cpu()
-
     def _build_bank(self, s: Stream, feats: PatchFeatures, mean_std, usable, progress=None) -> tuple[MemoryBank, tuple]:
         """The stream's bank and its training samples' (image, map) scores, reused when shared.
 
@@ -275,20 +282,18 @@ class Detector:
         bank.finalize(*mean_std)
         if progress is not None:
             progress(f"coreset {s.name}", 1, 1)
-        self.banks[s.name] = bank
+        self.core.banks[s.name] = bank
         scores = self._score_bank_only(s, feats, staged(progress, f"bank search {s.name}"))
         if key is not None:
             self._shared[key] = (bank, scores, time.perf_counter() - t0)
         return bank, scores
 
-    def stream_scores(
-        self, records: Sequence[SampleRecord], progress: Progress | None = None
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def stream_scores(self, records: Sequence[SampleRecord], progress: Progress | None = None) -> StreamScores:
         """Weighted per-stream image scores ``(N,)`` and maps ``(N, H, W)`` of ``records``, before fusion."""
         parts = []
         for i in range(0, len(records), self.encoder.batch_size):
             chunk = records[i : i + self.encoder.batch_size]
-            parts.append(self._stream_scores(*self._encode(chunk)))
+            parts.append(self.core.stream_scores(*self._encode(chunk)))
             if progress is not None:
                 progress("stream scores", min(i + len(chunk), len(records)), len(records))
         return {k: (torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts])) for k in parts[0]}
@@ -302,7 +307,7 @@ class Detector:
         if pixel_rows.shape[0] > budget:
             rng = np.random.default_rng(self.config.fusion.seed)
             pixel_rows = pixel_rows[torch.as_tensor(rng.choice(pixel_rows.shape[0], budget, replace=False))]
-        self.fuser.fit(image_rows, pixel_rows)
+        self.core.fusion.fit(image_rows, pixel_rows)
         log.info("fusion fitted on %d samples, %d pixel rows", n, pixel_rows.shape[0])
 
     def _score_bank_only(
@@ -312,7 +317,7 @@ class Detector:
         step, n = self.encoder.batch_size, pf.features.shape[0]
         parts = []
         for i in range(0, n, step):
-            parts.append(self._weighted_scores(s, PatchFeatures(pf.features[i : i + step], pf.valid[i : i + step])))
+            parts.append(self.core.bank_scores(s, PatchFeatures(pf.features[i : i + step], pf.valid[i : i + step])))
             if progress is not None:
                 progress("bank search", min(i + step, n), n)
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -324,17 +329,11 @@ class Detector:
             feats: Patch features per modality read, batch ``B``.
             inputs: ``(B, 3, H, W)`` main-modality inputs, needed by ``i2f`` only.
         """
-        per = self._stream_scores(feats, inputs)
-        image_rows = torch.stack([per[s.name][0] for s in self.streams], dim=1)
-        maps = torch.stack([per[s.name][1] for s in self.streams], dim=-1)
-        b, h, w, k = maps.shape
-        image = self.fuser.image_scores(image_rows)
-        pixel = self.fuser.pixel_scores(maps.reshape(-1, k))
-        return Scores(image, pixel.reshape(b, h, w), per)
+        return self.core(feats, inputs)
 
     def score(self, records: Sequence[SampleRecord], progress: Progress | None = None) -> Scores:
         """Score samples, reading only the modalities this detector needs."""
-        if not self.banks:
+        if not self.core.banks:
             raise RuntimeError("the detector is not fitted")
         lacking = [r for r in records if not set(self.modalities) <= r.modalities]
         if lacking:

@@ -24,13 +24,21 @@ import torch
 from torch import nn
 
 from cmdiad.config import DistillConfig
+from cmdiad.designs import DESIGNS as _DESIGNS
 from cmdiad.distill.networks import build_distiller, feature_grid
 from cmdiad.distill.reference import load_reference_checkpoint, reference_checkpoint_path
-from cmdiad.distill.train import TrainReport, design_config, fit_distiller, load_distiller, save_distiller
+from cmdiad.distill.train import (
+    TrainReport,
+    design_config,
+    fit_distiller,
+    load_distiller,
+    network_from_meta,
+    network_meta,
+    save_distiller,
+)
 from cmdiad.errors import ModelFileError
 from cmdiad.features.base import FeatureExtractor, to_grid
 from cmdiad.pipeline.streams import OTHER
-from cmdiad.registry import Registry
 from cmdiad.types import PatchFeatures
 
 log = logging.getLogger(__name__)
@@ -84,8 +92,8 @@ class Design:
         raise NotImplementedError
 
 
-DESIGNS: Registry[Design] = Registry("distillation design")
-"""Design classes by kind; :func:`design` returns an instance."""
+DESIGNS = _DESIGNS
+"""Design classes by kind (:data:`cmdiad.designs.DESIGNS`); :func:`design` returns an instance."""
 
 
 def design(kind: str) -> Design:
@@ -175,6 +183,36 @@ class Hallucinator(nn.Module):
         self.target_extractor = target_extractor
         self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
 
+    @property
+    def target_extractor(self) -> FeatureExtractor | None:
+        """The frozen target extractor; used, not owned: it is not a submodule, so it is in no ``state_dict``."""
+        return self.__dict__["_target_extractor"]
+
+    def __setattr__(self, name: str, value) -> None:  # noqa: ANN001 - nn.Module's signature
+        if name == "target_extractor":  # nn.Module would register the extractor as a submodule
+            self.__dict__["_target_extractor"] = value
+        else:
+            super().__setattr__(name, value)
+
+    def meta(self) -> dict:
+        """JSON-able description that, with ``state_dict``, rebuilds this hallucinator (:meth:`from_meta`)."""
+        return {"kind": self.kind, "target": self.target, "grid": list(self.grid) if self.grid else None,
+                "network": network_meta(self.net)}
+
+    @classmethod
+    def from_meta(cls, meta: dict, target_extractor: FeatureExtractor | None, where: Path) -> Hallucinator:
+        """An untrained hallucinator shaped as ``meta`` says (weights come from a ``state_dict``).
+
+        Raises:
+            ModelFileError: On ``where``, when ``meta`` is malformed or names an unknown design.
+        """
+        try:
+            kind, target, grid = meta["kind"], meta["target"], meta["grid"]
+            net = network_from_meta(meta["network"], where)
+            return cls(kind, net, target, target_extractor, None if grid is None else tuple(grid))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(where, f"invalid distiller description ({type(exc).__name__}: {exc})") from exc
+
     @torch.no_grad()
     def forward(self, main_features: PatchFeatures, main_inputs: torch.Tensor | None) -> PatchFeatures:
         """Hallucinated target features for a batch.
@@ -190,7 +228,11 @@ class Hallucinator(nn.Module):
         return self.design.hallucinate(self.net, main_features, main_inputs, self.target_extractor, self.grid)
 
     def save(self, folder: Path) -> None:
-        """The network (:func:`~cmdiad.distill.train.save_distiller`) plus its target and grid."""
+        """The network (:func:`~cmdiad.distill.train.save_distiller`) plus its target and grid.
+
+        This is the pooled distiller of an experiment (``<out>/distillers/<row>/``); a model folder
+        holds its hallucinator in the detector's one ``state_dict`` instead.
+        """
         save_distiller(self.net, folder)
         meta = {"kind": self.kind, "target": self.target, "grid": list(self.grid) if self.grid else None}
         (Path(folder) / HALLUCINATOR_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")

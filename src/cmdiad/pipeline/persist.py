@@ -1,11 +1,15 @@
-"""Saving and loading fitted detectors: safetensors/npz + JSON, never pickle.
+"""Saving and loading fitted detectors: one safetensors file + one JSON, never pickle.
 
-Layout of a model directory::
+Layout of a model folder (format version 2)::
 
-    detector.json        format version, config, streams, threshold (and the number of samples
-                         that set it), heatmap calibration, fusion state
-    banks/<stream>/      MemoryBank.save output
-    distiller/           distiller weights + JSON (MTFI methods only)
+    detector.json        format version, config, streams, image size, threshold (and the number
+                         of samples that set it), heatmap calibration, and what rebuilds the core's
+                         modules: bank shapes, the distiller's architecture, the fuser's kind
+    model.safetensors    the DetectorCore's state_dict: banks.<stream>.bank/.standardisation,
+                         hallucinator.net.*, fusion.*
+
+Folders of format version 1 (``banks/<stream>/`` and ``distiller/`` folders beside
+detector.json) are read and converted in memory (:mod:`cmdiad.pipeline.persist_v1`).
 
 A model folder is always written whole: into a new folder beside the target that then
 replaces it (:func:`write_model_folder`), so a refit never mixes files of two models.
@@ -20,27 +24,30 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from cmdiad.config import DetectorConfig, PointFeatureConfig, RGBFeatureConfig, from_dict, to_dict
-from cmdiad.distill.train import META_FILE as DISTILLER_META
 from cmdiad.errors import CmdiadError, ConfigError, ModelFileError
 from cmdiad.features import build_extractor
 from cmdiad.features.base import FeatureExtractor
 from cmdiad.features.cache import FeatureCache
 from cmdiad.io.atomic import atomic_dir, atomic_write_text
 from cmdiad.io.layout import check_model_target
-from cmdiad.memory.bank import META_FILE as BANK_META
+from cmdiad.io.meta import read_meta
 from cmdiad.memory.bank import MemoryBank
+from cmdiad.pipeline.core import DetectorCore, FusionState
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.encoder import Encoder
 from cmdiad.pipeline.mtfi import DESIGNS, Hallucinator, design
 from cmdiad.pipeline.streams import needed_modalities, streams_for
-from cmdiad.scoring.fusion import Fuser
 
 log = logging.getLogger(__name__)
 
 FORMAT = "cmdiad-detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+META_FILE = "detector.json"
+WEIGHTS_FILE = "model.safetensors"
 
 
 def build_encoder(cfg: DetectorConfig, *, device: str | torch.device, cache: FeatureCache | None = None,
@@ -96,25 +103,26 @@ def save_detector(det: Detector, out: Path) -> Path:
 
 
 def write_detector_files(det: Detector, out: Path) -> None:
-    """Write the files of ``det`` into ``out`` (an empty or new folder)."""
+    """Write ``model.safetensors`` and ``detector.json`` of ``det`` into ``out`` (an empty or new folder)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, bank in det.banks.items():
-        bank.save(out / "banks" / name)
-    if det.hallucinator is not None:
-        det.hallucinator.save(out / "distiller")
+    core = det.core
+    state = {k: v.detach().cpu().contiguous() for k, v in core.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": to_dict(det.config),
-        "streams": [s.name for s in det.streams],
+        "streams": [s.name for s in core.streams],
+        "image_size": list(core.image_size),
         "threshold": det.threshold,
-        "threshold_samples": getattr(det, "threshold_samples", None),
-        "map_calibration": getattr(det, "map_calibration", None),
-        "fusion": det.fuser.save_state(),
-        "image_size": list(det.encoder.image_size),
+        "threshold_samples": det.threshold_samples,
+        "map_calibration": det.map_calibration,
+        "banks": {name: list(bank.bank.shape) for name, bank in core.banks.items()},
+        "hallucinator": core.hallucinator.meta() if core.hallucinator is not None else None,
+        "fusion": core.fusion.meta(),
     }
-    atomic_write_text(out / "detector.json", json.dumps(meta, indent=2))
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2))
 
 
 def threshold_warning(samples: int | None, frr: float) -> str | None:
@@ -131,63 +139,97 @@ def threshold_warning(samples: int | None, frr: float) -> str | None:
 
 
 def _read_meta(path: Path) -> dict:
-    meta_path = path / "detector.json"
     if not path.is_dir():
         raise ModelFileError(path, "not a model directory (it does not exist or is a file)")
-    if not meta_path.is_file():
-        raise ModelFileError(meta_path, "missing: this is not a cmdiad model directory")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(meta_path, f"corrupted JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelFileError(meta_path, f"not a cmdiad detector (format {meta.get('format')!r})"
-                             if isinstance(meta, dict) else "not a cmdiad detector")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(meta_path, f"format version {meta.get('format_version')!r} is not supported "
-                             f"(this cmdiad reads version {FORMAT_VERSION})")
-    return meta
+    return read_meta(path / META_FILE, FORMAT, (1, FORMAT_VERSION), what="detector", version_key="format_version",
+                     required=("config", "streams"))
 
 
 def load_detector(path: Path, *, device: str | torch.device = "cpu", cache: FeatureCache | None = None) -> Detector:
-    """Load a detector saved by :func:`save_detector`; validates format, version, types and shapes.
+    """Load a detector saved by :func:`save_detector` (or an older cmdiad); validates everything it reads.
 
     Raises:
-        ModelFileError: Naming the file that is missing, foreign, corrupted or of a wrong type.
+        ModelFileError: Naming the file that is missing, foreign, corrupted or of a wrong type or shape.
     """
     path = Path(path)
     meta = _read_meta(path)
-    meta_path = path / "detector.json"
+    meta_path = path / META_FILE
     try:
         cfg = from_dict(DetectorConfig, meta["config"], "detector.json:config")
     except (ConfigError, KeyError) as exc:
         raise ModelFileError(meta_path, f"invalid config: {exc}") from exc
-    streams = streams_for(cfg)
-    if meta.get("streams") != [s.name for s in streams]:
+    if meta.get("streams") != [s.name for s in streams_for(cfg)]:
         raise ModelFileError(meta_path, f"streams {meta.get('streams')} do not match the method")
     threshold, samples, calibration = _calibration_fields(meta, meta_path)
-    banks = {s.name: _guarded(path / "banks" / s.name / BANK_META, "memory bank", MemoryBank.load,
-                              path / "banks" / s.name, device=device) for s in streams}
-    hall = [s for s in streams if s.hallucinated]
-    hallucinator = None
-    if hall:
-        hallucinator = _guarded(path / "distiller" / DISTILLER_META, "distiller", Hallucinator.load,
-                                path / "distiller", cfg.method, hall[0].target, None, device=device)
+    if meta["format_version"] == 1:
+        from cmdiad.pipeline.persist_v1 import convert
+
+        meta, tensors = convert(path, meta, cfg)
+        log.info("read %s, a model folder of format version 1 (save it again to write version 2)", path)
+    else:
+        tensors = _read_tensors(path / WEIGHTS_FILE)
     modalities = needed_modalities(cfg)
     if cfg.method in DESIGNS and design(cfg.method).learns_target_inputs:
         modalities = ("rgb", "xyz")  # the decoded input is re-encoded with the target extractor
     det = Detector(cfg, build_encoder(cfg, device=device, cache=cache, modalities=modalities), device=device)
-    det.banks = banks
-    if hallucinator is not None:
-        hallucinator.target_extractor = det.encoder.extractors.get(hallucinator.target)
-        det.hallucinator = hallucinator
-    try:
-        det.fuser = Fuser.from_state(meta["fusion"])
-    except (KeyError, ValueError, TypeError, AttributeError, CmdiadError) as exc:
-        raise ModelFileError(meta_path, f"invalid fusion state: {exc}") from exc
+    det.core = _core(cfg, det.encoder, meta, tensors, path)
+    det.core.to(device)
     det.threshold, det.threshold_samples, det.map_calibration = threshold, samples, calibration
     _check_widths(det, path)
     return det
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelFileError(path, "missing: the model's weights file (a folder of format version 2 has one)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(path, f"corrupted safetensors file ({exc})") from exc
+
+
+def _core(cfg: DetectorConfig, encoder: Encoder, meta: dict, tensors: dict[str, torch.Tensor],
+          path: Path) -> DetectorCore:
+    """The core shaped as ``meta`` describes, with ``tensors`` loaded strictly into it."""
+    meta_path, weights = path / META_FILE, path / WEIGHTS_FILE
+    if list(meta.get("image_size", encoder.image_size)) != list(encoder.image_size):
+        raise ModelFileError(meta_path, f"image_size {meta.get('image_size')} does not match the config's "
+                             f"{list(encoder.image_size)}")
+    core = DetectorCore(cfg, encoder.image_size)
+    _empty_banks(core, meta.get("banks"), meta_path)
+    hall = core.hallucinated
+    if hall is not None:
+        if not isinstance(meta.get("hallucinator"), dict):
+            raise ModelFileError(meta_path, "'hallucinator' must describe the distiller of this MTFI method")
+        h = Hallucinator.from_meta(meta["hallucinator"], encoder.extractors.get(hall.target), meta_path)
+        if (h.kind, h.target) != (cfg.method, hall.target):
+            raise ModelFileError(meta_path, f"holds a {h.kind} distiller to {h.target}, "
+                                 f"not {cfg.method} to {hall.target}")
+        core.hallucinator = h
+    if not isinstance(meta.get("fusion"), dict):
+        raise ModelFileError(meta_path, "'fusion' must hold the fitted fusion state")
+    core.fusion = FusionState.from_saved(meta["fusion"], tensors, "fusion.", meta_path)
+    try:
+        core.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ModelFileError(weights, f"does not match detector.json ({_first_line(exc)})") from exc
+    return core.eval()
+
+
+def _empty_banks(core: DetectorCore, shapes, meta_path: Path) -> None:  # noqa: ANN001 - JSON value
+    """One empty bank per stream, of the shape detector.json gives, to load the tensors into."""
+    if not isinstance(shapes, dict) or set(shapes) != {s.name for s in core.streams}:
+        raise ModelFileError(meta_path, f"'banks' must give the shape of each stream's bank, got {shapes!r}")
+    for s in core.streams:
+        shape = shapes[s.name]
+        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
+            raise ModelFileError(meta_path, f"bank shape of {s.name!r} must be [rows, dim], got {shape!r}")
+        core.banks[s.name] = MemoryBank.empty(core.config.memory, *shape)
+
+
+def _first_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300]
 
 
 def load_hallucinator(
@@ -196,16 +238,6 @@ def load_hallucinator(
     """The distiller saved in ``folder`` for the MTFI method of ``cfg``, ready to hallucinate."""
     target = next(s.target for s in streams_for(cfg) if s.hallucinated)
     return Hallucinator.load(folder, cfg.method, target, encoder.extractors.get(target), device=device)
-
-
-def _guarded(where: Path, what: str, load, *args, **kwargs):
-    """``load(*args, **kwargs)`` with any error from a malformed file as a ModelFileError on ``where``."""
-    try:
-        return load(*args, **kwargs)
-    except CmdiadError:
-        raise
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as exc:
-        raise ModelFileError(where, f"invalid {what} file ({type(exc).__name__}: {exc})") from exc
 
 
 def _number(value, where: Path, key: str, *, integer: bool = False):
@@ -238,5 +270,5 @@ def _check_widths(det: Detector, path: Path) -> None:
         ext = det.encoder.extractor(s.source)
         bank = det.banks[s.name]
         if bank.dim != ext.out_channels:
-            raise ModelFileError(path / "banks" / s.name,
-                                 f"bank width {bank.dim} does not match the {s.source} extractor ({ext.out_channels})")
+            raise ModelFileError(path / WEIGHTS_FILE, f"bank {s.name!r} has width {bank.dim}, which does not match "
+                                 f"the {s.source} extractor ({ext.out_channels})")

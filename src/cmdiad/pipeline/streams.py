@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cmdiad.config import DISTILL_KINDS, DetectorConfig
+from cmdiad.config import DetectorConfig
 from cmdiad.rows import ALL_ROWS, parse_row, row_name
 
 OTHER = {"rgb": "xyz", "xyz": "rgb"}
@@ -47,7 +47,6 @@ def streams_for(cfg: DetectorConfig) -> list[Stream]:
         return [Stream(cfg.method, cfg.method, w[cfg.method])]
     if cfg.method == "dual":
         return [Stream("xyz", "xyz", w["xyz"]), Stream("rgb", "rgb", w["rgb"])]
-    assert cfg.method in DISTILL_KINDS
     main = cfg.main
     return [Stream(main, main, w[main]), Stream(main, OTHER[main], cfg.fusion.hallucinated_weight)]
 
