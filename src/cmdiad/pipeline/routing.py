@@ -16,6 +16,7 @@ import torch
 from cmdiad.errors import DatasetError, ModelFileError
 from cmdiad.features.cache import FeatureCache
 from cmdiad.io.atomic import atomic_write_text
+from cmdiad.io.meta import read_json_object
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.persist import load_detector, write_detector_files, write_model_folder
 from cmdiad.types import SampleRecord, Scores
@@ -112,11 +113,8 @@ class Router:
         if not meta_path.is_file():
             det = load_detector(path, device=device, cache=cache)
             return cls({_route_of(det): det})
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            routes = meta["routes"] if meta.get("format") == ROUTER_FORMAT else None
-        except (ValueError, KeyError, AttributeError) as exc:
-            raise ModelFileError(meta_path, f"corrupted router file ({exc})") from exc
+        meta = read_json_object(meta_path, what="model set")
+        routes = meta.get("routes") if meta.get("format") == ROUTER_FORMAT else None
         if not isinstance(routes, list) or not routes:
             raise ModelFileError(meta_path, "not a cmdiad model set")
         known = sorted(set(ROUTE_NAMES.values()))
