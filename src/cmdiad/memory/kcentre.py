@@ -163,8 +163,9 @@ if numba is not None:
         return row
 
     @numba.njit(cache=True, nogil=True)
-    def _pruned_steps(z, order, starts, centres, radius, d_pc, min_d2, cmax, carg, out, radii2, row, s0, s1, forced,
-                      slack):
+    def _pruned_steps(
+        z, order, starts, centres, radius, d_pc, min_d2, cmax, carg, out, radii2, row, s0, s1, forced, slack
+    ):
         """Steps ``[s0, s1)`` of the greedy loop over cluster-sorted rows ``z``; returns the next row.
 
         ``row`` is picked at step ``s0``; then the farthest row, or ``forced[step]`` when ``forced``
