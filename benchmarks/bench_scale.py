@@ -147,6 +147,25 @@ def instrument(timer: StageTimer) -> None:
     timer._patched.append((MemoryBank, "finalize", finalize))
 
 
+class StageLog:
+    """Prints each new progress stage (with the elapsed seconds) to stderr, to follow a long run."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0, self.last = t0, None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        name = stage.split(" loss ")[0]
+        if name != self.last:
+            self.last = name
+            print(f"[{time.perf_counter() - self.t0:7.1f} s] {name} ({total})", file=sys.stderr, flush=True)
+
+
+def _log_record(record: dict, t0: float) -> None:
+    print(f"[{time.perf_counter() - t0:7.1f} s] row {record.get('method')} {record.get('main')} done: fit "
+          f"{record.get('fit_seconds', 0):.1f} s, I-AUROC {record.get('i_auroc', float('nan')):.3f}",
+          file=sys.stderr, flush=True)
+
+
 class ReadCounter:
     """Counts decoded images and point clouds (thread-safe; readers run in the encoder's threads)."""
 
@@ -210,7 +229,8 @@ def run(data: Path, out: Path, cfg, cache: Path | None) -> dict:
     try:
         with _common.RssMonitor(interval=0.02) as rss:
             t0 = time.perf_counter()
-            records = runs_module.run_experiment(data, out, cfg, cache_dir=cache, overwrite=True)
+            records = runs_module.run_experiment(data, out, cfg, cache_dir=cache, overwrite=True,
+                                                 progress=StageLog(t0), on_record=lambda r: _log_record(r, t0))
             total = time.perf_counter() - t0
         ms_extract = dict(_last_encoder[-1].ms_per_sample) if _last_encoder else {}
     finally:
@@ -355,6 +375,8 @@ def _report(args, counts: dict[str, int], data_root: Path, work: Path) -> list[s
     cfg = experiment_config("default", ALL_ROWS, {})
     warm_up(native, cfg)
     first = run(native, work / "run1", cfg, work / "cache")
+    print(f"first run: {first['total']:.1f} s, peak RSS {_common.fmt_mb(first['peak_rss'])} MiB\n"
+          f"{stage_table(first)}\n{coreset_table(first)}\n{row_table(first, None, args.size)}", flush=True)
     second = None if args.no_second else run(native, work / "run2", cfg, work / "cache")
     sizes = {args.size: native, 224: make_data(data_root, 224, counts)}
     small = None if args.no_224 else run(sizes[224], work / "run224", experiment_config("default", COMPARED_ROWS, {}),
@@ -391,6 +413,7 @@ def _report(args, counts: dict[str, int], data_root: Path, work: Path) -> list[s
         pcfg = experiment_config("paper", PAPER_ROWS_QUICK, {**PAPER_SETS, "detector.distill.epochs": 1})
         warm_up(pdata, pcfg)
         paper = run(pdata, work / "paper", pcfg, None)
+        print(f"paper run: {paper['total']:.1f} s\n{stage_table(paper)}", flush=True)
         parts.append(
             f"### Paper preset shapes (dino_vitb8 + point_mae, random init, 1 distillation epoch)\n\n"
             f"{pc['train']} train / {pc['validation']} validation / {paper['records'][0]['num_test']} test at "
