@@ -3,7 +3,7 @@
 The paper preset's features are 56x56 patches x 768 channels per sample and modality (784k
 patches at 250 training scans). This benchmark runs, in a fresh process per dtype, what a
 detector's fit does with one modality's training features: ``Encoder.features`` of ``--samples``
-samples (an extractor stand-in returns seeded random 768 x 56 x 56 features, so no network runs
+samples (an extractor stand-in returns seeded Gaussian-mixture 768 x 56 x 56 features, so no network runs
 and the figures are the feature path's alone), then a ``MemoryBank`` built from them (the
 ``greedy`` sampler at ``--ratio``) while the returned features stay alive (the detector scores
 the training samples against the bank next). Reported: RSS growth over the process's start
@@ -40,17 +40,25 @@ GIB = 2**30
 
 
 class StandIn:
-    """An extractor stand-in: seeded random ``(B, 768, 56, 56)`` features, every patch valid."""
+    """An extractor stand-in: seeded Gaussian-mixture ``(B, 768, 56, 56)`` features, every patch valid.
+
+    Clustered like real patch features (i.i.d. noise in 768 dimensions would defeat the greedy
+    coreset's triangle-inequality pruning and time a case no extractor produces).
+    """
 
     device = torch.device("cpu")
 
-    def __init__(self) -> None:
+    def __init__(self, clusters: int = 256) -> None:
         self.calls = 0
+        self.centres = torch.randn(clusters, DIM, generator=torch.Generator().manual_seed(0)) * 2.0
 
     def patch_features(self, x: torch.Tensor) -> PatchFeatures:
-        gen = torch.Generator().manual_seed(self.calls)
+        gen = torch.Generator().manual_seed(1 + self.calls)
         self.calls += 1
-        feats = torch.randn(x.shape[0], DIM, GRID, GRID, generator=gen)
+        n = x.shape[0] * GRID * GRID
+        rows = self.centres[torch.randint(len(self.centres), (n,), generator=gen)]
+        rows += torch.randn(n, DIM, generator=gen) * 0.5
+        feats = rows.view(x.shape[0], GRID, GRID, DIM).permute(0, 3, 1, 2)
         return PatchFeatures(feats, torch.ones(x.shape[0], GRID, GRID, dtype=torch.bool))
 
 
