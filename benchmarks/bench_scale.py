@@ -282,7 +282,7 @@ def paper_extrapolation(result: dict, counts: dict[str, int], train_target: int 
             f"modalities {gib(n * per_sample, 4):.1f} GiB float32. The encoder's in-memory cache holds one copy "
             f"and each `features()` call returns another (a bank needs its own standardised copy too), so "
             f"float32 throughout needs about 3 x {gib(patches * dim, 4):.1f} GiB per modality at the peak of a "
-            f"bank build; a float16 cache (`FeatureCache(dtype=torch.float16)`) brings the resident copy to "
+            f"bank build; `data.feature_dtype = \"float16\"` brings the encoder's resident copy to "
             f"{gib(patches * dim, 2):.1f} GiB. Measured here on {counts['train']} scans the peak RSS was "
             f"{_common.fmt_mb(result['peak_rss'])} MiB; time scales linearly in scans for extraction and "
             f"distillation (per epoch), and as patches x kept for the greedy coreset (quadratic in scans).")
