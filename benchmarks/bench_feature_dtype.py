@@ -104,7 +104,14 @@ def render(args, load_before, results: list[dict]) -> str:
     scale = 784_000 / rows
     lines += ["", f"Linear in samples: at 250 scans (784,000 rows) the bank-build peak of this path is about "
               f"{f32['peak_bank'] * scale / GIB:.1f} GiB (float32) and {f16['peak_bank'] * scale / GIB:.1f} GiB "
-              f"(float16) per modality. Machine: {_common.machine_description(load_before)}.", ""]
+              f"(float16) per modality.", "",
+              "What the rows hold: after `features()` the encoder's in-memory cache (float32 or float16) plus the "
+              "float32 tensor it returns (the detector's distillers, standardisation and hallucination take "
+              "float32); the bank build adds the bank's own float32 copy of the valid rows and the greedy "
+              "coreset's projection and cluster-sorted copy. `feature_dtype = \"float16\"` halves the cache copy "
+              "(and the `--cache` files), not the others; handing float16 on to the bank (which converts per "
+              "batch) would save one more half copy but needs the detector to accept float16 features.", "",
+              f"Machine: {_common.machine_description(load_before)}.", ""]
     return "\n".join(lines)
 
 
