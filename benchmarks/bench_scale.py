@@ -42,11 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 import cmdiad.io.mvtec3d as mvtec3d  # noqa: E402
-import cmdiad.pipeline.detector as detector_module  # noqa: E402
+import cmdiad.pipeline.core as core_module  # noqa: E402
 import cmdiad.pipeline.mtfi as mtfi_module  # noqa: E402
 import cmdiad.pipeline.runs as runs_module  # noqa: E402
 from cmdiad import config as C  # noqa: E402
 from cmdiad.memory.bank import MemoryBank  # noqa: E402
+from cmdiad.pipeline.core import DetectorCore  # noqa: E402
 from cmdiad.pipeline.detector import Detector  # noqa: E402
 from cmdiad.pipeline.encoder import Encoder  # noqa: E402
 from cmdiad.pipeline.presets import preset  # noqa: E402
@@ -122,8 +123,8 @@ def instrument(timer: StageTimer) -> None:
     timer.wrap(Encoder, "masks", "read masks")
     timer.wrap(mtfi_module, "fit_distiller", "distill")
     timer.wrap(MemoryBank, "score", "bank search")
-    timer.wrap(detector_module, "anomaly_map", "anomaly maps")
-    timer.wrap(Detector, "_hallucinate", "hallucinate")
+    timer.wrap(core_module, "anomaly_map", "anomaly maps")
+    timer.wrap(DetectorCore, "hallucinate", "hallucinate")
     timer.wrap(Detector, "_fit_fusion", "fusion")
     timer.wrap(Detector, "score_features", "fusion")
     timer.wrap(Detector, "score", "scoring (other)")
@@ -145,6 +146,25 @@ def instrument(timer: StageTimer) -> None:
 
     MemoryBank.finalize = timed_finalize
     timer._patched.append((MemoryBank, "finalize", finalize))
+
+
+class StageLog:
+    """Prints each new progress stage (with the elapsed seconds) to stderr, to follow a long run."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0, self.last = t0, None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        name = stage.split(" loss ")[0]
+        if name != self.last:
+            self.last = name
+            print(f"[{time.perf_counter() - self.t0:7.1f} s] {name} ({total})", file=sys.stderr, flush=True)
+
+
+def _log_record(record: dict, t0: float) -> None:
+    print(f"[{time.perf_counter() - t0:7.1f} s] row {record.get('method')} {record.get('main')} done: fit "
+          f"{record.get('fit_seconds', 0):.1f} s, I-AUROC {record.get('i_auroc', float('nan')):.3f}",
+          file=sys.stderr, flush=True)
 
 
 class ReadCounter:
@@ -210,7 +230,8 @@ def run(data: Path, out: Path, cfg, cache: Path | None) -> dict:
     try:
         with _common.RssMonitor(interval=0.02) as rss:
             t0 = time.perf_counter()
-            records = runs_module.run_experiment(data, out, cfg, cache_dir=cache, overwrite=True)
+            records = runs_module.run_experiment(data, out, cfg, cache_dir=cache, overwrite=True,
+                                                 progress=StageLog(t0), on_record=lambda r: _log_record(r, t0))
             total = time.perf_counter() - t0
         ms_extract = dict(_last_encoder[-1].ms_per_sample) if _last_encoder else {}
     finally:
@@ -262,7 +283,7 @@ def paper_extrapolation(result: dict, counts: dict[str, int], train_target: int 
             f"modalities {gib(n * per_sample, 4):.1f} GiB float32. The encoder's in-memory cache holds one copy "
             f"and each `features()` call returns another (a bank needs its own standardised copy too), so "
             f"float32 throughout needs about 3 x {gib(patches * dim, 4):.1f} GiB per modality at the peak of a "
-            f"bank build; a float16 cache (`FeatureCache(dtype=torch.float16)`) brings the resident copy to "
+            f"bank build; `data.feature_dtype = \"float16\"` brings the encoder's resident copy to "
             f"{gib(patches * dim, 2):.1f} GiB. Measured here on {counts['train']} scans the peak RSS was "
             f"{_common.fmt_mb(result['peak_rss'])} MiB; time scales linearly in scans for extraction and "
             f"distillation (per epoch), and as patches x kept for the greedy coreset (quadratic in scans).")
@@ -277,6 +298,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=None, help="where datasets are generated (default: a temp dir)")
     p.add_argument("--no-paper", action="store_true", help="skip the paper-preset table")
     p.add_argument("--no-224", action="store_true", help="skip the 224-px comparison run")
+    p.add_argument("--no-second", action="store_true", help="skip the second run on the same feature cache")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--out", type=Path, default=_common.DOC)
     p.add_argument("--no-write", action="store_true", help="print only")
@@ -354,7 +376,9 @@ def _report(args, counts: dict[str, int], data_root: Path, work: Path) -> list[s
     cfg = experiment_config("default", ALL_ROWS, {})
     warm_up(native, cfg)
     first = run(native, work / "run1", cfg, work / "cache")
-    second = run(native, work / "run2", cfg, work / "cache")
+    print(f"first run: {first['total']:.1f} s, peak RSS {_common.fmt_mb(first['peak_rss'])} MiB\n"
+          f"{stage_table(first)}\n{coreset_table(first)}\n{row_table(first, None, args.size)}", flush=True)
+    second = None if args.no_second else run(native, work / "run2", cfg, work / "cache")
     sizes = {args.size: native, 224: make_data(data_root, 224, counts)}
     small = None if args.no_224 else run(sizes[224], work / "run224", experiment_config("default", COMPARED_ROWS, {}),
                                         None)
@@ -370,9 +394,11 @@ def _report(args, counts: dict[str, int], data_root: Path, work: Path) -> list[s
         f"### Default preset, first run (cold cache)\n\n{stage_table(first)}\n\n"
         f"Peak RSS {_common.fmt_mb(first['peak_rss'])} MiB. Files decoded: {first['reads']}.",
         f"### Coreset per bank (first run)\n\n{coreset_table(first)}",
-        f"### Second run on the same cache\n\n{stage_table(second)}\n\nFiles decoded: {second['reads']} "
-        f"(features, inputs and extraction timings all come from the cache; masks read mask files only). "
-        f"Peak RSS {_common.fmt_mb(second['peak_rss'])} MiB.",
+        ("### Second run on the same cache\n\nSkipped (`--no-second`); the `--quick` run and "
+         "tests/unit/features/test_cache*.py show a second run decodes no file." if second is None else
+         f"### Second run on the same cache\n\n{stage_table(second)}\n\nFiles decoded: {second['reads']} "
+         f"(features, inputs and extraction timings all come from the cache; masks read mask files only). "
+         f"Peak RSS {_common.fmt_mb(second['peak_rss'])} MiB."),
         "### Rows: native size vs 224 px\n\nms/sample as the experiment reports it (scoring + reading and "
         "extraction per modality used)"
         + ("; the 224-px run has the same counts." if small else ".")
@@ -388,6 +414,7 @@ def _report(args, counts: dict[str, int], data_root: Path, work: Path) -> list[s
         pcfg = experiment_config("paper", PAPER_ROWS_QUICK, {**PAPER_SETS, "detector.distill.epochs": 1})
         warm_up(pdata, pcfg)
         paper = run(pdata, work / "paper", pcfg, None)
+        print(f"paper run: {paper['total']:.1f} s\n{stage_table(paper)}", flush=True)
         parts.append(
             f"### Paper preset shapes (dino_vitb8 + point_mae, random init, 1 distillation epoch)\n\n"
             f"{pc['train']} train / {pc['validation']} validation / {paper['records'][0]['num_test']} test at "

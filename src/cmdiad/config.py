@@ -46,10 +46,15 @@ class DataConfig:
     """Warn and skip unreadable samples instead of raising."""
     paired_fraction: float = 1.0
     """Fraction of training samples that keep both modalities (partially paired experiments)."""
+    feature_dtype: str = "float32"
+    """Dtype the encoder keeps patch features in (its in-memory cache and the ``--cache`` files):
+    ``float16`` halves their memory and disk use; banks, distillers and scoring still get float32."""
 
     def __post_init__(self) -> None:
         _check(len(self.image_size) == 2 and min(self.image_size) >= 8, "image_size must be (H, W) >= 8")
         _check(0.0 < self.paired_fraction <= 1.0, "paired_fraction must be in (0, 1]")
+        _check(self.feature_dtype in ("float32", "float16"),
+               f"unknown feature_dtype {self.feature_dtype!r}; use one of: float32, float16")
 
 
 @dataclass(frozen=True)

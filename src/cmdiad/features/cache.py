@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from cmdiad.config import to_dict
 from cmdiad.errors import DatasetError
+from cmdiad.io.atomic import atomic_path, atomic_write_text
 from cmdiad.types import PatchFeatures
 
 logger = logging.getLogger(__name__)
@@ -124,23 +124,43 @@ class FeatureCache:
             return found
         return self.put(extractor_key, sample_key, compute())
 
-    def get(self, extractor_key: str, sample_key: str) -> PatchFeatures | None:
-        """The cached entry (CPU, float32), or ``None`` when absent, stale or unreadable."""
-        found = self._load(extractor_key, sample_key)
+    def get(self, extractor_key: str, sample_key: str, *, as_stored: bool = False) -> PatchFeatures | None:
+        """The cached entry (CPU, float32), or ``None`` when absent, stale or unreadable.
+
+        With ``as_stored`` the features keep their stored dtype and an in-memory entry is
+        returned without a copy (the caller must not modify it).
+        """
+        found = self._load(extractor_key, sample_key, as_stored)
         if found is None:
             self.misses += 1
         else:
             self.hits += 1
         return found
 
-    def put(self, extractor_key: str, sample_key: str, pf: PatchFeatures) -> PatchFeatures:
-        """Store an entry, replacing any previous one; returns it as read back (CPU, float32)."""
-        stored = PatchFeatures(pf.features.detach().to("cpu", self.dtype), pf.valid.detach().cpu().bool())
+    def put(
+        self,
+        extractor_key: str,
+        sample_key: str,
+        pf: PatchFeatures,
+        *,
+        dtype: torch.dtype | None = None,
+        as_stored: bool = False,
+    ) -> PatchFeatures:
+        """Store an entry, replacing any previous one; returns it as read back (CPU, float32).
+
+        Args:
+            extractor_key: From :func:`extractor_key`.
+            sample_key: From :func:`sample_key`.
+            pf: The features to store.
+            dtype: Storage dtype of this entry; the cache's ``dtype`` when None.
+            as_stored: Return the stored tensors (storage dtype, not a copy) instead of float32.
+        """
+        stored = PatchFeatures(pf.features.detach().to("cpu", dtype or self.dtype), pf.valid.detach().cpu().bool())
         if self.root is None:
             self._memory[(extractor_key, sample_key)] = stored
         else:
             self._write(self.path_of(extractor_key, sample_key), sample_key, stored)
-        return PatchFeatures(stored.features.float(), stored.valid)
+        return stored if as_stored else PatchFeatures(stored.features.float(), stored.valid)
 
     def put_timing(self, extractor_key: str, ms_per_sample: float) -> None:
         """Remember how long one sample took to read and encode with this extractor.
@@ -153,9 +173,7 @@ class FeatureCache:
             return
         path = self.root / extractor_key / "timing.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"format": CACHE_FORMAT, "ms_per_sample": float(ms_per_sample)}) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "ms_per_sample": float(ms_per_sample)}) + "\n")
 
     def get_timing(self, extractor_key: str) -> float | None:
         """The stored milliseconds per sample of an extractor, or ``None`` when never measured."""
@@ -171,15 +189,18 @@ class FeatureCache:
             self._timings[extractor_key] = value
         return value
 
-    def _load(self, extractor_key: str, sample_key: str) -> PatchFeatures | None:
+    def _load(self, extractor_key: str, sample_key: str, as_stored: bool = False) -> PatchFeatures | None:
         if self.root is None:
             pf = self._memory.get((extractor_key, sample_key))
-            return None if pf is None else PatchFeatures(pf.features.float(), pf.valid)
+            if pf is None:
+                return None
+            return pf if as_stored else PatchFeatures(pf.features.float(), pf.valid)
         path = self.path_of(extractor_key, sample_key)
         if not path.is_file():
             return None
         try:
-            return self._read(path, sample_key)
+            pf = self._read(path, sample_key)
+            return pf if as_stored else PatchFeatures(pf.features.float(), pf.valid)
         except Exception as exc:  # noqa: BLE001 - any unreadable entry is simply recomputed
             logger.warning("feature cache entry %s is unreadable (%s); recomputing", path, exc)
             return None
@@ -191,12 +212,11 @@ class FeatureCache:
         if meta.get("sample_key") != sample_key or meta.get("format") != str(CACHE_FORMAT):
             raise ValueError("it belongs to another sample or cache format")
         tensors = load_file(str(path))
-        return PatchFeatures(tensors["features"].float(), tensors["valid"].bool())
+        return PatchFeatures(tensors["features"], tensors["valid"].bool())
 
     @staticmethod
     def _write(path: Path, sample_key: str, pf: PatchFeatures) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         tensors = {"features": pf.features.contiguous(), "valid": pf.valid.contiguous()}
-        save_file(tensors, str(tmp), metadata={"sample_key": sample_key, "format": str(CACHE_FORMAT)})
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written entry under the name
+        with atomic_path(path) as tmp:  # a crash never leaves a half-written entry under the name
+            save_file(tensors, str(tmp), metadata={"sample_key": sample_key, "format": str(CACHE_FORMAT)})

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from cmdiad.config import MemoryConfig
-from cmdiad.memory.coreset import build_sampler
+from cmdiad.memory.coreset import build_sampler, coreset_size
 from cmdiad.memory.knn import KnnIndex
 from cmdiad.types import PatchFeatures
 
@@ -201,12 +202,19 @@ class MemoryBank(nn.Module):
         std, mean = torch.std_mean(self._gather())
         return float(mean), float(std)
 
-    def finalize(self, mean: float | None = None, std: float | None = None) -> None:
+    def finalize(
+        self,
+        mean: float | None = None,
+        std: float | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
         """Standardise, subsample with the configured coreset, and build the search index.
 
         Args:
             mean: Standardisation mean; None uses this bank's own (``per_bank``).
             std: Standardisation std; None uses this bank's own.
+            progress: Optional ``progress("coreset", picked, kept)``: once at 0 before the
+                sampler starts, about 50 times while a greedy sampler picks, and once at the end.
         """
         rows = self._gather()
         own_mean, own_std = self.collected_stats() if mean is None or std is None else (0.0, 1.0)
@@ -215,11 +223,28 @@ class MemoryBank(nn.Module):
             raise ValueError(f"standardisation std must be > 0, got {std}")
         self.standardisation = torch.tensor([mean, std], dtype=torch.float64, device=self.device)
         rows.sub_(mean).div_(std)  # in place: the raw rows are not needed again
-        idx = build_sampler(self.config.coreset).select(rows)
+        idx = self._select(rows, progress)
         self.bank = rows if len(idx) == rows.shape[0] else rows[idx].contiguous()
         self._collected = None
         logger.info("memory bank: kept %d of %d patches", self.bank.shape[0], rows.shape[0])
         self._build_index()
+
+    def _select(self, rows: torch.Tensor, progress: Callable[[str, int, int], None] | None) -> torch.Tensor:
+        """The configured sampler's indices, reporting progress under the stage ``coreset``."""
+        sampler = build_sampler(self.config.coreset)
+        if progress is None:
+            return sampler.select(rows)
+        last = [0]
+
+        def report(done: int, total: int) -> None:
+            last[0] = done
+            progress("coreset", done, total)
+
+        report(0, coreset_size(self.config.coreset.ratio, rows.shape[0]))
+        idx = sampler.select(rows, report)
+        if last[0] != len(idx):
+            report(len(idx), len(idx))
+        return idx
 
     def _build_index(self) -> None:
         cfg = self.config

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -23,6 +24,14 @@ logger = logging.getLogger(__name__)
 
 _ROW_CHUNK = 65536  # rows per projection chunk: bounds the temporary of a dtype cast
 _LOOP_CHUNK = 16384  # rows per distance block of the reference loop
+
+Progress = Callable[[int, int], None]
+"""``progress(picked, total)``, called between chunks of the greedy loop."""
+
+
+def _report_every(n: int) -> int:
+    """Steps between progress calls of the torch loops (about 50 calls in all)."""
+    return kcentre.chunk_steps(n)
 
 
 def johnson_lindenstrauss_dim(n: int, eps: float) -> int:
@@ -95,7 +104,9 @@ def _projected(x: torch.Tensor, projection_dim: int | None, eps: float | None, s
     return random_projection(x, dim, seed)
 
 
-def _greedy_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: int) -> torch.Tensor:
+def _greedy_loop(
+    z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: int, progress: Progress | None = None
+) -> torch.Tensor:
     """Reference k-centre greedy loop (torch, any device) from ``first`` given squared min distances ``min_d2``.
 
     Per step, ``Σ (z − c)²`` over row chunks (in float64, rounded once to float32, so the result
@@ -104,7 +115,7 @@ def _greedy_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: 
     """
     out = torch.empty(n, dtype=torch.long, device=z.device)
     z64 = z.double()
-    idx = first
+    idx, every = first, _report_every(n)
     for step in range(n):
         out[step] = idx
         centre = z64[idx]
@@ -114,10 +125,14 @@ def _greedy_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: 
             torch.minimum(part, d2, out=part)
         min_d2[idx] = -1.0
         idx = torch.argmax(min_d2)
+        if progress is not None and ((step + 1) % every == 0 or step + 1 == n):
+            progress(step + 1, n)
     return out
 
 
-def _matvec_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: int) -> torch.Tensor:
+def _matvec_loop(
+    z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: int, progress: Progress | None = None
+) -> torch.Tensor:
     """The greedy loop with one fused float32 ``|z|² − 2 z·c + |c|²`` matrix-vector product per step.
 
     A quarter of the reference loop's memory traffic (fast on a GPU); its rounding may break
@@ -125,24 +140,28 @@ def _matvec_loop(z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: 
     """
     sq = torch.einsum("nd,nd->n", z, z)
     out = torch.empty(n, dtype=torch.long, device=z.device)
-    idx = first
+    idx, every = first, _report_every(n)
     for step in range(n):
         out[step] = idx
         d2 = torch.addmv(sq, z, z[idx], alpha=-2.0).add_(sq[idx])
         torch.minimum(min_d2, d2, out=min_d2)
         min_d2[idx] = -1.0
         idx = torch.argmax(min_d2)
+        if progress is not None and ((step + 1) % every == 0 or step + 1 == n):
+            progress(step + 1, n)
     return out
 
 
-def _fast_loop(z: torch.Tensor, min_d2: torch.Tensor, first: int, n: int, seed: int) -> torch.Tensor:
+def _fast_loop(
+    z: torch.Tensor, min_d2: torch.Tensor, first: int, n: int, seed: int, progress: Progress | None = None
+) -> torch.Tensor:
     """Greedy picks: the pruned compiled loop on the CPU (the reference's picks), else the matvec loop."""
     if z.device.type == "cpu" and kcentre.available():
-        idx, _ = kcentre.ClusteredRows(z, seed=seed).run(n, start_index=first, min_d2=min_d2)
+        idx, _ = kcentre.ClusteredRows(z, seed=seed).run(n, start_index=first, min_d2=min_d2, progress=progress)
         return idx
     if z.device.type == "cpu":
         logger.warning("numba is not importable: the greedy coreset runs the slower torch matvec loop")
-    return _matvec_loop(z, min_d2, torch.tensor(first, device=z.device), n)
+    return _matvec_loop(z, min_d2, torch.tensor(first, device=z.device), n, progress)
 
 
 def _check_n(n: int, total: int) -> None:
@@ -159,6 +178,7 @@ def greedy_coreset_indices(
     seed: int = 0,
     start_index: int = 0,
     reference: bool = False,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Exact greedy k-centre selection (method-spec §3.2), fp32.
 
@@ -176,6 +196,7 @@ def greedy_coreset_indices(
         seed: Seed of the projection (and of the pruning clusters, which do not change the picks).
         start_index: The first selected point.
         reference: Run the plain torch loop (tests, parity checks).
+        progress: ``progress(picked, n)`` about 50 times during the loop (the picks do not change).
 
     Returns:
         ``(n,)`` int64 indices on ``x``'s device, in selection order, without repeats.
@@ -184,8 +205,8 @@ def greedy_coreset_indices(
     z = _projected(x, projection_dim, eps, seed)
     min_d2 = torch.full((z.shape[0],), float("inf"), device=z.device)
     if reference:
-        return _greedy_loop(z, min_d2, torch.tensor(start_index, device=z.device), n)
-    return _fast_loop(z, min_d2, start_index, n, seed).to(x.device)
+        return _greedy_loop(z, min_d2, torch.tensor(start_index, device=z.device), n, progress)
+    return _fast_loop(z, min_d2, start_index, n, seed, progress).to(x.device)
 
 
 def approximate_greedy_coreset_indices(
@@ -196,6 +217,7 @@ def approximate_greedy_coreset_indices(
     projection_dim: int | None = 128,
     eps: float | None = None,
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """PatchCore's approximate greedy selection.
 
@@ -210,6 +232,7 @@ def approximate_greedy_coreset_indices(
         projection_dim: Projection dimension (PatchCore uses 128); None with ``eps`` uses JL.
         eps: Johnson-Lindenstrauss distortion used when ``projection_dim`` is None.
         seed: Seed of the projection and the starting set.
+        progress: ``progress(picked, n)`` during the loop.
 
     Returns:
         ``(n,)`` int64 indices on ``x``'s device.
@@ -222,7 +245,7 @@ def approximate_greedy_coreset_indices(
     centres = z[starts.to(z.device)]
     d2 = (sq[:, None] - 2.0 * z @ centres.T + sq[starts.to(z.device)][None, :]).clamp_min_(0.0)
     min_d2 = d2.sqrt_().mean(dim=1).square_()
-    return _fast_loop(z, min_d2, int(torch.argmax(min_d2)), n, seed).to(x.device)
+    return _fast_loop(z, min_d2, int(torch.argmax(min_d2)), n, seed, progress).to(x.device)
 
 
 def covering_radius(x: torch.Tensor, selected_idx: torch.Tensor) -> float:
@@ -243,8 +266,11 @@ class _Sampler:
         self.seed = seed
         self.eps = eps
 
-    def select(self, x: torch.Tensor) -> torch.Tensor:
-        """Indices (n,) of the kept rows of ``x`` (N, D), ``n = ceil(ratio·N)``, on x's device."""
+    def select(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+        """Indices (n,) of the kept rows of ``x`` (N, D), ``n = ceil(ratio·N)``, on x's device.
+
+        ``progress(picked, n)`` is called while a greedy sampler runs (the others ignore it).
+        """
         raise NotImplementedError
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
@@ -259,34 +285,36 @@ SAMPLERS: Registry[_Sampler] = Registry("sampler")
 class GreedyCoresetSampler(_Sampler):
     """Exact greedy k-centre in a JL random projection (dimension from ``eps``)."""
 
-    def select(self, x: torch.Tensor) -> torch.Tensor:
+    def select(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         n = coreset_size(self.ratio, x.shape[0])
-        return greedy_coreset_indices(x, n, eps=self.eps, seed=self.seed)
+        return greedy_coreset_indices(x, n, eps=self.eps, seed=self.seed, progress=progress)
 
 
 @SAMPLERS.register("greedy_reference")
 class GreedyReferenceCoresetSampler(_Sampler):
     """The same picks as ``greedy`` from the plain torch loop (slow; tests and parity checks)."""
 
-    def select(self, x: torch.Tensor) -> torch.Tensor:
+    def select(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         n = coreset_size(self.ratio, x.shape[0])
-        return greedy_coreset_indices(x, n, eps=self.eps, seed=self.seed, reference=True)
+        return greedy_coreset_indices(x, n, eps=self.eps, seed=self.seed, reference=True, progress=progress)
 
 
 @SAMPLERS.register("approximate_greedy")
 class ApproximateGreedyCoresetSampler(_Sampler):
     """PatchCore's approximate greedy selection in a JL random projection."""
 
-    def select(self, x: torch.Tensor) -> torch.Tensor:
+    def select(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         n = coreset_size(self.ratio, x.shape[0])
-        return approximate_greedy_coreset_indices(x, n, projection_dim=None, eps=self.eps, seed=self.seed)
+        return approximate_greedy_coreset_indices(
+            x, n, projection_dim=None, eps=self.eps, seed=self.seed, progress=progress
+        )
 
 
 @SAMPLERS.register("random")
 class RandomSampler(_Sampler):
     """A seeded uniform random subset (sorted indices)."""
 
-    def select(self, x: torch.Tensor) -> torch.Tensor:
+    def select(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         n = coreset_size(self.ratio, x.shape[0])
         gen = torch.Generator().manual_seed(self.seed)
         return torch.randperm(x.shape[0], generator=gen)[:n].sort().values.to(x.device)
@@ -296,7 +324,7 @@ class RandomSampler(_Sampler):
 class IdentitySampler(_Sampler):
     """Keeps every row (ratio is ignored beyond validation)."""
 
-    def select(self, x: torch.Tensor) -> torch.Tensor:
+    def select(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
         return torch.arange(x.shape[0], device=x.device)
 
 

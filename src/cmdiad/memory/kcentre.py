@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -36,6 +37,11 @@ except ImportError:  # pragma: no cover - numba is a declared dependency
 SLACK = 1e-4
 """Relative slack on the triangle-inequality bounds (guards float32 rounding)."""
 
+PROGRESS_CHUNKS = 50
+"""The greedy loop runs in about this many compiled calls, reporting progress between them."""
+MIN_CHUNK = 64
+"""Fewest picks per compiled call (a call's Python overhead is tens of microseconds)."""
+
 _KMEANS_ITERS = 6
 _TRAIN_PER_CENTRE = 64
 _ASSIGN_CHUNK = 32768
@@ -44,6 +50,11 @@ _ASSIGN_CHUNK = 32768
 def available() -> bool:
     """Whether the compiled pruned loop can run (numba imported)."""
     return numba is not None
+
+
+def chunk_steps(n: int) -> int:
+    """Picks per compiled call: about ``n / PROGRESS_CHUNKS``, at least ``MIN_CHUNK`` (the loop state persists)."""
+    return max(MIN_CHUNK, math.ceil(n / PROGRESS_CHUNKS))
 
 
 def default_num_clusters(n: int) -> int:
@@ -152,20 +163,19 @@ if numba is not None:
         return row
 
     @numba.njit(cache=True, nogil=True)
-    def _pruned_loop(z, order, starts, centres, radius, d_pc, min_d2, first, n, forced, slack):
-        """The greedy loop over cluster-sorted rows ``z`` (min distances ``min_d2`` updated in place).
+    def _pruned_steps(
+        z, order, starts, centres, radius, d_pc, min_d2, cmax, carg, out, radii2, row, s0, s1, forced, slack
+    ):
+        """Steps ``[s0, s1)`` of the greedy loop over cluster-sorted rows ``z``; returns the next row.
 
-        Row ``first`` is picked first; then the farthest row, or ``forced[step]`` when ``forced``
-        is not empty. Returns the original indices (n,) and the squared covering radius after
-        each pick (n,), -1 once every row is picked.
+        ``row`` is picked at step ``s0``; then the farthest row, or ``forced[step]`` when ``forced``
+        is not empty. ``min_d2`` (squared min distances), ``cmax``/``carg`` (per cluster: largest
+        min distance and its row) are updated in place; ``out`` gets the original indices and
+        ``radii2`` the squared covering radius after each pick (-1 once every row is picked).
         """
         n_clusters = centres.shape[0]
-        cmax = np.full(n_clusters, np.inf, dtype=np.float32)  # visits every cluster at step 0
-        carg = starts[:-1].copy()
-        out = np.empty(n, dtype=np.int64)
-        radii2 = np.empty(n, dtype=np.float32)
-        row = first
-        for step in range(n):
+        n = out.shape[0]
+        for step in range(s0, s1):
             out[step] = order[row]
             q = z[row]
             min_d2[row] = -1.0
@@ -180,7 +190,7 @@ if numba is not None:
             radii2[step] = min_d2[row]
             if forced.shape[0] > 0 and step + 1 < n:
                 row = forced[step + 1]
-        return out, radii2
+        return row
 
 
 def _cluster_layout(z: torch.Tensor, labels: torch.Tensor):
@@ -224,7 +234,14 @@ class ClusteredRows:
         self._position[order] = torch.arange(n)
 
     def run(
-        self, n: int, *, start_index: int = 0, min_d2: torch.Tensor | None = None, forced: torch.Tensor | None = None
+        self,
+        n: int,
+        *,
+        start_index: int = 0,
+        min_d2: torch.Tensor | None = None,
+        forced: torch.Tensor | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        chunk: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy picks and covering radii.
 
@@ -235,6 +252,9 @@ class ClusteredRows:
                 starts from its own).
             forced: ``(n,)`` rows to take in this order instead of the farthest ones (then only
                 the radii are of interest).
+            progress: Called as ``progress(picked, n)`` after each chunk of compiled steps.
+            chunk: Picks per compiled call (default :func:`chunk_steps`); the picks do not
+                depend on it.
 
         Returns:
             ``idx`` (n,) int64 rows in selection order and ``radius`` (n,) float32: the covering
@@ -250,5 +270,14 @@ class ClusteredRows:
             init[pos] = min_d2.detach().cpu().float().numpy()
         rows = np.empty(0, dtype=np.int64) if forced is None else pos[forced.cpu().numpy()]
         first = int(pos[start_index] if forced is None else rows[0])
-        idx, radii2 = _pruned_loop(*self._arrays, init, first, n, rows, np.float32(SLACK))
+        arrays = self._arrays
+        cmax = np.full(self.num_clusters, np.inf, dtype=np.float32)  # visits every cluster at step 0
+        carg = arrays[2][:-1].copy()
+        idx, radii2 = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.float32)
+        step = chunk_steps(n) if chunk is None else max(1, int(chunk))
+        for s0 in range(0, n, step):
+            s1 = min(n, s0 + step)
+            first = _pruned_steps(*arrays, init, cmax, carg, idx, radii2, first, s0, s1, rows, np.float32(SLACK))
+            if progress is not None:
+                progress(s1, n)
         return torch.from_numpy(idx), torch.from_numpy(np.sqrt(np.maximum(radii2, 0.0)))

@@ -277,11 +277,7 @@ class Detector:
         t0 = time.perf_counter()
         bank = MemoryBank(self.config.memory, device=self.device)
         bank.add(feats)
-        if progress is not None:  # the compiled coreset loop reports nothing itself: a bar that shows the wait
-            progress(f"coreset {s.name}", 0, 1)
-        bank.finalize(*mean_std)
-        if progress is not None:
-            progress(f"coreset {s.name}", 1, 1)
+        bank.finalize(*mean_std, progress=staged(progress, f"coreset {s.name}"))
         self.core.banks[s.name] = bank
         scores = self._score_bank_only(s, feats, staged(progress, f"bank search {s.name}"))
         if key is not None:

@@ -103,13 +103,28 @@ def _file_identity(record: SampleRecord, modality: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
+def _assemble(parts: Sequence[PatchFeatures]) -> PatchFeatures:
+    """One float32 ``(N, C, h, w)`` tensor (and validity) from per-sample parts of any float dtype."""
+    first = parts[0].features
+    n = sum(p.features.shape[0] for p in parts)
+    feats = torch.empty(n, *first.shape[1:], dtype=torch.float32)
+    valid = torch.empty(n, *parts[0].valid.shape[1:], dtype=torch.bool)
+    start = 0
+    for p in parts:
+        stop = start + p.features.shape[0]
+        feats[start:stop].copy_(p.features)
+        valid[start:stop].copy_(p.valid)
+        start = stop
+    return PatchFeatures(feats, valid)
+
+
 class Encoder:
     """Turns sample records into preprocessed inputs and patch features.
 
     Args:
         extractors: Extractor per modality (``"rgb"``, ``"xyz"``); only those needed are used.
         configs: The config each extractor was built from (part of the cache key).
-        data: Input size and loading options.
+        data: Input size, loading options and the dtype features are kept in (``feature_dtype``).
         cache: Feature cache; an in-memory one when omitted.
         batch_size: Samples per extractor call.
         read_workers: Threads reading and preprocessing the files of a batch (results are the
@@ -137,7 +152,10 @@ class Encoder:
         self.batch_size = batch_size
         self.read_workers = default_read_workers() if read_workers is None else max(1, int(read_workers))
         self.ms_per_sample: dict[str, float] = {}
-        self._keys = {m: extractor_key(c, data.image_size) for m, c in configs.items()}
+        self.feature_dtype = getattr(torch, data.feature_dtype)
+        self._store_dtype = None if self.feature_dtype == torch.float32 else self.feature_dtype  # None: the cache's
+        suffix = "" if self.feature_dtype == torch.float32 else f"-{data.feature_dtype}"  # float32 keys unchanged
+        self._keys = {m: extractor_key(c, data.image_size) + suffix for m, c in configs.items()}
         # Preprocessed inputs are kept too (float32, exact), so that rows needing them (i2f, f2i)
         # and later runs on the same cache never decode a file twice.
         self._input_cache = FeatureCache(self.cache.root) if keep_inputs else None
@@ -226,13 +244,15 @@ class Encoder:
                 read the files again.
 
         Returns:
-            Features ``(N, C, h, w)`` and validity ``(N, h, w)`` on the CPU.
+            Features ``(N, C, h, w)`` float32 and validity ``(N, h, w)`` on the CPU (features kept
+            in ``data.feature_dtype`` are converted into one preallocated float32 tensor, so no
+            per-sample float32 copies are held).
         """
         ekey = self._keys[modality]
         skeys = [_file_identity(r, modality) for r in records]
         found: dict[int, PatchFeatures] = {}
         for i, sk in enumerate(skeys):
-            hit = self.cache.get(ekey, sk)
+            hit = self.cache.get(ekey, sk, as_stored=True)
             if hit is not None:
                 found[i] = hit
         missing = [i for i in range(len(records)) if i not in found]
@@ -243,7 +263,8 @@ class Encoder:
             computed = self._compute([records[i] for i in chunk], modality, given)
             for j, i in enumerate(chunk):
                 pf = PatchFeatures(computed.features[j : j + 1], computed.valid[j : j + 1])
-                found[i] = self.cache.put(ekey, skeys[i], pf)  # as stored: same values on a later run
+                # as stored: the same values on a later run
+                found[i] = self._kept(self.cache.put(ekey, skeys[i], pf, dtype=self._store_dtype, as_stored=True))
             done += len(chunk)
             if progress is not None:
                 progress(f"{modality} features", done, len(records))
@@ -253,9 +274,13 @@ class Encoder:
             log.info("%s features: %d computed, %d from the cache", modality, len(missing), len(records) - len(missing))
         elif modality not in self.ms_per_sample and (ms := self.cache.get_timing(ekey)) is not None:
             self.ms_per_sample[modality] = ms  # what extraction cost when the cache was filled
-        feats = torch.cat([found[i].features for i in range(len(records))])
-        valid = torch.cat([found[i].valid for i in range(len(records))])
-        return PatchFeatures(feats, valid)
+        return _assemble([found[i] for i in range(len(records))])
+
+    def _kept(self, pf: PatchFeatures) -> PatchFeatures:
+        """``pf`` in the feature dtype, also from a cache that stores nothing (the values a stored entry has)."""
+        if self._store_dtype is None or pf.features.dtype == self._store_dtype:
+            return pf
+        return PatchFeatures(pf.features.to(self._store_dtype), pf.valid)
 
     def measure(self, records: Sequence[SampleRecord], modality: str) -> float:
         """Milliseconds per sample to read and encode ``records``, bypassing the cache.

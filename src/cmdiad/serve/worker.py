@@ -29,12 +29,12 @@ class NoFeatureCache(FeatureCache):
     def __init__(self) -> None:
         super().__init__(None)
 
-    def get(self, extractor_key: str, sample_key: str) -> None:
+    def get(self, extractor_key: str, sample_key: str, *, as_stored: bool = False) -> None:
         """Always a miss."""
         self.misses += 1
         return None
 
-    def put(self, extractor_key: str, sample_key: str, pf: PatchFeatures) -> PatchFeatures:
+    def put(self, extractor_key: str, sample_key: str, pf: PatchFeatures, **_: object) -> PatchFeatures:
         """``pf`` on the CPU (float32), not stored."""
         return PatchFeatures(pf.features.detach().cpu().float(), pf.valid.detach().cpu().bool())
 

@@ -186,3 +186,20 @@ def test_row_blocks_concatenate_across_block_boundaries(monkeypatch) -> None:
     out = blocks.concat()
     assert torch.equal(out, torch.cat(parts))
     assert blocks.blocks == [] and blocks.num_rows == 0
+
+
+@pytest.mark.parametrize(("sampler", "ratio"), [("greedy", 0.3), ("identity", 1.0), ("random", 0.5)])
+def test_finalize_reports_coreset_progress_from_zero_to_kept(sampler: str, ratio: float) -> None:
+    pf = _features(b=4, invalid=0.0)
+    calls: list[tuple[str, int, int]] = []
+    bank = MemoryBank(MemoryConfig(coreset=CoresetConfig(ratio=ratio, sampler=sampler)))
+    bank.add(pf)
+    bank.finalize(progress=lambda stage, done, total: calls.append((stage, done, total)))
+    kept = bank.bank.shape[0]
+    assert {s for s, _, _ in calls} == {"coreset"}
+    assert calls[0][1] == 0 and calls[-1][1:] == (kept, kept)
+    assert sum(1 for _, d, t in calls if d == t) == 1  # one closing call: a bar opens and closes once
+    quiet = MemoryBank(MemoryConfig(coreset=CoresetConfig(ratio=ratio, sampler=sampler)))
+    quiet.add(pf)
+    quiet.finalize()
+    assert torch.equal(quiet.bank, bank.bank)

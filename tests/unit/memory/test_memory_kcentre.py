@@ -116,3 +116,49 @@ def test_run_rejects_bad_sizes() -> None:
             rows.run(n)
     with pytest.raises(ValueError, match="forced"):
         rows.run(5, forced=torch.arange(4))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 250])
+def test_chunked_loop_gives_the_picks_and_radii_of_one_call(chunk: int) -> None:
+    x = _points(1500, 12, seed=13, duplicates=60)
+    rows = kcentre.ClusteredRows(x, num_clusters=50)
+    one_idx, one_radius = rows.run(250, start_index=3, chunk=250)
+    calls: list[tuple[int, int]] = []
+    idx, radius = rows.run(250, start_index=3, chunk=chunk, progress=lambda done, total: calls.append((done, total)))
+    assert torch.equal(idx, one_idx) and torch.equal(radius, one_radius)
+    assert torch.equal(idx, greedy_coreset_indices(x, 250, reference=True, start_index=3))
+    assert [d for d, _ in calls] == sorted({min(250, s + chunk) for s in range(0, 250, chunk)})
+    assert all(t == 250 for _, t in calls)
+
+
+def test_chunked_forced_and_initial_distance_runs_match_one_call() -> None:
+    x = _points(600, 5, seed=14)
+    rows = kcentre.ClusteredRows(x, num_clusters=30)
+    picks = torch.randperm(600, generator=torch.Generator().manual_seed(2))[:90]
+    assert torch.equal(rows.run(90, forced=picks, chunk=13)[1], rows.run(90, forced=picks, chunk=90)[1])
+    init = torch.rand(600, generator=torch.Generator().manual_seed(3)) * 30.0
+    first = int(torch.argmax(init))
+    a = rows.run(90, start_index=first, min_d2=init, chunk=11)[0]
+    assert torch.equal(a, rows.run(90, start_index=first, min_d2=init, chunk=90)[0])
+
+
+def test_default_chunks_report_about_fifty_times_and_end_at_n() -> None:
+    x = _points(20000, 4, seed=15)
+    calls: list[int] = []
+    idx = greedy_coreset_indices(x, 5000, progress=lambda done, total: calls.append(done))
+    assert len(idx) == 5000 and calls[-1] == 5000
+    assert kcentre.PROGRESS_CHUNKS - 1 <= len(calls) <= kcentre.PROGRESS_CHUNKS + 1
+    assert calls == sorted(calls)
+
+
+@pytest.mark.parametrize("reference", [True, False])
+def test_torch_loops_report_progress_with_the_same_picks(monkeypatch, reference: bool) -> None:
+    x = _points(400, 6, seed=16)
+    plain = greedy_coreset_indices(x, 200, reference=reference)
+    if not reference:
+        monkeypatch.setattr(kcentre, "numba", None)  # the matvec loop
+    calls: list[int] = []
+    idx = greedy_coreset_indices(x, 200, reference=reference, progress=lambda done, total: calls.append(done))
+    if reference:
+        assert torch.equal(idx, plain)
+    assert calls[-1] == 200 and calls == sorted(calls) and len(calls) >= 3
