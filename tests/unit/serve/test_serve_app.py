@@ -118,7 +118,7 @@ def test_uploads_are_written_to_a_temp_dir_that_is_removed(client, part_files, t
 
 
 def test_unexpected_failure_is_a_500_json_without_traceback(serve_router, part_files, monkeypatch) -> None:
-    def boom(records):
+    def boom(records, **kw):
         raise RuntimeError("secret internals")
 
     router = Router(dict(serve_router.detectors))
