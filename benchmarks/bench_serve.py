@@ -24,6 +24,7 @@ Writes the section "## Scoring service load test" of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -44,7 +45,7 @@ STAGES = ("parse", "queue", "read", "score", "batch")
 FIT = ["--method", "f2f", "--main", "rgb", "--preset", "default", "--set", "data.image_size=[192,192]"]
 
 
-def prepare(work: Path, data: Path | None, category: str) -> tuple[Path, Path, Path]:
+def prepare(work: Path, data: Path | None, category: str, *, onnx: bool = True) -> tuple[Path, Path, Path]:
     """``(data, model folder, model.onnx)``: fitted on ``data`` (or ``bench_export``'s set) and exported when absent."""
     if data is None:
         return bench_export.prepare(work)
@@ -53,7 +54,7 @@ def prepare(work: Path, data: Path | None, category: str) -> tuple[Path, Path, P
     model, onnx_path = work / f"model-{data.name}-{category}", work / f"model-{data.name}-{category}.onnx"
     if not (model / "detector.json").is_file():
         cli(["fit", str(data), "--category", category, *FIT, "--out", str(model)])
-    if not onnx_path.is_file():
+    if onnx and not onnx_path.is_file():
         cli(["export", str(model), "--format", "onnx", str(onnx_path)])
     return data, model, onnx_path
 
@@ -216,10 +217,13 @@ def main() -> int:
     p.add_argument("--configs", default="1:4", help="server settings threads:batch, comma-separated")
     p.add_argument("--batch-wait-ms", dest="batch_wait_ms", type=float, default=2.0)
     p.add_argument("--models", default="folder,onnx", help="which of folder,onnx to serve")
+    p.add_argument("--rows", type=Path, default=None,
+                   help="JSON file the measured rows are added to; the section shows every row in it "
+                        "(to measure the two models in separate runs)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     load_before = _common.load_average()
-    data, model, onnx_path = prepare(args.work, args.data, args.category)
+    data, model, onnx_path = prepare(args.work, args.data, args.category, onnx="onnx" in args.models)
     parts = [f.read_bytes() for f in sorted((data / args.category / "test").glob("*/rgb/*.png"))]
     models = {"folder": ("model folder (PyTorch)", model), "onnx": ("ONNX export (onnxruntime)", onnx_path)}
     rows = {}
@@ -237,6 +241,10 @@ def main() -> int:
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
+    if args.rows is not None:
+        kept = json.loads(args.rows.read_text()) if args.rows.is_file() else {}
+        rows = {**kept, **rows}
+        args.rows.write_text(json.dumps(rows, indent=1))
     _common.publish(render(rows, args, load_before), _common.DOC, write=not args.no_write)
     return 0
 

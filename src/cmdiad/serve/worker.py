@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cmdiad.errors import DatasetError
 from cmdiad.features.cache import FeatureCache
@@ -133,7 +134,8 @@ def score_batch(model: Any, jobs: Sequence[Job]) -> list[Part | UploadError]:
     order = list(ready)
     failed: dict[int, DatasetError] = {}
     t1 = time.perf_counter()
-    scored = model.score([ready[i].record for i in order], on_error=failed.__setitem__) if order else []
+    with torch.inference_mode():  # nothing a service computes is ever differentiated
+        scored = model.score([ready[i].record for i in order], on_error=failed.__setitem__) if order else []
     score_ms = 1000 * (time.perf_counter() - t1)
     for j, i in enumerate(order):
         job = jobs[i]
