@@ -169,8 +169,8 @@ def _row(name: str, r: dict) -> str:
 
 def render(rows: dict[str, dict], args, load_before) -> str:
     lines = [SECTION, "",
-             f"`cmdiad serve` on 127.0.0.1, `POST /score` requests of one 192x192 RGB part each (the test "
-             f"split of {args.data or 'the synthetic set'}, category {args.category}): for each model "
+             "`cmdiad serve` on 127.0.0.1, `POST /score` requests of one 192x192 RGB part each (the test "
+             "split of the data the model was fitted on, named in its row): for each model "
              f"{args.latency_requests} from one client (the latency of one part, no queueing), then "
              f"{args.requests} from {args.clients} client threads per server setting, each after "
              f"{args.warmup} warm-up requests. The server has one scoring thread; a setting `threads t, "
@@ -235,7 +235,8 @@ def main() -> int:
                                                                                                 args.requests),)
             try:
                 for clients, n in runs:
-                    label = f"{name}, {clients} client(s), threads {threads}, batch {batch}"
+                    label = (f"{name} fitted on {data.name}/{args.category}, {clients} client(s), "
+                             f"threads {threads}, batch {batch}")
                     rows[label] = load_test(url, proc.pid, parts, requests=n, clients=clients, warmup=args.warmup)
                     print(_row(label, rows[label]), flush=True)
             finally:
