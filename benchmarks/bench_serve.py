@@ -184,6 +184,13 @@ def render(rows: dict[str, dict], args, load_before) -> str:
              "temporary file), queue (waiting for the scoring thread), read (decoding and validating the "
              "upload), score (the whole batch's scoring call, which re-reads the file) and the batch size. "
              "Targets: p50 <= 60 ms, p95 <= 120 ms, no failed request, server RSS growth < 50 MB.", "",
+             f"Reading the table: {args.clients} clients that each send their next part as soon as the last is "
+             "answered keep the scoring thread's queue full, so latency is about the clients times the time per "
+             f"part of the slowest serial stage (Little's law): p50 <= 60 ms with {args.clients} clients needs "
+             f"{args.clients / 0.060:.0f} parts/s or more, i.e. at most {60 / args.clients:.0f} ms per part for "
+             "queue-free work (read + score per part), on cores that also run the clients. Micro-batching "
+             "scores the parts that queued during one batch in the next forward pass; it pays where a batch "
+             "of b costs less than b single passes.", "",
              "| model, clients, setting | requests | failed | p50 ms | p95 ms | p99 ms | requests/s "
              "| server parse / queue / read / score ms / batch | server RSS after warm-up MiB "
              "| RSS growth (end / peak) MiB | load 1 min (before / after) | targets met |",
