@@ -196,8 +196,9 @@ def render(rows: dict[str, dict], args, load_before) -> str:
              "| RSS growth (end / peak) MiB | load 1 min (before / after) | targets met |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(name, r) for name, r in rows.items()]
-    lines += ["", "Command (it fits and exports the model first when absent):", "",
-              "```", _common.command_line(), "```", "",
+    commands = list(dict.fromkeys(r["command"] for r in rows.values() if "command" in r)) or [_common.command_line()]
+    lines += ["", "Commands (they fit and export the model first when absent):", "",
+              "```", *commands, "```", "",
               f"Machine: {_common.machine_description(load_before)}. The clients, the server and (when the "
               f"machine was shared) other jobs compete for the same cores. {_common.git_revision()}."]
     return "\n".join(lines) + "\n"
@@ -227,9 +228,17 @@ def main() -> int:
     p.add_argument("--rows", type=Path, default=None,
                    help="JSON file the measured rows are added to; the section shows every row in it "
                         "(to measure the two models in separate runs)")
+    p.add_argument("--report-only", dest="report_only", action="store_true",
+                   help="measure nothing: write the section from the rows in --rows")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     load_before = _common.load_average()
+    if args.report_only:
+        if args.rows is None or not args.rows.is_file():
+            p.error("--report-only needs an existing --rows file")
+        rows = json.loads(args.rows.read_text())
+        _common.publish(render(rows, args, None), _common.DOC, write=not args.no_write)
+        return 0
     data, model, onnx_path = prepare(args.work, args.data, args.category, onnx="onnx" in args.models)
     parts = [f.read_bytes() for f in sorted((data / args.category / "test").glob("*/rgb/*.png"))]
     models = {"folder": ("model folder (PyTorch)", model), "onnx": ("ONNX export (onnxruntime)", onnx_path)}
@@ -245,6 +254,7 @@ def main() -> int:
                     label = (f"{name} fitted on {data.name}/{args.category}, {clients} client(s), "
                              f"threads {threads}, batch {batch}")
                     rows[label] = load_test(url, proc.pid, parts, requests=n, clients=clients, warmup=args.warmup)
+                    rows[label]["command"] = _common.command_line()
                     print(_row(label, rows[label]), flush=True)
             finally:
                 proc.terminate()
