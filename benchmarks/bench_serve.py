@@ -170,9 +170,9 @@ def _row(name: str, r: dict) -> str:
 def render(rows: dict[str, dict], args, load_before) -> str:
     lines = [SECTION, "",
              "`cmdiad serve` on 127.0.0.1, `POST /score` requests of one 192x192 RGB part each (the test "
-             "split of the data the model was fitted on, named in its row): for each model "
-             f"{args.latency_requests} from one client (the latency of one part, no queueing), then "
-             f"{args.requests} from {args.clients} client threads per server setting, each after "
+             "split of the data the model was fitted on, named in its row): for each model first from one "
+             "client (the latency of one part, no queueing), then from several client threads per server "
+             "setting (the request count of each row is in the table), each after "
              f"{args.warmup} warm-up requests. The server has one scoring thread; a setting `threads t, "
              "batch b` is `--threads t --batch b` (torch / onnxruntime intra-op threads; at most b queued parts "
              f"scored in one forward pass, waiting at most `--batch-wait-ms {args.batch_wait_ms}` for a batch to "
@@ -196,6 +196,13 @@ def render(rows: dict[str, dict], args, load_before) -> str:
              "| RSS growth (end / peak) MiB | load 1 min (before / after) | targets met |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(name, r) for name, r in rows.items()]
+    loads = [x for r in rows.values() for x in r["load"]]
+    cores = os.cpu_count() or 1
+    if loads and max(loads) > cores:
+        lines += ["", f"These rows were measured with a 1-minute load average of {min(loads):.0f} to "
+                      f"{max(loads):.0f} on {cores} logical CPUs, i.e. the machine was about "
+                      f"{sum(loads) / len(loads) / cores:.0f} times oversubscribed by other jobs: every figure is "
+                      "an upper bound, and a missed target here does not show it would be missed on free cores."]
     commands = list(dict.fromkeys(r["command"] for r in rows.values() if "command" in r)) or [_common.command_line()]
     lines += ["", "Commands (they fit and export the model first when absent):", "",
               "```", *commands, "```", "",
