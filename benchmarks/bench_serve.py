@@ -229,7 +229,7 @@ def main() -> int:
     p.add_argument("--latency-requests", dest="latency_requests", type=int, default=200,
                    help="requests of the one-client (unqueued latency) run")
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--configs", default="1:4", help="server settings threads:batch, comma-separated")
+    p.add_argument("--configs", default="1:1,1:4", help="server settings threads:batch, comma-separated")
     p.add_argument("--batch-wait-ms", dest="batch_wait_ms", type=float, default=2.0)
     p.add_argument("--models", default="folder,onnx", help="which of folder,onnx to serve")
     p.add_argument("--rows", type=Path, default=None,

@@ -8,9 +8,9 @@
 
 Bad uploads get a 4xx JSON ``{"error": reason, "status": code}``; unexpected failures a 500 JSON
 without traceback (logged). Bodies are bounded (:class:`~cmdiad.serve.limits.BodyLimit`) and so
-is the number of requests in flight (503 when full). Scoring runs in one thread that scores the
-queued parts in micro-batches (:mod:`cmdiad.serve.batcher`), one forward pass per batch; heatmap
-PNGs are encoded when first fetched, off the event loop.
+is the number of requests in flight (503 when full). Scoring runs in one thread, which can score
+queued parts in micro-batches (:mod:`cmdiad.serve.batcher`, ``max_batch``), one forward pass per
+batch; heatmap PNGs are encoded when first fetched, off the event loop.
 """
 
 from __future__ import annotations
@@ -57,8 +57,10 @@ class ServeConfig:
     """Last parts kept with their heatmaps (LRU)."""
     torch_threads: int | None = None
     """torch intra-op threads, set once in the scoring thread; None keeps torch's default."""
-    max_batch: int = 4
-    """Most queued parts scored in one forward pass."""
+    max_batch: int = 1
+    """Most queued parts scored in one forward pass (1: one at a time). Larger batches were slower per
+    part on a shared 2-core CPU for both the PyTorch and the ONNX EfficientNet-Lite0 model
+    (docs/benchmarks.md); they may pay on wider machines."""
     batch_wait_ms: float = 2.0
     """Longest wait for a batch to fill once a part is queued (0: only what is already queued)."""
 

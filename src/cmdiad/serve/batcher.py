@@ -58,7 +58,7 @@ class Batcher:
         init: Run first in the thread (e.g. setting the intra-op thread count).
     """
 
-    def __init__(self, score_batch: Callable[[list[Job]], list[Any]], *, max_batch: int = 4,
+    def __init__(self, score_batch: Callable[[list[Job]], list[Any]], *, max_batch: int = 1,
                  max_wait_s: float = 0.002, init: Callable[[], None] | None = None) -> None:
         if max_batch < 1 or max_wait_s < 0:
             raise ValueError(f"max_batch must be >= 1 and max_wait_s >= 0, got {max_batch}, {max_wait_s}")
