@@ -195,14 +195,15 @@ def render(rows: dict[str, dict], args, load_before) -> str:
              "| server parse / queue / read / score ms / batch | server RSS after warm-up MiB "
              "| RSS growth (end / peak) MiB | load 1 min (before / after) | targets met |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [_row(name, r) for name, r in rows.items()]
+    lines += [_row(name, r) for name, r in sorted(rows.items())]
     loads = [x for r in rows.values() for x in r["load"]]
     cores = os.cpu_count() or 1
     if loads and max(loads) > cores:
         lines += ["", f"These rows were measured with a 1-minute load average of {min(loads):.0f} to "
                       f"{max(loads):.0f} on {cores} logical CPUs, i.e. the machine was about "
                       f"{sum(loads) / len(loads) / cores:.0f} times oversubscribed by other jobs: every figure is "
-                      "an upper bound, and a missed target here does not show it would be missed on free cores."]
+                      "an upper bound, a missed target here does not show it would be missed on free cores, and rows "
+                      "measured at different loads (last but one column) do not compare with each other."]
     commands = list(dict.fromkeys(r["command"] for r in rows.values() if "command" in r)) or [_common.command_line()]
     lines += ["", "Commands (they fit and export the model first when absent):", "",
               "```", *commands, "```", "",

@@ -58,9 +58,9 @@ class ServeConfig:
     torch_threads: int | None = None
     """torch intra-op threads, set once in the scoring thread; None keeps torch's default."""
     max_batch: int = 1
-    """Most queued parts scored in one forward pass (1: one at a time). Larger batches were slower per
-    part on a shared 2-core CPU for both the PyTorch and the ONNX EfficientNet-Lite0 model
-    (docs/benchmarks.md); they may pay on wider machines."""
+    """Most queued parts scored in one forward pass (1: one at a time). On a 2-core CPU a batch of 4
+    EfficientNet-Lite0 parts cost as much per part as 4 single passes (PyTorch and ONNX), and each part
+    of a batch waits for the whole batch, so batching is off by default; it may pay on wider machines."""
     batch_wait_ms: float = 2.0
     """Longest wait for a batch to fill once a part is queued (0: only what is already queued)."""
 
