@@ -183,7 +183,7 @@ def add_deploy_parsers(sub, add_config_args: Callable[[argparse.ArgumentParser],
     s.add_argument("--device", default=None, help="torch device of a model folder (default: cpu)")
     s.add_argument("--threads", type=int, default=None, help="torch / onnxruntime intra-op threads")
     s.add_argument("--batch", type=int, default=1,
-                   help="most queued parts scored in one forward pass (default 1: no gain per part measured on 2 cores)")
+                   help="most queued parts scored in one forward pass (default 1: no gain per part on 2 cores)")
     s.add_argument("--batch-wait-ms", dest="batch_wait_ms", type=float, default=2.0,
                    help="longest wait for a batch to fill once a part is queued")
     s.add_argument("--queue", type=int, default=8, help="requests in flight before 503")
