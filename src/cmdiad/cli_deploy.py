@@ -127,10 +127,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cmdiad.serve.app import ServeConfig, create_app
     from cmdiad.serve.worker import NoFeatureCache
 
+    try:
+        cfg = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pending=args.queue,
+                          keep_parts=args.keep, torch_threads=args.threads, max_batch=args.batch,
+                          batch_wait_ms=args.batch_wait_ms)
+    except ValueError as exc:
+        raise ConfigError(f"serve: {exc}") from None
     # Loaded before binding the port so that a bad model is a CLI error; no feature cache: every upload is new.
     model = load_model(args.model, args.device or "cpu", threads=args.threads, cache=NoFeatureCache())
-    cfg = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pending=args.queue,
-                      keep_parts=args.keep, torch_threads=args.threads)
     print(f"serving {args.model} (routes {', '.join(sorted(model.detectors))}) on http://{args.host}:{args.port}/")
     uvicorn.run(create_app(lambda: model, cfg, name=str(args.model)), host=args.host, port=args.port,
                 log_level="warning")
@@ -178,6 +182,10 @@ def add_deploy_parsers(sub, add_config_args: Callable[[argparse.ArgumentParser],
     s.add_argument("--port", type=int, default=8000, help="TCP port")
     s.add_argument("--device", default=None, help="torch device of a model folder (default: cpu)")
     s.add_argument("--threads", type=int, default=None, help="torch / onnxruntime intra-op threads")
+    s.add_argument("--batch", type=int, default=1,
+                   help="most queued parts scored in one forward pass (default 1: no gain per part on 2 cores)")
+    s.add_argument("--batch-wait-ms", dest="batch_wait_ms", type=float, default=2.0,
+                   help="longest wait for a batch to fill once a part is queued")
     s.add_argument("--queue", type=int, default=8, help="requests in flight before 503")
     s.add_argument("--keep", type=int, default=50, help="last parts kept with their heatmaps")
     s.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=64.0,

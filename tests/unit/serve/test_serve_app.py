@@ -118,7 +118,7 @@ def test_uploads_are_written_to_a_temp_dir_that_is_removed(client, part_files, t
 
 
 def test_unexpected_failure_is_a_500_json_without_traceback(serve_router, part_files, monkeypatch) -> None:
-    def boom(records):
+    def boom(records, **kw):
         raise RuntimeError("secret internals")
 
     router = Router(dict(serve_router.detectors))
@@ -162,3 +162,6 @@ def test_cli_serve_refuses_a_bad_model_before_binding(tmp_path: Path, capsys) ->
     bad.write_bytes(b"junk")
     assert main(["serve", str(bad), "--port", "1"]) == 2
     assert "bad.onnx" in capsys.readouterr().err
+    assert main(["serve", str(bad), "--port", "1", "--batch", "0"]) == 2  # refused before the model is read
+    err = capsys.readouterr().err
+    assert "max_batch" in err and "bad.onnx" not in err
