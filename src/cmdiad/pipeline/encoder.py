@@ -161,6 +161,18 @@ class Encoder:
         self._input_cache = FeatureCache(self.cache.root) if keep_inputs else None
 
     @property
+    def keep_inputs(self) -> bool:
+        """Whether preprocessed inputs are kept; setting False drops those kept so far (e.g. in a service)."""
+        return self._input_cache is not None
+
+    @keep_inputs.setter
+    def keep_inputs(self, keep: bool) -> None:
+        if not keep:
+            self._input_cache = None
+        elif self._input_cache is None:
+            self._input_cache = FeatureCache(self.cache.root)
+
+    @property
     def image_size(self) -> tuple[int, int]:
         """Model input size ``(H, W)``."""
         return tuple(self.data.image_size)  # type: ignore[return-value]

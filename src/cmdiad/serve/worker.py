@@ -86,8 +86,8 @@ def forget_inputs(model: Any) -> None:
     """
     for det in getattr(model, "detectors", {}).values():
         enc = getattr(det, "encoder", None)
-        if enc is not None and hasattr(enc, "_input_cache"):
-            enc._input_cache = None
+        if enc is not None:
+            enc.keep_inputs = False
 
 
 @dataclass

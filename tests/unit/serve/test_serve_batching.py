@@ -117,7 +117,8 @@ def test_heatmap_is_encoded_when_its_url_is_first_fetched(serve_router: Router, 
 def test_the_service_keeps_no_input_of_past_uploads(serve_router: Router) -> None:
     router = Router(dict(serve_router.detectors))
     encoders = [d.encoder for d in router.detectors.values()]
-    assert encoders and all(hasattr(e, "_input_cache") for e in encoders)
+    for e in encoders:
+        e.keep_inputs = True
     with TestClient(create_app(lambda: router)):  # the service drops the encoders' store of inputs at start
-        assert all(e._input_cache is None for e in encoders)
+        assert encoders and not any(e.keep_inputs for e in encoders)
     forget_inputs(Router({}))  # no detector (or none with an encoder, as for ONNX): nothing to do
