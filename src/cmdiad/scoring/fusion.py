@@ -179,6 +179,59 @@ class CalibratedMaxFuser(Fuser):
         return ((rows.float() - w[0]) / w[1]).amax(dim=1)
 
 
+@FUSERS.register("gated")
+class GatedFuser(CalibratedMaxFuser):
+    """The first stream decides; another stream adds only what lies beyond the good range.
+
+    Columns are calibrated as in :class:`CalibratedMaxFuser` (so 1 is the same degree of "unusual
+    for a good part" in every stream), then ``z_0 + sum_k max(0, z_k - gate)`` over the other
+    columns ``k``, with ``gate`` = ``FusionConfig.image_gate`` / ``pixel_gate`` in calibrated units
+    (``combine`` = ``gated``), or the maximum over columns (``combine`` = ``max``). The first
+    column is the row's main stream: the real sensor an MTFI row reads, xyz for ``dual``.
+    Why: a second stream helps only on defects that the first one misses, and there it is far
+    outside its good range; everywhere else it adds the noise of its own good-sample draw, which
+    for a hallucinated stream is heavy-tailed (its errors on unseen good parts vary). Under the
+    maximum every such excursion becomes a false alarm; behind the gate only confident ones count,
+    and the first stream's ranking is kept wherever the other stream is within its good range.
+
+    State: ``image_weights`` / ``pixel_weights`` hold ``(3, K)`` arrays: centres, spreads, and
+    the gates (column 0's entry unused, 0; all columns ``inf``-free: ``max`` stores a gate of 0
+    and a flag row is not needed because ``combine`` is in the config).
+    """
+
+    kind = "gated"
+
+    def _fit_weights(self, rows: np.ndarray, what: str) -> np.ndarray:
+        constants = super()._fit_weights(rows, what)
+        gate = self.config.image_gate if what == "image" else self.config.pixel_gate
+        gates = np.full((1, rows.shape[1]), gate, dtype=np.float64)
+        gates[0, 0] = 0.0
+        return np.concatenate([constants, gates])
+
+    def _combine(self, what: str) -> str:
+        return self.config.image_combine if what == "image" else self.config.pixel_combine
+
+    def image_scores(self, rows: torch.Tensor) -> torch.Tensor:
+        """Fused image scores (N,) of rows (N, K)."""
+        return self._gated(rows, self.image_weights, self._combine("image"))
+
+    def pixel_scores(self, rows: torch.Tensor) -> torch.Tensor:
+        """Fused pixel scores (P,) of rows (P, K)."""
+        return self._gated(rows, self.pixel_weights, self._combine("pixel"))
+
+    @staticmethod
+    def _gated(rows: torch.Tensor, weights: np.ndarray | None, combine: str) -> torch.Tensor:
+        if weights is None:
+            raise RuntimeError("the fuser is not fitted")
+        if rows.ndim != 2 or weights.ndim != 2 or weights.shape[0] != 3 or rows.shape[1] != weights.shape[1]:
+            raise ValueError(f"rows {tuple(rows.shape)} do not have {weights.shape[-1]} columns")
+        w = torch.as_tensor(weights, dtype=torch.float32, device=rows.device)
+        z = (rows.float() - w[0]) / w[1]
+        if combine == "max":
+            return z.amax(dim=1)
+        return z[:, 0] + (z[:, 1:] - w[2, 1:]).clamp(min=0).sum(dim=1)
+
+
 def calibration_constants(rows: np.ndarray, mode: str, quantile: float) -> np.ndarray:
     """Centre and spread ``(2, K)`` of each column of good-sample rows ``(N, K)``.
 
