@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cmdiad.config import FusionConfig
-from cmdiad.metrics.classification import auroc
 from cmdiad.errors import ConfigError
+from cmdiad.metrics.classification import auroc
 from cmdiad.scoring.fusion import FUSERS, CalibratedMaxFuser, Fuser, GatedFuser, OCSVMFuser, SumFuser, build_fuser
 
 
