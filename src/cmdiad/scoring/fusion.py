@@ -194,9 +194,8 @@ class GatedFuser(CalibratedMaxFuser):
     maximum every such excursion becomes a false alarm; behind the gate only confident ones count,
     and the first stream's ranking is kept wherever the other stream is within its good range.
 
-    State: ``image_weights`` / ``pixel_weights`` hold ``(3, K)`` arrays: centres, spreads, and
-    the gates (column 0's entry unused, 0; all columns ``inf``-free: ``max`` stores a gate of 0
-    and a flag row is not needed because ``combine`` is in the config).
+    State: ``image_weights`` / ``pixel_weights`` hold ``(3, K)`` arrays: centres, spreads and
+    gates (column 0's gate is unused and stored as 0; ``combine`` comes from the config).
     """
 
     kind = "gated"
