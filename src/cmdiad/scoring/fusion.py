@@ -10,6 +10,10 @@ Every fuser here reduces to two weight vectors (image, pixel) with ``score = row
   without the offset). A non-positive coefficient would silently invert a stream, so when one
   appears the fuser falls back to the normalised sum below and logs a warning.
 - :class:`SumFuser`: each column divided by its mean absolute training value, then summed.
+
+Two nonlinear fusers keep their fitted state as a few ``(·, K)`` arrays in the same two fields:
+- :class:`CalibratedMaxFuser`: each column calibrated on good samples, maximum over columns;
+- :class:`GatedFuser`: calibrated likewise; the first column plus the others' excess over a gate.
 """
 
 from __future__ import annotations
