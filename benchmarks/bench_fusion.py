@@ -1,20 +1,24 @@
 """Does a second stream ever make a result worse? Per-stream vs fused metrics, per defect type.
 
 For every multi-stream row (``dual`` and the six MTFI rows) of every category, fits the row
-with the default preset, scores the held-out validation good samples and the test samples per
-stream, and compares the fused I-AUROC / P-AUROC of each fusion rule with the better of the
+with the default preset as ``cmdiad run`` does (MTFI rows use the preset's distillers: with
+``distill.pooled``, one per row trained on every category's training samples by
+:func:`cmdiad.pipeline.runs.pooled_distillers`), scores the held-out validation good samples and
+the test samples per stream, and compares the fused I-AUROC / P-AUROC of each fusion rule with the better of the
 row's streams alone, for each defect type (test/good against that type only).
 
     python benchmarks/bench_fusion.py DATA [DATA ...] [--rules sum,calibrated_max] [--write]
 
-Stream scores are cached in ``benchmarks/.fusion_cache`` (keyed by dataset and row) so fusion
-rules can be compared without refitting. ``--write`` publishes the table to docs/benchmarks.md.
+Stream scores are cached in ``benchmarks/.fusion_cache`` (keyed by dataset, category, row and the
+resolved detector config, pooled distillers included) so fusion rules can be compared without
+refitting. ``--write`` publishes the table to docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import sys
 from dataclasses import replace
@@ -27,13 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DOC, command_line, machine_description, publish  # noqa: E402
 
-from cmdiad.config import ExperimentConfig, FusionConfig, from_dict, merge  # noqa: E402
+from cmdiad.config import ExperimentConfig, FusionConfig, from_dict, merge, to_dict  # noqa: E402
+from cmdiad.features.cache import FeatureCache  # noqa: E402
 from cmdiad.io.mvtec3d import list_categories  # noqa: E402
 from cmdiad.metrics.classification import auroc  # noqa: E402
 from cmdiad.pipeline.detector import Detector  # noqa: E402
 from cmdiad.pipeline.persist import build_encoder  # noqa: E402
 from cmdiad.pipeline.presets import preset  # noqa: E402
-from cmdiad.pipeline.runs import category_splits  # noqa: E402
+from cmdiad.pipeline.runs import PooledDistiller, category_splits, pooled_distillers  # noqa: E402
 from cmdiad.pipeline.streams import parse_row  # noqa: E402
 from cmdiad.scoring.fusion import build_fuser  # noqa: E402
 
@@ -42,6 +47,7 @@ CACHE = Path(__file__).resolve().parent / ".fusion_cache"
 log = logging.getLogger("bench_fusion")
 _ENCODERS: dict = {}
 _SHARED: dict = {}
+_POOLED: dict = {}
 
 
 def _config(root: Path) -> ExperimentConfig:
@@ -58,21 +64,50 @@ def _stack(per: dict, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return image, maps
 
 
+def _cache_tag(root: Path, category: str, row: str, cfg: ExperimentConfig) -> str:
+    """Cache key: dataset, category, row and the resolved detector config (so a preset change refits)."""
+    resolved = to_dict(cfg.detector)  # the fusion rule does not change stream scores; its stream weights do
+    resolved["fusion"] = {k: v for k, v in resolved["fusion"].items() if k.endswith("_weight")}
+    detector = json.dumps(resolved, sort_keys=True)
+    return hashlib.sha256(f"v2|{root.resolve()}|{category}|{row}|{detector}".encode()).hexdigest()[:16]
+
+
+def _encoder(root: Path, cfg: ExperimentConfig):
+    if root not in _ENCODERS:  # one encoder per dataset: features are computed once
+        _ENCODERS[root] = build_encoder(cfg.detector, device="cpu", cache=FeatureCache(CACHE / "features"))
+    return _ENCODERS[root]
+
+
+def _pooled(root: Path, cfg: ExperimentConfig, row: str) -> PooledDistiller | None:
+    """The row's distiller trained on every category's training samples (None: per-category or no MTFI)."""
+    if not cfg.detector.distill.pooled:
+        return None
+    if (root, row) not in _POOLED:
+        data = cfg.detector.data
+        train = {c: category_splits(root, c, with_validation=data.train_with_validation,
+                                    skip_bad=data.skip_bad_samples)[0] for c in list_categories(root)}
+        folder = CACHE / "distillers" / _cache_tag(root, "*", "*", cfg)
+        _POOLED.update({(root, r): p for r, p in pooled_distillers(cfg, _encoder(root, cfg), train, [row],
+                                                                   folder).items()})
+    return _POOLED.get((root, row))
+
+
 def stream_scores(root: Path, category: str, row: str) -> dict[str, np.ndarray]:
     """Per-stream validation and test scores of one row (cached on disk)."""
-    tag = hashlib.sha256(f"{root.resolve()}|{category}|{row}".encode()).hexdigest()[:16]
-    path = CACHE / f"{tag}.npz"
+    cfg = _config(root)
+    path = CACHE / f"{_cache_tag(root, category, row, cfg)}.npz"
     if path.is_file():
         return dict(np.load(path, allow_pickle=False))
-    cfg = _config(root)
     method, main = parse_row(row)
     dcfg = replace(cfg.detector, method=method, main=main)
+    encoder = _encoder(root, cfg)
+    pooled = _pooled(root, cfg, row)
     torch.manual_seed(dcfg.seed)
-    if root not in _ENCODERS:  # one encoder per dataset: features are computed once
-        _ENCODERS[root] = build_encoder(dcfg, device="cpu")
-    encoder = _ENCODERS[root]
-    train, val, test = category_splits(root, category, with_validation=False)
-    det = Detector(dcfg, encoder, shared_banks=_SHARED.setdefault((root, category), {}))
+    data = cfg.detector.data
+    train, val, test = category_splits(root, category, with_validation=data.train_with_validation,
+                                       skip_bad=data.skip_bad_samples)
+    det = Detector(dcfg, encoder, shared_banks=_SHARED.setdefault((root, category), {}),
+                   hallucinator=pooled.hallucinator if pooled is not None else None)
     det.fit(train, validation=val)
     names = [s.name for s in det.streams]
     v_img, v_map = _stack(det.stream_scores(val), names)
@@ -100,10 +135,23 @@ def _per_defect(image: np.ndarray, maps: np.ndarray, d: dict) -> dict[str, tuple
     return out
 
 
-def fused(d: dict, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Test image scores and maps fused by ``kind`` (a fuser, or ``fuser:pixel_calibration``) fitted on validation."""
-    name, _, pixel = kind.partition(":")
-    fuser = build_fuser(FusionConfig(kind=name, fit_on="validation", pixel_calibration=pixel or "quantile"))
+def fuser_config(rule: str) -> FusionConfig:
+    """The FusionConfig of a rule: ``kind``, ``kind:pixel_calibration`` or ``kind:field=value,...``."""
+    name, _, rest = rule.partition(":")
+    fields: dict = {"kind": name, "fit_on": "validation"}
+    for part in filter(None, rest.split(";")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            fields["pixel_calibration"] = key
+            continue
+        default = getattr(FusionConfig(), key)
+        fields[key] = type(default)(value)
+    return FusionConfig(**fields)
+
+
+def fused(d: dict, rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """Test image scores and maps fused by ``rule`` (see :func:`fuser_config`) fitted on validation."""
+    fuser = build_fuser(fuser_config(rule))
     k = d["val_image"].shape[1]
     fuser.fit(torch.as_tensor(d["val_image"]), torch.as_tensor(d["val_maps"].reshape(-1, k)))
     image = fuser.image_scores(torch.as_tensor(d["test_image"])).numpy()
@@ -111,8 +159,20 @@ def fused(d: dict, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return image, maps.reshape(d["test_maps"].shape[:-1])
 
 
+def hanley_mcneil_se(a: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUROC ``a`` measured on ``n_pos`` positives and ``n_neg`` negatives (Hanley-McNeil)."""
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)
+    return float(np.sqrt(max(var, 0.0) / (n_pos * n_neg)))
+
+
+def informative(best: float, n_defect: int, n_good: int) -> bool:
+    """Whether the better stream's AUROC is distinguishable from chance: ``best - 1.96 SE > 0.5``."""
+    return best - 1.96 * hanley_mcneil_se(best, n_defect, n_good) > 0.5
+
+
 def compare(roots: list[Path], rules: list[str]) -> list[list]:
-    """Rows ``[dataset, category, row, defect, best stream I, P, rule1 I, P, ...]``."""
+    """Rows ``[dataset, category, row, defect, n_good, n_defect, best stream I, P, rule1 I, P, ...]``."""
     table = []
     for root in roots:
         for category in list_categories(root):
@@ -122,51 +182,77 @@ def compare(roots: list[Path], rules: list[str]) -> list[list]:
                 per_stream = [_per_defect(d["test_image"][:, j], d["test_maps"][..., j], d)
                               for j in range(d["test_image"].shape[1])]
                 per_rule = [_per_defect(*fused(d, r), d) for r in rules]
+                n_good = int((d["defects"] == "good").sum())
                 for defect in per_stream[0]:
                     best_i = max(s[defect][0] for s in per_stream)
                     best_p = max(s[defect][1] for s in per_stream)
                     cells = [x for r in per_rule for x in r[defect]]
-                    table.append([root.name, category, row, defect, best_i, best_p, *cells])
+                    n_defect = int((d["defects"] == defect).sum())
+                    table.append([root.name, category, row, defect, n_good, n_defect, best_i, best_p, *cells])
     return table
 
 
+def _shortfalls(table: list[list], j: int) -> tuple[np.ndarray, ...]:
+    """Fused - best for rule ``j`` (image, pixel) and the informative masks (image, pixel) of ``table``'s cases.
+
+    A pixel case is called informative with the image counts as sample sizes: the pixels of one
+    image are strongly correlated, so their count would overstate the evidence.
+    """
+    arr = np.array([r[6:] for r in table], dtype=float).reshape(len(table), -1)
+    inf_i = np.array([informative(r[6], r[5], r[4]) for r in table], dtype=bool)
+    inf_p = np.array([informative(r[7], r[5], r[4]) for r in table], dtype=bool)
+    return arr[:, 2 + 2 * j] - arr[:, 0], arr[:, 3 + 2 * j] - arr[:, 1], inf_i, inf_p
+
+
+def _counts(di: np.ndarray, dp: np.ndarray, inf_i: np.ndarray, inf_p: np.ndarray) -> list[str]:
+    return [f"{(di < -0.02).sum()}/{len(di)}", f"{(di[inf_i] < -0.02).sum()}/{inf_i.sum()}",
+            f"{(dp < -0.01).sum()}/{len(dp)}", f"{(dp[inf_p] < -0.01).sum()}/{inf_p.sum()}"]
+
+
 def summary(table: list[list], rules: list[str]) -> list[str]:
-    """Markdown: per rule, worst and mean shortfall against the best stream, and violations."""
-    arr = np.array([r[4:] for r in table], dtype=float)
-    lines = ["| rule | I: worst fused - best | I: mean | I: cases < -0.02 | P: worst | P: mean | P: cases < -0.01 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for j, rule in enumerate(rules):
-        di = arr[:, 2 + 2 * j] - arr[:, 0]
-        dp = arr[:, 3 + 2 * j] - arr[:, 1]
-        lines.append(f"| {rule} | {di.min():+.3f} | {di.mean():+.3f} | {(di < -0.02).sum()}/{len(di)} | "
-                     f"{dp.min():+.3f} | {dp.mean():+.3f} | {(dp < -0.01).sum()}/{len(dp)} |")
+    """Markdown: per dataset, row group and rule: worst and mean shortfall, raw and informative violations."""
+    lines = ["| data | rows | rule | I: worst | I: mean | I: cases < -0.02 | I: informative cases < -0.02 | "
+             "P: worst | P: mean | P: cases < -0.01 | P: informative cases < -0.01 |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for data in sorted({r[0] for r in table}):
+        for group, rows in (("dual", {"dual"}), ("MTFI", set(ROWS) - {"dual"})):
+            part = [r for r in table if r[0] == data and r[2] in rows]
+            for j, rule in enumerate(rules):
+                di, dp, inf_i, inf_p = _shortfalls(part, j)
+                c = _counts(di, dp, inf_i, inf_p)
+                lines.append(f"| {data} | {group} | {rule} | {di.min():+.3f} | {di.mean():+.3f} | {c[0]} | {c[1]} | "
+                             f"{dp.min():+.3f} | {dp.mean():+.3f} | {c[2]} | {c[3]} |")
     return lines
 
 
 def per_row(table: list[list], rules: list[str]) -> list[str]:
-    """Markdown: per row, mean fused - best stream and the number of shortfalls, for each rule."""
-    head = "| row | " + " | ".join(f"{r}: I mean / cases < -0.02 | {r}: P mean / cases < -0.01" for r in rules) + " |"
+    """Markdown: per row (both datasets), mean fused - best stream and the shortfalls, raw / informative."""
+    head = "| row | " + " | ".join(f"{r}: I mean, cases < -0.02 (informative) | {r}: P mean, cases < -0.01 "
+                                   "(informative)" for r in rules) + " |"
     lines = [head, "|---|" + "---:|" * (2 * len(rules))]
     for row in ROWS:
-        arr = np.array([r[4:] for r in table if r[2] == row], dtype=float)
-        if not len(arr):
+        part = [r for r in table if r[2] == row]
+        if not part:
             continue
         cells = []
         for j in range(len(rules)):
-            di, dp = arr[:, 2 + 2 * j] - arr[:, 0], arr[:, 3 + 2 * j] - arr[:, 1]
-            cells += [f"{di.mean():+.3f} / {(di < -0.02).sum()} of {len(di)}",
-                      f"{dp.mean():+.3f} / {(dp < -0.01).sum()} of {len(dp)}"]
+            di, dp, inf_i, inf_p = _shortfalls(part, j)
+            c = _counts(di, dp, inf_i, inf_p)
+            cells += [f"{di.mean():+.3f}, {c[0]} ({c[1]})", f"{dp.mean():+.3f}, {c[2]} ({c[3]})"]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
 
 
 def detail(table: list[list], rules: list[str]) -> list[str]:
-    """Markdown: every (dataset, category, row, defect) with best stream and each rule."""
-    head = "| data | category | row | defect | best I | best P | " + " | ".join(
+    """Markdown: every (dataset, category, row, defect) with best stream and each rule (* = informative)."""
+    head = "| data | category | row | defect | good/defect | best I | best P | " + " | ".join(
         f"{r} I | {r} P" for r in rules) + " |"
-    lines = [head, "|" + "---|" * (6 + 2 * len(rules))]
+    lines = [head, "|" + "---|" * (7 + 2 * len(rules))]
     for r in table:
-        lines.append("| " + " | ".join(str(x) if isinstance(x, str) else f"{x:.3f}" for x in r) + " |")
+        flags = ["*" if informative(r[6 + m], r[5], r[4]) else "" for m in (0, 1)]
+        cells = [*r[:4], f"{r[4]}/{r[5]}", f"{r[6]:.3f}{flags[0]}", f"{r[7]:.3f}{flags[1]}",
+                 *(f"{x:.3f}" for x in r[8:])]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -190,7 +276,13 @@ def main() -> None:
         body = ["## Fusion never hurts", "", f"Command: `{command_line()}` (default preset; datasets made with "
                 f"`cmdiad synth`). {machine_description()}.", "", args.describe, "",
                 "Fused minus the better stream of the row, per (dataset, category, row, defect type): "
-                "I = I-AUROC of test/good against that type, P = P-AUROC over the pixels of good + that type.",
+                "I = I-AUROC of test/good against that type, P = P-AUROC over the pixels of good + that type. "
+                "A case is *informative* when the better stream is distinguishable from chance: its AUROC minus "
+                "1.96 Hanley-McNeil standard errors, at the case's numbers of good and defective test images, "
+                "is above 0.5 (for P-AUROC too: the pixels of one image are not independent evidence). On the "
+                "other cases both streams are near chance, and the better of two noisy AUROCs (12 good x 6 "
+                "defective images: one swapped pair moves I-AUROC by 0.014) is a maximum of noise that no "
+                "label-free rule can be held to. Raw counts first, informative ones next to them.",
                 "", *lines]
         publish("\n".join(body), DOC)
 

@@ -196,8 +196,9 @@ class FusionConfig:
     """Decision-layer fusion of per-stream scores."""
 
     kind: str = "ocsvm"
-    """``ocsvm`` (M3DM's linear one-class SVM), ``sum`` (normalised sum) or ``calibrated_max``
-    (each stream calibrated on good samples, the maximum over streams)."""
+    """``ocsvm`` (M3DM's linear one-class SVM), ``sum`` (normalised sum), ``calibrated_max``
+    (each stream calibrated on good samples, the maximum over streams) or ``gated`` (calibrated;
+    the first stream plus the others' excess beyond their good range)."""
     rgb_weight: float = 0.1
     """Weight of the real RGB stream's scores before fusion."""
     xyz_weight: float = 1.0
@@ -223,10 +224,23 @@ class FusionConfig:
     """``calibrated_max``, anomaly-map pixels: ``zscore`` or ``quantile`` (aligns the streams' tails)."""
     calibration_quantile: float = 0.999
     """``quantile`` calibration: the good-sample quantile that maps to 1."""
+    image_combine: str = "gated"
+    """``gated`` fuser, image scores: ``gated`` (the first stream plus the others' excess over
+    ``image_gate``) or ``max`` (as ``calibrated_max``)."""
+    pixel_combine: str = "max"
+    """``gated`` fuser, anomaly-map pixels: ``gated`` or ``max``."""
+    image_gate: float = 3.0
+    """``gated``: calibrated image score above which a non-first stream counts (3 good-sample std)."""
+    pixel_gate: float = 1.0
+    """``gated``: calibrated pixel score above which a non-first stream counts (1 = its good
+    ``calibration_quantile``)."""
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("ocsvm", "sum", "calibrated_max"),
-               f"unknown fusion kind {self.kind!r}; use one of: ocsvm, sum, calibrated_max")
+        _check(self.kind in ("ocsvm", "sum", "calibrated_max", "gated"),
+               f"unknown fusion kind {self.kind!r}; use one of: ocsvm, sum, calibrated_max, gated")
+        for what, combine in (("image", self.image_combine), ("pixel", self.pixel_combine)):
+            _check(combine in ("gated", "max"), f"unknown {what}_combine {combine!r}; use gated or max")
+        _check(self.image_gate >= 0 and self.pixel_gate >= 0, "image_gate and pixel_gate must be >= 0")
         for what, mode in (("image", self.image_calibration), ("pixel", self.pixel_calibration)):
             _check(mode in ("zscore", "quantile"), f"unknown {what}_calibration {mode!r}; use zscore or quantile")
         _check(0.5 < self.calibration_quantile < 1.0, "calibration_quantile must be in (0.5, 1)")

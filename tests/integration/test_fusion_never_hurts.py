@@ -55,7 +55,7 @@ def _per_defect(image, maps, test, masks) -> dict[str, tuple[float, float]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kind", "holds"), [("calibrated_max", True), ("sum", False)])
+@pytest.mark.parametrize(("kind", "holds"), [("calibrated_max", True), ("gated", True), ("sum", False)])
 def test_fused_dual_is_as_good_as_the_informative_stream_per_defect_type(geometry_set: Path, kind, holds) -> None:
     cfg = DetectorConfig(method="dual", main="both", data=DataConfig(image_size=(96, 96)),
                          fusion=FusionConfig(kind=kind, fit_on="validation"))

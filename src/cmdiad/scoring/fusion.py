@@ -10,6 +10,10 @@ Every fuser here reduces to two weight vectors (image, pixel) with ``score = row
   without the offset). A non-positive coefficient would silently invert a stream, so when one
   appears the fuser falls back to the normalised sum below and logs a warning.
 - :class:`SumFuser`: each column divided by its mean absolute training value, then summed.
+
+Two nonlinear fusers keep their fitted state as a few ``(·, K)`` arrays in the same two fields:
+- :class:`CalibratedMaxFuser`: each column calibrated on good samples, maximum over columns;
+- :class:`GatedFuser`: calibrated likewise; the first column plus the others' excess over a gate.
 """
 
 from __future__ import annotations
@@ -177,6 +181,58 @@ class CalibratedMaxFuser(Fuser):
             raise ValueError(f"rows {tuple(rows.shape)} do not have {weights.shape[-1]} columns")
         w = torch.as_tensor(weights, dtype=torch.float32, device=rows.device)
         return ((rows.float() - w[0]) / w[1]).amax(dim=1)
+
+
+@FUSERS.register("gated")
+class GatedFuser(CalibratedMaxFuser):
+    """The first stream decides; another stream adds only what lies beyond the good range.
+
+    Columns are calibrated as in :class:`CalibratedMaxFuser` (so 1 is the same degree of "unusual
+    for a good part" in every stream), then ``z_0 + sum_k max(0, z_k - gate)`` over the other
+    columns ``k``, with ``gate`` = ``FusionConfig.image_gate`` / ``pixel_gate`` in calibrated units
+    (``combine`` = ``gated``), or the maximum over columns (``combine`` = ``max``). The first
+    column is the row's main stream: the real sensor an MTFI row reads, xyz for ``dual``.
+    Why: a second stream helps only on defects that the first one misses, and there it is far
+    outside its good range; everywhere else it adds the noise of its own good-sample draw, which
+    for a hallucinated stream is heavy-tailed (its errors on unseen good parts vary). Under the
+    maximum every such excursion becomes a false alarm; behind the gate only confident ones count,
+    and the first stream's ranking is kept wherever the other stream is within its good range.
+
+    State: ``image_weights`` / ``pixel_weights`` hold ``(3, K)`` arrays: centres, spreads and
+    gates (column 0's gate is unused and stored as 0; ``combine`` comes from the config).
+    """
+
+    kind = "gated"
+
+    def _fit_weights(self, rows: np.ndarray, what: str) -> np.ndarray:
+        constants = super()._fit_weights(rows, what)
+        gate = self.config.image_gate if what == "image" else self.config.pixel_gate
+        gates = np.full((1, rows.shape[1]), gate, dtype=np.float64)
+        gates[0, 0] = 0.0
+        return np.concatenate([constants, gates])
+
+    def _combine(self, what: str) -> str:
+        return self.config.image_combine if what == "image" else self.config.pixel_combine
+
+    def image_scores(self, rows: torch.Tensor) -> torch.Tensor:
+        """Fused image scores (N,) of rows (N, K)."""
+        return self._gated(rows, self.image_weights, self._combine("image"))
+
+    def pixel_scores(self, rows: torch.Tensor) -> torch.Tensor:
+        """Fused pixel scores (P,) of rows (P, K)."""
+        return self._gated(rows, self.pixel_weights, self._combine("pixel"))
+
+    @staticmethod
+    def _gated(rows: torch.Tensor, weights: np.ndarray | None, combine: str) -> torch.Tensor:
+        if weights is None:
+            raise RuntimeError("the fuser is not fitted")
+        if rows.ndim != 2 or weights.ndim != 2 or weights.shape[0] != 3 or rows.shape[1] != weights.shape[1]:
+            raise ValueError(f"rows {tuple(rows.shape)} do not have {weights.shape[-1]} columns")
+        w = torch.as_tensor(weights, dtype=torch.float32, device=rows.device)
+        z = (rows.float() - w[0]) / w[1]
+        if combine == "max":
+            return z.amax(dim=1)
+        return z[:, 0] + (z[:, 1:] - w[2, 1:]).clamp(min=0).sum(dim=1)
 
 
 def calibration_constants(rows: np.ndarray, mode: str, quantile: float) -> np.ndarray:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from cmdiad.config import FusionConfig
+from cmdiad.errors import ConfigError
 from cmdiad.metrics.classification import auroc
-from cmdiad.scoring.fusion import FUSERS, CalibratedMaxFuser, Fuser, OCSVMFuser, SumFuser, build_fuser
+from cmdiad.scoring.fusion import FUSERS, CalibratedMaxFuser, Fuser, GatedFuser, OCSVMFuser, SumFuser, build_fuser
 
 
 def _rows(n: int, seed: int) -> torch.Tensor:
@@ -20,7 +21,7 @@ def _rows(n: int, seed: int) -> torch.Tensor:
 
 
 def test_registry_and_builder() -> None:
-    assert FUSERS.names() == ["calibrated_max", "ocsvm", "sum"]
+    assert FUSERS.names() == ["calibrated_max", "gated", "ocsvm", "sum"]
     assert isinstance(build_fuser(FusionConfig(kind="calibrated_max")), CalibratedMaxFuser)
     assert isinstance(build_fuser(FusionConfig(kind="sum")), SumFuser)
     assert isinstance(build_fuser(FusionConfig()), OCSVMFuser)
@@ -62,7 +63,7 @@ def test_pixel_rows_are_subsampled_with_a_seed() -> None:
     assert np.array_equal(a.pixel_weights, b.pixel_weights)
 
 
-@pytest.mark.parametrize("kind", ["ocsvm", "sum", "calibrated_max"])
+@pytest.mark.parametrize("kind", ["ocsvm", "sum", "calibrated_max", "gated"])
 def test_state_round_trip_gives_identical_scores(kind: str) -> None:
     fuser = build_fuser(FusionConfig(kind=kind)).fit(_rows(100, 0), _rows(500, 1))
     state = json.loads(json.dumps(fuser.save_state()))
@@ -129,3 +130,57 @@ def test_calibration_maps_good_samples_to_a_common_scale(calibration: str) -> No
     constant = torch.ones(10, 2)
     flat = CalibratedMaxFuser(cfg).fit(constant, constant)
     assert torch.isfinite(flat.image_scores(constant)).all()
+
+
+def _heavy_tailed_pair(rng: np.random.Generator, n_good: int, n_bad: int, sees: int, shift: float = 6.0) -> tuple:
+    """Image rows (N, 2): stream ``sees`` shifts defects by ``shift`` good std; the other is heavy-tailed noise.
+
+    The noise stream's good samples are Student-t (2 degrees of freedom): mostly within a
+    Gaussian's range, with rare large excursions, like a hallucinated stream on unseen good parts.
+    """
+    labels = np.r_[np.zeros(n_good), np.ones(n_bad)].astype(int)
+    cols = [rng.standard_t(2, labels.size), rng.standard_t(2, labels.size)]
+    cols[sees] = rng.normal(0.0, 1.0, labels.size) + shift * labels
+    return torch.from_numpy(np.c_[cols[0], cols[1]]).float(), labels
+
+
+def test_gated_keeps_the_first_stream_where_the_other_is_within_its_good_range() -> None:
+    rng = np.random.default_rng(2)
+    val, _ = _heavy_tailed_pair(rng, 30, 0, sees=0)
+    rows, labels = _heavy_tailed_pair(rng, 200, 40, sees=0, shift=3.0)
+    cfg = FusionConfig(kind="gated", image_gate=3.0, pixel_combine="gated")
+    gated = GatedFuser(cfg).fit(val, val)
+    centre, spread, gates = gated.image_weights
+    z = (rows.double().numpy() - centre) / spread
+    inside = z[:, 1] <= gates[1]
+    assert inside.sum() > 150  # most samples: the fused score is exactly the first stream's
+    assert np.allclose(gated.image_scores(rows).numpy()[inside], z[inside, 0], atol=1e-5)
+    first = auroc(rows[:, 0].numpy(), labels, "image")
+    fused = auroc(gated.image_scores(rows).numpy(), labels, "image")
+    maxed = auroc(CalibratedMaxFuser(FusionConfig(kind="calibrated_max")).fit(val, val).image_scores(rows).numpy(),
+                  labels, "image")
+    assert fused >= first - 0.02
+    assert fused > maxed  # the maximum turns the noise stream's excursions into false alarms
+
+
+def test_gated_lets_a_confident_second_stream_decide() -> None:
+    rng = np.random.default_rng(3)
+    val, _ = _heavy_tailed_pair(rng, 30, 0, sees=1)
+    rows, labels = _heavy_tailed_pair(rng, 200, 40, sees=1)
+    gated = GatedFuser(FusionConfig(kind="gated", image_gate=3.0)).fit(val, val)
+    first = auroc(rows[:, 0].numpy(), labels, "image")
+    fused = auroc(gated.image_scores(rows).numpy(), labels, "image")
+    assert first < 0.7 < fused  # the first stream is blind; the second one's defects are far beyond its gate
+
+
+def test_gated_pixel_max_equals_calibrated_max_and_config_is_checked() -> None:
+    rng = np.random.default_rng(4)
+    val = torch.from_numpy(rng.normal(size=(500, 2))).float()
+    rows = torch.from_numpy(rng.normal(size=(50, 2))).float()
+    gated = GatedFuser(FusionConfig(kind="gated", pixel_combine="max")).fit(val, val)
+    plain = CalibratedMaxFuser(FusionConfig(kind="calibrated_max")).fit(val, val)
+    assert torch.allclose(gated.pixel_scores(rows), plain.pixel_scores(rows))
+    with pytest.raises(ConfigError, match="image_combine"):
+        FusionConfig(kind="gated", image_combine="mean")
+    with pytest.raises(ConfigError, match="gate"):
+        FusionConfig(kind="gated", image_gate=-1.0)
