@@ -99,6 +99,15 @@ class RGBFeatureConfig:
     """Weights file for extractors whose weights users bring (DINO); None = shipped/none."""
     pretrained: bool = True
     """False builds a random-initialised backbone (tests only)."""
+    aggregation: str = "upsample_first"
+    """EfficientNet-Lite's 3x3 neighbourhood average: ``upsample_first`` (stages upsampled to the
+    stride-8 grid, then averaged over in-image neighbours) or ``per_stage`` (PatchCore's order:
+    each stage averaged on its own grid with zero padding counted, then upsampled; measured
+    better pixel metrics, docs/method.md)."""
+
+    def __post_init__(self) -> None:
+        _check(self.aggregation in ("upsample_first", "per_stage"),
+               f"unknown aggregation {self.aggregation!r}; use one of: upsample_first, per_stage")
 
 
 @dataclass(frozen=True)

@@ -125,19 +125,64 @@ class RGBExtractor(FeatureExtractor):
         return normalize(resize_rgb(array, image_size, self.interpolation), self.mean, self.std)
 
 
+AGGREGATIONS = ("upsample_first", "per_stage")
+"""Orders of the 3x3 neighbourhood average and the upsampling to the patch grid."""
+
+
+def aggregate_stages(maps: list[torch.Tensor], grid: tuple[int, int], order: str) -> torch.Tensor:
+    """PatchCore's local aggregation of stage outputs onto one patch grid.
+
+    ``upsample_first``: every map is upsampled bilinearly (``align_corners=False``) to ``grid``,
+    the maps are concatenated, then averaged over 3x3 neighbourhoods, border cells over their
+    in-image neighbours only. ``per_stage`` (the order of PatchCore and anomalib): each map is
+    averaged over 3x3 neighbourhoods on its own grid with the zero padding counted (border cells
+    shrink towards 0, 6/9 on edges, 4/9 in corners), then upsampled and concatenated. The two
+    differ in the border ring and, for the coarser stages, in the width of the average (3 cells
+    of that stage, i.e. 48 input pixels at stride 16, against 24).
+
+    Args:
+        maps: ``(B, C_i, h_i, w_i)`` stage outputs, the finest first.
+        grid: Target ``(h, w)``.
+        order: ``upsample_first`` or ``per_stage``.
+
+    Returns:
+        ``(B, sum C_i, h, w)``.
+    """
+
+    def up(m: torch.Tensor) -> torch.Tensor:
+        if tuple(m.shape[-2:]) == tuple(grid):
+            return m
+        return nn.functional.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+
+    def pool(m: torch.Tensor, counted: bool) -> torch.Tensor:
+        return nn.functional.avg_pool2d(m, kernel_size=3, stride=1, padding=1, count_include_pad=counted)
+
+    if order == "per_stage":
+        return torch.cat([up(pool(m, True)) for m in maps], dim=1)
+    if order == "upsample_first":
+        return pool(torch.cat([up(m) for m in maps], dim=1), False)
+    raise ValueError(f"unknown aggregation order {order!r}; known: {', '.join(AGGREGATIONS)}")
+
+
 class EfficientNetLiteExtractor(RGBExtractor):
     """EfficientNet-Lite patch features: stride-8 and stride-16 stages on the stride-8 grid.
 
-    The stride-16 map is upsampled bilinearly, both are concatenated, then PatchCore's local
-    3x3 neighbourhood aggregation (3x3 average, stride 1) is applied. Border cells average
-    only the in-image neighbours (``count_include_pad=False``) so edges are not darkened.
+    PatchCore's local 3x3 neighbourhood aggregation (3x3 average, stride 1) and the bilinear
+    upsampling of the stride-16 map (``align_corners=False``) come in one of two orders
+    (``RGBFeatureConfig.aggregation``, see :func:`aggregate_stages`).
 
     Args:
         model: A ``tf_efficientnet_lite*`` timm model (classifier head is pruned here).
         strides: Strides of the stages to take, smallest first.
+        aggregation: ``upsample_first`` or ``per_stage``.
     """
 
-    def __init__(self, model: nn.Module, strides: tuple[int, ...] = LITE_STRIDES) -> None:
+    def __init__(
+        self, model: nn.Module, strides: tuple[int, ...] = LITE_STRIDES, aggregation: str = "upsample_first"
+    ) -> None:
+        if aggregation not in AGGREGATIONS:
+            raise ConfigError(f"unknown aggregation {aggregation!r}; known: {', '.join(AGGREGATIONS)}")
+        self.aggregation = aggregation
         info = list(model.feature_info)
         by_stride = {int(i["reduction"]): n for n, i in enumerate(info)}
         missing = [s for s in strides if s not in by_stride]
@@ -163,16 +208,7 @@ class EfficientNetLiteExtractor(RGBExtractor):
         """Aggregated patch features ``(B, out_channels, H // 8, W // 8)``, all valid."""
         grid = self.grid_size((int(x.shape[-2]), int(x.shape[-1])))
         with torch.no_grad():
-            maps = self.forward(x.to(self.device)).values()
-            maps = [
-                m
-                if tuple(m.shape[-2:]) == grid
-                else nn.functional.interpolate(m, size=grid, mode="bilinear", align_corners=False)
-                for m in maps
-            ]
-            feats = nn.functional.avg_pool2d(
-                torch.cat(maps, dim=1), kernel_size=3, stride=1, padding=1, count_include_pad=False
-            )
+            feats = aggregate_stages(list(self.forward(x.to(self.device)).values()), grid, self.aggregation)
         valid = torch.ones(feats.shape[0], *grid, dtype=torch.bool, device=feats.device)
         return PatchFeatures(feats.float(), valid)
 
@@ -262,5 +298,5 @@ def build_efficientnet_lite(name: str, pretrained: bool = True, weights: Path | 
     return _freeze(model)
 
 
-register_family(_LITE, lambda name, cfg: EfficientNetLiteExtractor(build_efficientnet_lite(name, cfg.pretrained,
-                                                                                          cfg.weights)))
+register_family(_LITE, lambda name, cfg: EfficientNetLiteExtractor(
+    build_efficientnet_lite(name, cfg.pretrained, cfg.weights), aggregation=cfg.aggregation))

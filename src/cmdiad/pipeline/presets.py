@@ -11,7 +11,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         "detector": {
             "data": {"image_size": [224, 224]},
-            "rgb": {"name": "efficientnet_lite0"},
+            # PatchCore's aggregation order (per stage, zero padding counted): measured better pixel
+            # metrics than upsampling first (docs/method.md, "RGB patch aggregation").
+            "rgb": {"name": "efficientnet_lite0", "aggregation": "per_stage"},
             "xyz": {"name": "fpfh", "patch_stride": 8},
             "memory": {"coreset": {"ratio": 0.1}},
             # Each stream calibrated on held-out good samples, the most surprised stream decides: a
