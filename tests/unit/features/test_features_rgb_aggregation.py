@@ -49,7 +49,7 @@ def test_extractor_follows_the_config() -> None:
         RGBFeatureConfig(aggregation="sideways")
 
 
-def test_default_preset_uses_per_stage_and_paper_keeps_its_extractor() -> None:
-    assert preset("default")["detector"]["rgb"]["aggregation"] == "per_stage"
+def test_default_preset_keeps_upsample_first_and_paper_keeps_its_extractor() -> None:
+    assert preset("default")["detector"]["rgb"]["aggregation"] == "upsample_first"
     assert "aggregation" not in preset("paper")["detector"]["rgb"]
     assert RGBFeatureConfig().aggregation == "upsample_first"  # saved detectors without the key keep their features
