@@ -1,4 +1,4 @@
-"""Reading the JSON metadata file of a saved artefact (model, distiller, router), one way for all.
+"""Reading a saved artefact's files (model, distiller, router), one way for all: JSON metadata and tensors.
 
 Every reader checks the same things in the same order and raises :class:`~cmdiad.errors.ModelFileError`
 naming the file: it exists, it is UTF-8 JSON holding an object, its ``format`` is the expected one,
@@ -67,4 +67,26 @@ def read_meta(
     return meta
 
 
-__all__ = ["read_json_object", "read_meta"]
+def read_tensors(path: Path | str, *, missing: str) -> dict:
+    """The tensors of the safetensors file ``path`` (a dict of name -> torch.Tensor).
+
+    Args:
+        path: The file.
+        missing: What to say when it does not exist.
+
+    Raises:
+        ModelFileError: It is missing or not a readable safetensors file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, f"missing: {missing}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(path, f"corrupted safetensors file ({exc})") from exc
+
+
+__all__ = ["read_json_object", "read_meta", "read_tensors"]

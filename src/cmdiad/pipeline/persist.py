@@ -24,8 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from cmdiad.config import DetectorConfig, PointFeatureConfig, RGBFeatureConfig, from_dict, to_dict
 from cmdiad.errors import CmdiadError, ConfigError, ModelFileError
@@ -34,7 +33,7 @@ from cmdiad.features.base import FeatureExtractor
 from cmdiad.features.cache import FeatureCache
 from cmdiad.io.atomic import atomic_dir, atomic_write_text
 from cmdiad.io.layout import check_model_target
-from cmdiad.io.meta import read_meta
+from cmdiad.io.meta import read_meta, read_tensors
 from cmdiad.memory.bank import MemoryBank
 from cmdiad.pipeline.core import DetectorCore, FusionState
 from cmdiad.pipeline.detector import Detector
@@ -167,7 +166,7 @@ def load_detector(path: Path, *, device: str | torch.device = "cpu", cache: Feat
         meta, tensors = convert(path, meta, cfg)
         log.info("read %s, a model folder of format version 1 (save it again to write version 2)", path)
     else:
-        tensors = _read_tensors(path / WEIGHTS_FILE)
+        tensors = read_tensors(path / WEIGHTS_FILE, missing="the model's weights (a format-2 folder has this file)")
     modalities = needed_modalities(cfg)
     if cfg.method in DESIGNS and design(cfg.method).learns_target_inputs:
         modalities = ("rgb", "xyz")  # the decoded input is re-encoded with the target extractor
@@ -177,15 +176,6 @@ def load_detector(path: Path, *, device: str | torch.device = "cpu", cache: Feat
     det.threshold, det.threshold_samples, det.map_calibration = threshold, samples, calibration
     _check_widths(det, path)
     return det
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelFileError(path, "missing: the model's weights file (a folder of format version 2 has one)")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(path, f"corrupted safetensors file ({exc})") from exc
 
 
 def _core(cfg: DetectorConfig, encoder: Encoder, meta: dict, tensors: dict[str, torch.Tensor],

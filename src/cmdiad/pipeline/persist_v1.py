@@ -17,23 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from cmdiad.config import DetectorConfig
 from cmdiad.errors import ModelFileError
-from cmdiad.io.meta import read_json_object, read_meta
+from cmdiad.io.meta import read_json_object, read_meta, read_tensors
 from cmdiad.pipeline.core import _is_array
 from cmdiad.pipeline.streams import streams_for
 
-
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelFileError(path, "missing tensor file of a format-1 model folder")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(path, f"corrupted safetensors file ({exc})") from exc
+MISSING = "tensor file of a format-1 model folder"
 
 
 def _bank(folder: Path, name: str, tensors: dict[str, torch.Tensor]) -> list[int]:
@@ -45,7 +36,7 @@ def _bank(folder: Path, name: str, tensors: dict[str, torch.Tensor]) -> list[int
         mean, std, shape = float(meta["mean"]), float(meta["std"]), [int(meta["num_entries"]), int(meta["dim"])]
     except (TypeError, ValueError) as exc:
         raise ModelFileError(meta_path, f"invalid bank metadata ({exc})") from exc
-    bank = _tensors(folder / "bank.safetensors").get("bank")
+    bank = read_tensors(folder / "bank.safetensors", missing=MISSING).get("bank")
     if bank is None or list(bank.shape) != shape:
         got = None if bank is None else list(bank.shape)
         raise ModelFileError(folder / "bank.safetensors", f"bank tensor shape {got} does not match the metadata "
@@ -60,7 +51,7 @@ def _distiller(folder: Path, tensors: dict[str, torch.Tensor]) -> dict:
     net = read_meta(folder / "distiller.json", "cmdiad.distiller", 1, what="distiller", required=("kind", "kwargs"))
     extra = read_json_object(folder / "hallucinator.json", what="hallucinator") if (
         folder / "hallucinator.json").is_file() else {}
-    for key, value in _tensors(folder / "distiller.safetensors").items():
+    for key, value in read_tensors(folder / "distiller.safetensors", missing=MISSING).items():
         tensors[f"hallucinator.net.{key}"] = value
     return {"kind": extra.get("kind", net["kind"]), "target": extra.get("target"), "grid": extra.get("grid"),
             "network": {k: net[k] for k in ("kind", "architecture", "kwargs") if k in net}}
