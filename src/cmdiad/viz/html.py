@@ -20,6 +20,8 @@ from PIL import Image
 
 from cmdiad.errors import DatasetError
 from cmdiad.io.atomic import atomic_write_text
+from cmdiad.io.image import read_rgb
+from cmdiad.io.pointcloud import read_xyz
 from cmdiad.viz.heatmaps import colormap_table, depth_render, draw_contour, overlay, resize_image
 from cmdiad.viz.plots import colour_bar, histogram_svg, roc_svg
 from cmdiad.viz.report import (
@@ -139,21 +141,12 @@ def thumbnail_size(shape: tuple[int, ...], max_side: int) -> tuple[int, int]:
 
 
 def _read_rgb(path: str) -> np.ndarray:
-    # The io readers validate and name the file; viz falls back to plain readers without them.
-    try:
-        from cmdiad.io.image import read_rgb
-    except ImportError:
-        return np.asarray(Image.open(path).convert("RGB"))
+    """The image, through the io reader that validates it and names the file."""
     return read_rgb(Path(path))
 
 
 def _read_xyz_render(path: str) -> np.ndarray:
-    try:
-        from cmdiad.io.pointcloud import read_xyz
-    except ImportError:
-        import tifffile
-
-        return depth_render(np.asarray(tifffile.imread(path), dtype=np.float32))
+    """A depth rendering of the organized cloud, read through the validating io reader."""
     return depth_render(read_xyz(Path(path), nan_to_zero=True))
 
 
