@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from cmdiad.config import BANK_METHODS
+from cmdiad.designs import design_names
 from cmdiad.errors import ConfigError
 
 
@@ -146,10 +148,10 @@ def add_deploy_parsers(sub, add_config_args: Callable[[argparse.ArgumentParser],
     s = sub.add_parser("fit", help="fit a deployable detector on one category")
     s.add_argument("data", type=Path, help="dataset root (MVTec 3D-AD layout)")
     s.add_argument("--category", required=True, help="category folder under the dataset root to fit on")
-    s.add_argument("--method", required=True, choices=["xyz", "rgb", "dual", "f2f", "f2i", "i2f", "mixed"],
+    s.add_argument("--method", required=True, choices=[*BANK_METHODS, *design_names(), "mixed"],
                    help="'mixed' writes a model set (dual + MTFI xyz-main + MTFI rgb-main) for mixed inputs")
     s.add_argument("--main", choices=["xyz", "rgb"], help="main modality of an MTFI method (default: xyz)")
-    s.add_argument("--distill", default="f2f", choices=["f2f", "f2i", "i2f"], help="MTFI design of 'mixed'")
+    s.add_argument("--distill", default="f2f", choices=list(design_names()), help="MTFI design of 'mixed'")
     s.add_argument("--frr", type=float, default=0.01,
                    help="false-reject rate of good validation samples that sets the threshold")
     s.add_argument("--out", type=Path, required=True,
