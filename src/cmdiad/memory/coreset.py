@@ -104,6 +104,24 @@ def _projected(x: torch.Tensor, projection_dim: int | None, eps: float | None, s
     return random_projection(x, dim, seed)
 
 
+def _greedy_steps(
+    lower: Callable[[torch.Tensor], None], min_d2: torch.Tensor, first: torch.Tensor, n: int,
+    progress: Progress | None,
+) -> torch.Tensor:
+    """``n`` greedy picks from ``first``: each pick lowers ``min_d2`` by its distances (``lower``),
+    is marked -1 so it is never picked again, and the farthest remaining point comes next."""
+    out = torch.empty(n, dtype=torch.long, device=min_d2.device)
+    idx, every = first, _report_every(n)
+    for step in range(n):
+        out[step] = idx
+        lower(idx)
+        min_d2[idx] = -1.0
+        idx = torch.argmax(min_d2)
+        if progress is not None and ((step + 1) % every == 0 or step + 1 == n):
+            progress(step + 1, n)
+    return out
+
+
 def _greedy_loop(
     z: torch.Tensor, min_d2: torch.Tensor, first: torch.Tensor, n: int, progress: Progress | None = None
 ) -> torch.Tensor:
@@ -113,21 +131,16 @@ def _greedy_loop(
     hardly depends on the summation order; duplicates tie exactly at 0) lowers ``min_d2``; selected
     points are marked -1 so they are never picked twice. Holds a float64 copy of ``z``.
     """
-    out = torch.empty(n, dtype=torch.long, device=z.device)
     z64 = z.double()
-    idx, every = first, _report_every(n)
-    for step in range(n):
-        out[step] = idx
+
+    def lower(idx: torch.Tensor) -> None:
         centre = z64[idx]
         for start in range(0, z.shape[0], _LOOP_CHUNK):
             part = min_d2[start : start + _LOOP_CHUNK]
             d2 = (z64[start : start + _LOOP_CHUNK] - centre).square_().sum(dim=1).float()
             torch.minimum(part, d2, out=part)
-        min_d2[idx] = -1.0
-        idx = torch.argmax(min_d2)
-        if progress is not None and ((step + 1) % every == 0 or step + 1 == n):
-            progress(step + 1, n)
-    return out
+
+    return _greedy_steps(lower, min_d2, first, n, progress)
 
 
 def _matvec_loop(
@@ -139,17 +152,12 @@ def _matvec_loop(
     near-ties differently from the reference, and duplicates are kept apart by the -1 marks.
     """
     sq = torch.einsum("nd,nd->n", z, z)
-    out = torch.empty(n, dtype=torch.long, device=z.device)
-    idx, every = first, _report_every(n)
-    for step in range(n):
-        out[step] = idx
+
+    def lower(idx: torch.Tensor) -> None:
         d2 = torch.addmv(sq, z, z[idx], alpha=-2.0).add_(sq[idx])
         torch.minimum(min_d2, d2, out=min_d2)
-        min_d2[idx] = -1.0
-        idx = torch.argmax(min_d2)
-        if progress is not None and ((step + 1) % every == 0 or step + 1 == n):
-            progress(step + 1, n)
-    return out
+
+    return _greedy_steps(lower, min_d2, first, n, progress)
 
 
 def _fast_loop(
