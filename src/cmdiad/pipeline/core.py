@@ -163,10 +163,15 @@ class DetectorCore(nn.Module):
             out[s.name] = self.bank_scores(s, pf)
         return out
 
-    def fuse(self, per: StreamScores) -> Scores:
-        """Fused scores of per-stream scores."""
+    def columns(self, per: StreamScores) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-stream scores as fusion columns: image rows ``(N, K)`` and maps ``(N, H, W, K)``, in stream order."""
         image_rows = torch.stack([per[s.name][0] for s in self.streams], dim=1)
         maps = torch.stack([per[s.name][1] for s in self.streams], dim=-1)
+        return image_rows, maps
+
+    def fuse(self, per: StreamScores) -> Scores:
+        """Fused scores of per-stream scores."""
+        image_rows, maps = self.columns(per)
         b, h, w, k = maps.shape
         image = self.fusion.image_scores(image_rows)
         pixel = self.fusion.pixel_scores(maps.reshape(-1, k))

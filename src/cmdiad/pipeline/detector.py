@@ -295,10 +295,8 @@ class Detector:
         return {k: (torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts])) for k in parts[0]}
 
     def _fit_fusion(self, per: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        n = next(iter(per.values()))[0].shape[0]
-        image_rows = torch.stack([per[s.name][0] for s in self.streams], dim=1)
-        maps = torch.stack([per[s.name][1] for s in self.streams], dim=-1)  # (N, H, W, K)
-        pixel_rows = maps.reshape(-1, len(self.streams))
+        image_rows, maps = self.core.columns(per)
+        n, pixel_rows = image_rows.shape[0], maps.reshape(-1, maps.shape[-1])
         budget = self.config.fusion.max_pixel_rows
         if pixel_rows.shape[0] > budget:
             rng = np.random.default_rng(self.config.fusion.seed)

@@ -33,10 +33,8 @@ def _core() -> DetectorCore:
         bank.finalize()
         core.banks[name] = bank
     good = {"xyz": _feats(4, 5, 3), "rgb": _feats(4, 7, 4)}
-    per = core.stream_scores(good)
-    image_rows = torch.stack([per[s.name][0] for s in core.streams], 1)
-    pixel_rows = torch.stack([per[s.name][1] for s in core.streams], -1).reshape(-1, 2)
-    core.fusion.fit(image_rows, pixel_rows)
+    image_rows, maps = core.columns(core.stream_scores(good))
+    core.fusion.fit(image_rows, maps.reshape(-1, 2))
     return core
 
 
