@@ -153,9 +153,8 @@ class Detector:
         report = FitReport(0.0, len(usable), 0)
         stream_feats = self._training_stream_features(train, usable, feats, report, progress)
         mean_std = self._standardization(train, feats)
-        train_scores = {}
         for s in self.streams:
-            self.core.banks[s.name], train_scores[s.name] = self._build_bank(
+            self.core.banks[s.name] = self._build_bank(
                 s, stream_feats[s.name], mean_std.get(s.target, (None, None)), usable, progress
             )
             report.bank_sizes[s.name] = int(self.core.banks[s.name].bank.shape[0])
@@ -166,7 +165,10 @@ class Detector:
         else:
             if self.config.fusion.fit_on == "validation":
                 log.warning("no validation samples: fusion fitted on training samples (their own banks)")
-            self._fit_fusion(train_scores)
+            # Training samples against their own banks: searched only here, where they are needed.
+            self._fit_fusion({s.name: self._score_bank_only(s, stream_feats[s.name],
+                                                            staged(progress, f"bank search {s.name}"))
+                              for s in self.streams})
         self._calibrate(held_out or usable, threshold_frr, progress)
         report.fit_seconds = time.perf_counter() - t0 + self._reused_seconds
         return report
@@ -260,8 +262,8 @@ class Detector:
         return {"rgb": (mean, std), "xyz": (mean, std)}
 
     # ------------------------------------------------------------------ scoring
-    def _build_bank(self, s: Stream, feats: PatchFeatures, mean_std, usable, progress=None) -> tuple[MemoryBank, tuple]:
-        """The stream's bank and its training samples' (image, map) scores, reused when shared.
+    def _build_bank(self, s: Stream, feats: PatchFeatures, mean_std, usable, progress=None) -> MemoryBank:
+        """The stream's bank, reused when another row of the run built the same one.
 
         A reused bank adds the seconds it took to build to ``self._reused_seconds`` so that
         every method's fit time counts its whole cost.
@@ -271,18 +273,16 @@ class Detector:
             cfg = self.config
             key = (s.name, tuple(r.key for r in usable), mean_std, cfg.memory, cfg.data, cfg.rgb, cfg.xyz, s.weight)
             if key in self._shared:
-                bank, scores, seconds = self._shared[key]
+                bank, seconds = self._shared[key]
                 self._reused_seconds += seconds
-                return bank, scores
+                return bank
         t0 = time.perf_counter()
         bank = MemoryBank(self.config.memory, device=self.device)
         bank.add(feats)
         bank.finalize(*mean_std, progress=staged(progress, f"coreset {s.name}"))
-        self.core.banks[s.name] = bank
-        scores = self._score_bank_only(s, feats, staged(progress, f"bank search {s.name}"))
         if key is not None:
-            self._shared[key] = (bank, scores, time.perf_counter() - t0)
-        return bank, scores
+            self._shared[key] = (bank, time.perf_counter() - t0)
+        return bank
 
     def stream_scores(self, records: Sequence[SampleRecord], progress: Progress | None = None) -> StreamScores:
         """Weighted per-stream image scores ``(N,)`` and maps ``(N, H, W)`` of ``records``, before fusion."""
