@@ -33,6 +33,40 @@ from cmdiad.types import PatchFeatures, SampleRecord, Scores
 
 log = logging.getLogger(__name__)
 
+FIT_CHUNK_BATCHES = 8
+"""Encoder batches per chunk in which a fit feeds a bank (bounds the fit's working copy of features)."""
+
+
+class RunningMoments:
+    """Count, mean and sum of squared deviations of the entries of many tensors (Chan's merge, float64)."""
+
+    def __init__(self) -> None:
+        self.n, self._mean, self._m2 = 0, 0.0, 0.0
+
+    def add(self, x: torch.Tensor) -> None:
+        """Merge the entries of ``x``, a few million at a time (bounded float64 working copies)."""
+        flat = x.reshape(-1)
+        for i in range(0, flat.numel(), 1 << 22):
+            self._merge(flat[i : i + (1 << 22)].double())
+
+    def _merge(self, x: torch.Tensor) -> None:
+        k = x.numel()
+        mean = float(x.mean())
+        m2 = float(((x - mean) ** 2).sum())
+        delta, total = mean - self._mean, self.n + k
+        self._mean += delta * k / total
+        self._m2 += m2 + delta * delta * self.n * k / total
+        self.n = total
+
+    @property
+    def mean(self) -> float:
+        return self._mean
+
+    @property
+    def std(self) -> float:
+        """Unbiased standard deviation (``torch.std``'s default)."""
+        return (self._m2 / (self.n - 1)) ** 0.5 if self.n > 1 else 0.0
+
 
 @dataclass
 class FitReport:
@@ -149,13 +183,15 @@ class Detector:
         if not usable:
             raise DatasetError(_folder_of(train), f"no training sample has the {' and '.join(self.modalities)} "
                                f"file(s) that the {self.config.method!r} method needs")
-        feats = {m: self.encoder.features(usable, m, progress) for m in self.modalities}
+        for m in self.modalities:
+            self.encoder.prepare(usable, m, progress)  # extraction once; banks then take features in chunks
         report = FitReport(0.0, len(usable), 0)
-        stream_feats = self._training_stream_features(train, usable, feats, report, progress)
-        mean_std = self._standardization(train, feats)
+        if self.core.hallucinated is not None and not self._pretrained:
+            report.num_paired, report.distill = self.train_distiller(train, progress)
+        mean_std = self._standardization(train, usable)
         for s in self.streams:
             self.core.banks[s.name] = self._build_bank(
-                s, stream_feats[s.name], mean_std.get(s.target, (None, None)), usable, progress
+                s, usable, mean_std.get(s.target, (None, None)), progress
             )
             report.bank_sizes[s.name] = int(self.core.banks[s.name].bank.shape[0])
         held_out = [r for r in validation if set(self.modalities) <= r.modalities]
@@ -166,24 +202,34 @@ class Detector:
             if self.config.fusion.fit_on == "validation":
                 log.warning("no validation samples: fusion fitted on training samples (their own banks)")
             # Training samples against their own banks: searched only here, where they are needed.
-            self._fit_fusion({s.name: self._score_bank_only(s, stream_feats[s.name],
-                                                            staged(progress, f"bank search {s.name}"))
+            self._fit_fusion({s.name: self._training_scores(s, usable, staged(progress, f"bank search {s.name}"))
                               for s in self.streams})
         self._calibrate(held_out or usable, threshold_frr, progress)
         report.fit_seconds = time.perf_counter() - t0 + self._reused_seconds
         return report
 
-    def _training_stream_features(self, train, usable, feats, report, progress) -> dict[str, PatchFeatures]:
-        out = {s.name: feats[s.source] for s in self.streams if not s.hallucinated}
-        hall = [s for s in self.streams if s.hallucinated]
-        if not hall:
-            return out
-        s = hall[0]
-        if not self._pretrained:
-            report.num_paired, report.distill = self.train_distiller(train, progress)
-        inputs = self.encoder.inputs(usable, s.source) if self.design.reads_main_inputs else None
-        out[s.name] = self._hallucinate(feats[s.source], inputs)
-        return out
+    def _chunks(self, records: Sequence[SampleRecord]) -> list[Sequence[SampleRecord]]:
+        """``records`` in chunks of whole scoring batches: what a bank takes at a time."""
+        step = self.encoder.batch_size * FIT_CHUNK_BATCHES
+        return [records[i : i + step] for i in range(0, len(records), step)]
+
+    def _stream_features(self, s: Stream, records: Sequence[SampleRecord]) -> PatchFeatures:
+        """The features stream ``s`` puts in its bank for ``records``: read, or hallucinated from the main ones."""
+        main = self.encoder.features(records, s.source)
+        if not s.hallucinated:
+            return main
+        inputs = self.encoder.inputs(records, s.source) if self.design.reads_main_inputs else None
+        return self._hallucinate(main, inputs)
+
+    def _training_scores(self, s: Stream, usable, progress) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training samples' (image, map) scores against the stream's own bank, chunk by chunk."""
+        parts, done = [], 0
+        for chunk in self._chunks(usable):
+            parts.append(self._score_bank_only(s, self._stream_features(s, chunk)))
+            done += len(chunk)
+            if progress is not None:
+                progress("bank search", done, len(usable))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def train_distiller(
         self, train: Sequence[SampleRecord], progress: Progress | None = None
@@ -240,30 +286,34 @@ class Detector:
         predicted = self._hallucinate(self.encoder.features(paired, s.source), inputs)
         return fidelity(predicted, self.encoder.features(paired, s.target))
 
-    def _standardization(self, train, feats) -> dict[str, tuple[float, float]]:
+    def _standardization(self, train, usable) -> dict[str, tuple[float, float]]:
         """Per-bank constants (empty dict) or M3DM's mixed ones: xyz-bank mean, rgb-bank std.
 
         As in the reference, the mixed constants serve the methods with two streams (dual and
-        MTFI); a single-bank method standardises its bank with the bank's own mean and std.
+        MTFI); a single-bank method standardises its bank with the bank's own mean and std. Both
+        are accumulated over the valid patches chunk by chunk (float64), never over one copy of
+        the whole training set.
         """
         if self.config.memory.standardize != "m3dm" or len(self.streams) < 2:
             return {}
-        real = dict(feats)
         paired = paired_subset(train, self.config.data.paired_fraction, self.config.seed)
-        for m in ("rgb", "xyz"):
-            if m not in real and paired:
-                real[m] = self.encoder.features(paired, m)
-        if not {"rgb", "xyz"} <= set(real):
+        source = {m: (usable if m in self.modalities else paired) for m in ("rgb", "xyz")}
+        if not all(source.values()):
             log.warning("m3dm standardisation needs both modalities at training; using per-bank constants")
             return {}
-        xyz, rgb = real["xyz"], real["rgb"]
-        mean = float(xyz.features.permute(0, 2, 3, 1)[xyz.valid].mean())
-        std = float(rgb.features.permute(0, 2, 3, 1)[rgb.valid].std())
+        stats = {}
+        for m in ("rgb", "xyz"):
+            moments = RunningMoments()
+            for chunk in self._chunks(source[m]):
+                pf = self.encoder.features(chunk, m)
+                moments.add(pf.features.permute(0, 2, 3, 1)[pf.valid])
+            stats[m] = moments
+        mean, std = stats["xyz"].mean, stats["rgb"].std
         return {"rgb": (mean, std), "xyz": (mean, std)}
 
     # ------------------------------------------------------------------ scoring
-    def _build_bank(self, s: Stream, feats: PatchFeatures, mean_std, usable, progress=None) -> MemoryBank:
-        """The stream's bank, reused when another row of the run built the same one.
+    def _build_bank(self, s: Stream, usable, mean_std, progress=None) -> MemoryBank:
+        """The stream's bank, fed chunk by chunk; reused when another row of the run built the same one.
 
         A reused bank adds the seconds it took to build to ``self._reused_seconds`` so that
         every method's fit time counts its whole cost.
@@ -278,7 +328,8 @@ class Detector:
                 return bank
         t0 = time.perf_counter()
         bank = MemoryBank(self.config.memory, device=self.device)
-        bank.add(feats)
+        for chunk in self._chunks(usable):
+            bank.add(self._stream_features(s, chunk))
         bank.finalize(*mean_std, progress=staged(progress, f"coreset {s.name}"))
         if key is not None:
             self._shared[key] = (bank, time.perf_counter() - t0)

@@ -260,6 +260,20 @@ class Encoder:
             in ``data.feature_dtype`` are converted into one preallocated float32 tensor, so no
             per-sample float32 copies are held).
         """
+        return _assemble(self._per_sample(records, modality, progress, inputs))
+
+    def prepare(self, records: Sequence[SampleRecord], modality: str, progress: Progress | None = None) -> None:
+        """Compute and cache the features of ``records`` that the cache lacks, without assembling them.
+
+        A caller that then takes the features a few samples at a time (a bank fed in chunks) never
+        holds a second copy of the whole set.
+        """
+        self._per_sample(records, modality, progress, None)
+
+    def _per_sample(self, records, modality, progress, inputs) -> list[PatchFeatures]:
+        """Per-sample features as stored (cache hits, then the misses computed batch by batch)."""
+        if not records:
+            raise ValueError(f"no samples to encode for {modality}")
         ekey = self._keys[modality]
         skeys = [_file_identity(r, modality) for r in records]
         found: dict[int, PatchFeatures] = {}
@@ -280,13 +294,11 @@ class Encoder:
             done += len(chunk)
             if progress is not None:
                 progress(f"{modality} features", done, len(records))
-        if not records:
-            raise ValueError(f"no samples to encode for {modality}")
         if missing:
             log.info("%s features: %d computed, %d from the cache", modality, len(missing), len(records) - len(missing))
         elif modality not in self.ms_per_sample and (ms := self.cache.get_timing(ekey)) is not None:
             self.ms_per_sample[modality] = ms  # what extraction cost when the cache was filled
-        return _assemble([found[i] for i in range(len(records))])
+        return [found[i] for i in range(len(records))]
 
     def _kept(self, pf: PatchFeatures) -> PatchFeatures:
         """``pf`` in the feature dtype, also from a cache that stores nothing (the values a stored entry has)."""
