@@ -67,6 +67,12 @@ def aggregate(maps, order, pad_inc, up_mode="bilinear", ac=False):
         return F.avg_pool2d(m, 3, 1, 1, count_include_pad=pad_inc)
     if order == "up_first":
         return pool(torch.cat([up(m) for m in maps], 1))
+    if order == "both":  # both aggregations side by side in one feature (one bank, squared distances add)
+        return torch.cat([aggregate(maps, "up_first", False, up_mode, ac),
+                          aggregate(maps, "pool_first", True, up_mode, ac)], 1)
+    if order == "pool_first_coarse":  # zero padding counted on the coarse stage only
+        return torch.cat([F.avg_pool2d(maps[0], 3, 1, 1, count_include_pad=False),
+                          *[up(pool(m)) for m in maps[1:]]], 1)
     return torch.cat([up(pool(m)) for m in maps], 1)
 
 
@@ -76,7 +82,7 @@ def nearest_map(patch, size, sigma):
 
 
 def run(d, order="up_first", pad_inc=False, up_mode="bilinear", ac=False, std=True, amap="bilinear",
-        reweight=True):
+        reweight=True, image="bank"):
     tr = aggregate(d["train"], order, pad_inc, up_mode, ac)
     te = aggregate(d["test"], order, pad_inc, up_mode, ac)
     mem = cfg.detector.memory
@@ -96,6 +102,8 @@ def run(d, order="up_first", pad_inc=False, up_mode="bilinear", ac=False, std=Tr
         maps = anomaly_map(patch, size, sigma=4.0)
     else:
         maps = nearest_map(patch, size, 4.0)
+    if image == "map_max":  # image score: maximum of the blurred anomaly map instead of the re-weighted patch maximum
+        image = maps.reshape(maps.shape[0], -1).amax(dim=1)
     return evaluate(image.numpy(), d["labels"], maps.numpy(), d["masks"], mode=cfg.metrics.aupro_mode)
 
 
@@ -109,6 +117,9 @@ VARIANTS = {
     "no_std": {"std": False},
     "map_nearest": {"amap": "nearest"},
     "anomalib_like": {"order": "pool_first", "pad_inc": True, "std": False, "amap": "nearest"},
+    "pool_first_pad0_map_max": {"order": "pool_first", "pad_inc": True, "image": "map_max"},
+    "pool_first_pad0_coarse_only": {"order": "pool_first_coarse", "pad_inc": True},
+    "both_concatenated": {"order": "both"},
 }
 
 def main() -> None:
