@@ -82,7 +82,7 @@ def nearest_map(patch, size, sigma):
 
 
 def run(d, order="up_first", pad_inc=False, up_mode="bilinear", ac=False, std=True, amap="bilinear",
-        reweight=True, image="bank"):
+        reweight=True, readout="bank"):
     tr = aggregate(d["train"], order, pad_inc, up_mode, ac)
     te = aggregate(d["test"], order, pad_inc, up_mode, ac)
     mem = cfg.detector.memory
@@ -102,7 +102,7 @@ def run(d, order="up_first", pad_inc=False, up_mode="bilinear", ac=False, std=Tr
         maps = anomaly_map(patch, size, sigma=4.0)
     else:
         maps = nearest_map(patch, size, 4.0)
-    if image == "map_max":  # image score: maximum of the blurred anomaly map instead of the re-weighted patch maximum
+    if readout == "map_max":  # image score: maximum of the blurred anomaly map instead of the re-weighted patch maximum
         image = maps.reshape(maps.shape[0], -1).amax(dim=1)
     return evaluate(image.numpy(), d["labels"], maps.numpy(), d["masks"], mode=cfg.metrics.aupro_mode)
 
@@ -117,7 +117,7 @@ VARIANTS = {
     "no_std": {"std": False},
     "map_nearest": {"amap": "nearest"},
     "anomalib_like": {"order": "pool_first", "pad_inc": True, "std": False, "amap": "nearest"},
-    "pool_first_pad0_map_max": {"order": "pool_first", "pad_inc": True, "image": "map_max"},
+    "pool_first_pad0_map_max": {"order": "pool_first", "pad_inc": True, "readout": "map_max"},
     "pool_first_pad0_coarse_only": {"order": "pool_first_coarse", "pad_inc": True},
     "both_concatenated": {"order": "both"},
 }
