@@ -138,3 +138,34 @@ def test_evaluate_uses_the_runs_aupro_mode(experiment_dir: Path, tmp_path: Path)
     raw = load_raw(run / "raw" / "xyz" / "ring.npz")
     (record,) = recompute_records(run)
     assert record["aupro_1"] == aupro(raw.anomaly_maps, raw.gt_masks, 0.01, mode="official100")
+
+
+def test_second_experiment_on_the_same_cache_decodes_no_image_or_point_cloud(
+    tiny_dataset: Path, tmp_path: Path, tiny_sets, monkeypatch
+) -> None:
+    """`cmdiad experiment --cache DIR` twice: the second run computes its features from the cache
+    alone (masks are still read for the metrics) and gives the same scores."""
+    import cmdiad.io.mvtec3d as mvtec3d
+
+    args = ["experiment", str(tiny_dataset), "--methods", "dual,f2f_rgb,i2f_xyz", "--cache", str(tmp_path / "c"),
+            *tiny_sets]
+    reads = {"read_rgb": 0, "read_xyz": 0}
+    for name in reads:
+        original = getattr(mvtec3d, name)
+
+        def counted(*a, _name=name, _fn=original, **k):
+            reads[_name] += 1
+            return _fn(*a, **k)
+
+        monkeypatch.setattr(mvtec3d, name, counted)
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert reads["read_rgb"] > 0 and reads["read_xyz"] > 0  # the counters see the first run's reads
+    reads.update(read_rgb=0, read_xyz=0)
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert reads == {"read_rgb": 0, "read_xyz": 0}
+    first = sorted((tmp_path / "a" / "raw").rglob("*.npz"))
+    assert len(first) == 3
+    for f in first:
+        with np.load(f) as x, np.load(tmp_path / "b" / f.relative_to(tmp_path / "a")) as y:
+            assert np.array_equal(x["image_scores"], y["image_scores"])
+            assert np.array_equal(x["anomaly_maps"], y["anomaly_maps"])
