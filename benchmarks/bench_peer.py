@@ -226,7 +226,7 @@ def render(per_cat: dict[str, dict] | None, status: str, load_before, wall_s: fl
            setup: dict | None = None) -> str:
     """The section's markdown; ``setup`` names the data and our aggregation order."""
     setup = setup or {}
-    lines = [SECTION, "", f"Command: `{_common.command_line()}` ({wall_s / 60:.1f} min)", "",
+    lines = [setup.get("section", SECTION), "", f"Command: `{_common.command_line()}` ({wall_s / 60:.1f} min)", "",
              f"Machine: {_common.machine_description(load_before)}.", "",
              f"Peer: {status}. {INSTALL_NOTE}.", ""]
     if per_cat is None:
@@ -242,7 +242,8 @@ def render(per_cat: dict[str, dict] | None, status: str, load_before, wall_s: fl
               f"stage-output difference between the two backbones on a random input: {diff:.1e}), 10% "
               "greedy coreset, 9 neighbours for re-weighting (anomalib) / 3 (ours, method-spec), blur "
               "sigma 4. Inputs read and normalised by `Encoder.inputs` for both; times include reading the "
-              f"files (cold feature cache for ours). Our 3x3 aggregation: `{setup.get('aggregation', '?')}` "
+              f"files (cold feature cache for ours). Our 3x3 aggregation: `{setup.get('aggregation', '?')}`, our "
+              f"image score: `{setup.get('image_score', 'patch_max')}` "
               "(`per_stage` is anomalib's order: 3x3 average per stage, zero padding counted, then "
               "upsampling). Remaining algorithmic differences: ours standardises the bank with scalar "
               "constants (which rescales distances and leaves the maps' ranking unchanged, but changes the "
@@ -264,6 +265,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=_common.DOC)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--aggregation", choices=("upsample_first", "per_stage"), default=None,
+                   help="our rgb.aggregation (default: the preset's); a non-default run gets its own section")
+    p.add_argument("--image-score", choices=("patch_max", "map_max"), default=None,
+                   help="our memory.image_score (default: the preset's)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before, t0 = _common.load_average(), time.perf_counter()
@@ -273,12 +278,17 @@ def main(argv=None) -> int:
         cats = args.categories.split(",") if args.categories else (["ring", "tile", "dome"] if args.full
                                                                    else ["ring"])
         root = _common.demo_data(args.data, tuple(cats), {} if args.full else QUICK)
-        cfg = _common.default_experiment_config()
+        switches = {"rgb": {"aggregation": args.aggregation}, "memory": {"image_score": args.image_score}}
+        switches = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in switches.items()}
+        cfg = _common.default_experiment_config(detector={k: v for k, v in switches.items() if v})
         base = build_encoder(cfg.detector, device=cfg.device, modalities=("rgb",))
         per_cat = {cat: run_category(cat, root, cfg, base) for cat in cats}
         setup = {"data": f"`{root}`" if args.data is not None else "synthetic demo (generated)",
                  "size": "x".join(str(v) for v in cfg.detector.data.image_size),
-                 "aggregation": cfg.detector.rgb.aggregation}
+                 "aggregation": cfg.detector.rgb.aggregation, "image_score": cfg.detector.memory.image_score}
+        if args.aggregation or args.image_score:
+            setup["section"] = (f"{SECTION}, with `rgb.aggregation = {cfg.detector.rgb.aggregation}` and "
+                                f"`memory.image_score = {cfg.detector.memory.image_score}`")
     text = render(per_cat, status, load_before, time.perf_counter() - t0, setup)
     _common.publish(text, args.out, write=not args.no_write)
     return 0

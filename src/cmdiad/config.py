@@ -180,6 +180,11 @@ class MemoryConfig:
     """``per_bank`` (clean) or ``m3dm`` (PC-bank mean, RGB-bank std for every bank)."""
     reweight: bool = True
     """PatchCore's image-score re-weighting."""
+    image_score: str = "patch_max"
+    """What a bank reports as a sample's image score: ``patch_max`` (the maximum patch score,
+    re-weighted when ``reweight``; PatchCore and the reference) or ``map_max`` (the maximum of the
+    blurred anomaly map; with ``rgb.aggregation = "per_stage"`` it keeps more I-AUROC, docs/method.md
+    "RGB patch aggregation")."""
     blur_sigma: float = 4.0
     """Gaussian sigma (pixels at image_size) of the anomaly-map blur."""
     blur_mode: str = "float"
@@ -197,6 +202,8 @@ class MemoryConfig:
                f"unknown standardize {self.standardize!r}; use one of: per_bank, m3dm")
         _check(self.blur_mode in ("float", "pil8bit"),
                f"unknown blur_mode {self.blur_mode!r}; use one of: float, pil8bit")
+        _check(self.image_score in ("patch_max", "map_max"),
+               f"unknown image_score {self.image_score!r}; use one of: patch_max, map_max")
         _check(self.chunk_size >= 1 and self.blur_sigma >= 0, "chunk_size >= 1 and blur_sigma >= 0")
 
 

@@ -27,7 +27,7 @@ from cmdiad.errors import ModelFileError
 from cmdiad.pipeline.mtfi import Hallucinator
 from cmdiad.pipeline.streams import Stream, streams_for
 from cmdiad.scoring.fusion import Fuser, build_fuser
-from cmdiad.scoring.patch import anomaly_map
+from cmdiad.scoring.patch import anomaly_map, image_score
 from cmdiad.types import PatchFeatures, Scores
 
 StreamScores = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -152,8 +152,8 @@ class DetectorCore(nn.Module):
         """One batch of the stream's features against its bank: weighted image scores ``(B,)``, maps ``(B, H, W)``."""
         mem = self.config.memory
         image, patch = self.banks[s.name].score(pf)
-        amap = anomaly_map(patch, self.image_size, sigma=mem.blur_sigma, mode=mem.blur_mode)
-        return s.weight * image.cpu(), s.weight * amap.cpu()
+        amap = anomaly_map(patch, self.image_size, sigma=mem.blur_sigma, mode=mem.blur_mode).cpu()
+        return s.weight * image_score(image.cpu(), amap, mem.image_score), s.weight * amap
 
     def stream_scores(self, feats: dict[str, PatchFeatures], inputs: torch.Tensor | None = None) -> StreamScores:
         """Per-stream scores of a batch, before fusion (see :meth:`forward` for the arguments)."""

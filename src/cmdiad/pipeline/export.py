@@ -30,7 +30,7 @@ from cmdiad.errors import CmdiadError
 from cmdiad.memory.bank import MemoryBank, reweighted_image_score
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.streams import Stream, row_name
-from cmdiad.scoring.patch import anomaly_map
+from cmdiad.scoring.patch import anomaly_map, image_score
 from cmdiad.types import PatchFeatures
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class BankHead(nn.Module):
         self.mean, self.std = bank.stats
         self.weight, self.image_size, self.sigma = float(weight), tuple(image_size), float(sigma)
         self.k = min(3, rows.shape[0]) if bank.config.reweight else 1
+        self.image_score = bank.config.image_score
         self.candidates = min(CANDIDATES, rows.shape[0])
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +126,7 @@ class BankHead(nn.Module):
             d_neigh = torch.linalg.vector_norm(star_q[:, None, :] - self.bank[neigh[:, 1:]], dim=-1)
             image = reweighted_image_score(s_star, d_neigh, c)
         amap = anomaly_map(patch, self.image_size, sigma=self.sigma, mode="float")
-        return self.weight * image, self.weight * amap
+        return self.weight * image_score(image, amap, self.image_score), self.weight * amap
 
 
 class ExportModule(nn.Module):

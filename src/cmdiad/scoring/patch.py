@@ -153,3 +153,19 @@ def anomaly_map(
         patch_scores.float()[:, None], size=tuple(image_size), mode="bilinear", align_corners=False
     )[:, 0]
     return pil8bit_blur(up, sigma)
+
+
+def image_score(patch_image: torch.Tensor, amap: torch.Tensor, mode: str) -> torch.Tensor:
+    """A bank's image scores ``(B,)`` per ``MemoryConfig.image_score``.
+
+    Args:
+        patch_image: ``(B,)`` the (re-weighted) maximum patch scores.
+        amap: ``(B, H, W)`` the blurred anomaly maps of the same samples.
+        mode: ``patch_max`` (``patch_image`` as it is) or ``map_max`` (each map's maximum).
+    """
+    if mode == "patch_max":
+        return patch_image
+    if mode == "map_max":
+        return amap.reshape(amap.shape[0], -1).amax(dim=1)
+    raise ValueError(f"unknown image_score {mode!r}; known: patch_max, map_max")
+

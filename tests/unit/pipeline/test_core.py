@@ -74,3 +74,19 @@ def test_loading_fusion_buffers_changes_the_fuser() -> None:
     name = key.split(".", 1)[1]
     assert torch.allclose(getattr(core.fusion, name), state[key])
     assert torch.allclose(torch.as_tensor(core.fusion.fuser.save_state()[name], dtype=torch.float64), state[key])
+
+
+def test_map_max_image_score_is_each_stream_maps_maximum() -> None:
+    """``memory.image_score = "map_max"``: a stream's image score is its blurred map's maximum,
+    while the maps stay those of ``patch_max``."""
+    from dataclasses import replace
+
+    core = _core()
+    feats = {"xyz": _feats(3, 5, 10, anomalous=True), "rgb": _feats(3, 7, 11)}
+    before = core.stream_scores(feats)
+    core.config = replace(core.config, memory=replace(core.config.memory, image_score="map_max"))
+    after = core.stream_scores(feats)
+    for name, (image, amap) in after.items():
+        assert torch.equal(amap, before[name][1])
+        assert torch.equal(image, amap.reshape(3, -1).amax(dim=1))
+        assert not torch.allclose(image, before[name][0])  # a different readout than the patch maximum

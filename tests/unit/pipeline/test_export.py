@@ -28,11 +28,11 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _cfg(method: str, main: str) -> DetectorConfig:
+def _cfg(method: str, main: str, image_score: str = "patch_max") -> DetectorConfig:
     return DetectorConfig(
         method=method, main=main, data=DataConfig(image_size=(64, 64)),
         rgb=RGBFeatureConfig(pretrained=False),
-        memory=MemoryConfig(coreset=CoresetConfig(ratio=0.5)),
+        memory=MemoryConfig(coreset=CoresetConfig(ratio=0.5), image_score=image_score),
         distill=DistillConfig(epochs=2, width=8, trunk_width=4, trunk_blocks=1),
     )
 
@@ -40,20 +40,23 @@ def _cfg(method: str, main: str) -> DetectorConfig:
 _FITTED: dict[tuple[str, str], Detector] = {}
 
 
-def _fit(root: Path, method: str, main: str) -> Detector:
-    if (method, main) in _FITTED:
-        return _FITTED[method, main]
+def _fit(root: Path, method: str, main: str, image_score: str = "patch_max") -> Detector:
+    if (method, main, image_score) in _FITTED:
+        return _FITTED[method, main, image_score]
     torch.manual_seed(0)
-    cfg = _cfg(method, main)
+    cfg = _cfg(method, main, image_score)
     det = Detector(cfg, build_encoder(cfg, device="cpu", modalities=("rgb", "xyz")))
     det.fit(list_records(root, "ring", "train"), validation=list_records(root, "ring", "validation"))
-    _FITTED[method, main] = det
+    _FITTED[method, main, image_score] = det
     return det
 
 
-@pytest.mark.parametrize(("method", "main"), [("rgb", "rgb"), ("f2f", "rgb"), ("i2f", "rgb")])
-def test_onnx_scores_match_the_detector(tiny_data: Path, tmp_path: Path, method: str, main: str) -> None:
-    save_detector(_fit(tiny_data, method, main), tmp_path / "model")
+@pytest.mark.parametrize(("method", "main", "image_score"),
+                         [("rgb", "rgb", "patch_max"), ("f2f", "rgb", "patch_max"), ("i2f", "rgb", "patch_max"),
+                          ("rgb", "rgb", "map_max")])
+def test_onnx_scores_match_the_detector(tiny_data: Path, tmp_path: Path, method: str, main: str,
+                                        image_score: str) -> None:
+    save_detector(_fit(tiny_data, method, main, image_score), tmp_path / "model")
     det = load_detector(tmp_path / "model")  # what `cmdiad export` reads
     onnx_path = export_onnx(det, tmp_path / "model.onnx")
     test = list_records(tiny_data, "ring", "test")
