@@ -19,7 +19,7 @@ validation search already shows.
     python benchmarks/bench_paper_memory.py --train 250          # full size (~10 min on 2 cores)
     python benchmarks/bench_paper_memory.py --train 250 --feature-dtype float16
 
-Writes the section "## Paper preset memory at 250 scans" of docs/benchmarks.md.
+Writes the section "## Paper preset memory" of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from cmdiad.pipeline.encoder import Encoder
 from cmdiad.pipeline.presets import preset
 from cmdiad.types import SampleRecord
 
-SECTION = "## Paper preset memory at 250 scans"
+SECTION = "## Paper preset memory"
 GIB = 2**30
 LIMIT_GIB = 12.0
 

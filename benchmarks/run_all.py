@@ -35,10 +35,12 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
     "peer": ("bench_peer.py", [], ["--full"]),
     "ann": ("bench_ann.py", [], ["--categories", "ring,tile,dome"]),
     "scale": ("bench_scale.py", ["--quick"], []),
+    "paper_memory": ("bench_paper_memory.py", ["--train", "40"], ["--train", "250"]),
 }
 ORDER = ("## Pipeline stages and few-modal speed-up", "## Peer comparison: anomalib PatchCore (RGB)",
          "## Feature extractors", "## Point-cloud grouping", "## Memory bank scaling",
-         "## Approximate nearest-neighbour search: accuracy cost", "## Real-dataset scale (800x800)")
+         "## Approximate nearest-neighbour search: accuracy cost", "## Real-dataset scale (800x800)",
+         "## Paper preset memory")
 """Section order in the report; sections not listed follow in their current order."""
 HEADER = """# Benchmarks
 

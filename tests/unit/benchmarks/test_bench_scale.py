@@ -37,3 +37,15 @@ def test_nested_stages_are_exclusive_and_restored() -> None:
 def test_scale_is_part_of_make_bench() -> None:
     assert run_all.SCRIPTS["scale"][0] == "bench_scale.py"
     assert bench_scale.SECTION in run_all.ORDER
+
+
+def test_paper_memory_benchmark_fits_dual_at_paper_shapes_and_is_part_of_make_bench() -> None:
+    import bench_paper_memory
+
+    r = bench_paper_memory.child(train=3, validation=2, feature_dtype="float16")
+    assert r["patches"] == 3 * bench_paper_memory.GRID ** 2
+    assert r["bank_sizes"] == {"xyz": round(0.1 * r["patches"]), "rgb": round(0.1 * r["patches"])}
+    assert r["peak_fit"] >= r["after_prefill"] > r["base"] > 0
+    assert [s["stage"] for s in r["stages"]][:3] == ["fit: features", "coreset xyz", "coreset rgb"]
+    assert run_all.SCRIPTS["paper_memory"][0] == "bench_paper_memory.py"
+    assert bench_paper_memory.SECTION in run_all.ORDER
