@@ -214,3 +214,24 @@ def fmt_ms(seconds: float) -> str:
 def fmt_mb(nbytes: float) -> str:
     """Bytes as MiB, one decimal."""
     return f"{nbytes / 2**20:.0f}"
+
+
+def run_children(script: str, children: list[str], args: list[str]) -> list[dict]:
+    """Run ``script --child NAME *args`` in a fresh process per name; their last stdout lines as JSON.
+
+    A fresh process per measurement keeps one's memory from weighing on the next (RSS figures).
+    A failing child's stderr is shown and stops the benchmark with its name.
+    """
+    import json
+    import subprocess
+
+    results = []
+    for name in children:
+        proc = subprocess.run([sys.executable, script, "--child", name, *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            raise SystemExit(f"{Path(script).name}: the measurement {name!r} failed (exit {proc.returncode})")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    return results
+

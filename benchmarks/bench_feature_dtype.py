@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -128,12 +126,8 @@ def main() -> int:
         print(json.dumps(child(args.child, args.samples, args.ratio)))
         return 0
     load_before = _common.load_average()
-    results = []
-    for dtype in ("float32", "float16"):
-        cmd = [sys.executable, __file__, "--child", dtype, "--samples", str(args.samples), "--ratio", str(args.ratio)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
-        print(results[-1], flush=True)
+    results = _common.run_children(__file__, ["float32", "float16"],
+                                   ["--samples", str(args.samples), "--ratio", str(args.ratio)])
     _common.publish(render(args, load_before, results), args.out, write=not args.no_write)
     return 0
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -141,16 +139,8 @@ def main() -> int:
         print(json.dumps(child(args.train, args.validation, args.child)))
         return 0
     load_before = _common.load_average()
-    results = []
-    for dtype in args.feature_dtype.split(","):
-        cmd = [sys.executable, __file__, "--child", dtype, "--train", str(args.train),
-               "--validation", str(args.validation)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr)
-            raise SystemExit(f"measurement for {dtype} failed (exit {proc.returncode})")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(json.dumps(results[-1], indent=1), flush=True)
+    results = _common.run_children(__file__, args.feature_dtype.split(","),
+                                   ["--train", str(args.train), "--validation", str(args.validation)])
     _common.publish(render(args, load_before, results), args.out, write=not args.no_write)
     return 0
 
