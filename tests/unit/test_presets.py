@@ -68,3 +68,11 @@ def test_default_preset_keeps_the_clean_choices() -> None:
     # measured choices (docs/method.md): calibrated_max fusion on validation parts, pooled distillers
     assert (cfg.detector.fusion.kind, cfg.detector.fusion.fit_on) == ("calibrated_max", "validation")
     assert d.pooled
+
+
+def test_editing_a_returned_preset_leaves_the_registry_unchanged() -> None:
+    from cmdiad.pipeline.presets import preset
+
+    edited = preset("paper")
+    edited["detector"]["fusion"]["fit_on"] = "validation"
+    assert preset("paper")["detector"]["fusion"]["fit_on"] == "train"

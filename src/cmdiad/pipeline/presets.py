@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from cmdiad.errors import ConfigError
@@ -53,7 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str) -> dict[str, Any]:
-    """The override dict of preset ``name``."""
+    """A copy of the override dict of preset ``name`` (callers may edit it; the registry stays as it is)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    return copy.deepcopy(PRESETS[name])
