@@ -77,3 +77,32 @@ def test_fit_feeds_banks_in_chunks_with_the_banks_of_a_whole_set_fit(
         assert chunked.banks[s].stats == pytest.approx(whole.banks[s].stats, rel=1e-9)
     a, b = chunked.score(test), whole.score(test)
     assert torch.equal(a.image_score, b.image_score) and torch.equal(a.anomaly_map, b.anomaly_map)
+
+
+def test_fusion_on_training_samples_hallucinates_them_once(tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``fusion.fit_on = train`` the hallucinated stream's training features are searched twice
+    (bank build, then fusion fit) but computed once."""
+    from cmdiad.config import DistillConfig, FusionConfig
+
+    train = list_records(tiny_dataset, "ring", "train")
+    cfg = DetectorConfig(method="f2f", main="rgb", data=DataConfig(image_size=(64, 64)),
+                         memory=MemoryConfig(coreset=CoresetConfig(ratio=0.5)),
+                         fusion=FusionConfig(kind="calibrated_max", fit_on="train"),
+                         distill=DistillConfig(epochs=2, width=4, trunk_width=4, trunk_blocks=1))
+    hallucinated = [0]
+    original = Detector._hallucinate
+
+    def counted(self, main, inputs):
+        hallucinated[0] += main.features.shape[0]
+        return original(self, main, inputs)
+
+    monkeypatch.setattr(Detector, "_hallucinate", counted)
+    det = Detector(cfg, build_encoder(cfg, device="cpu"))
+    searched = []
+    score_bank_only = det._score_bank_only
+    det._score_bank_only = lambda s, pf, progress=None: (searched.append((s.name, pf.features.shape[0])),
+                                                         score_bank_only(s, pf, progress))[1]
+    det.fit(train)
+    hall = det.core.hallucinated.name
+    assert sum(n for name, n in searched if name == hall) == len(train)  # the fusion fit's search
+    assert hallucinated[0] == len(train)  # for the bank; the fusion fit reuses those features

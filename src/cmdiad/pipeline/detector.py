@@ -189,20 +189,27 @@ class Detector:
         if self.core.hallucinated is not None and not self._pretrained:
             report.num_paired, report.distill = self.train_distiller(train, progress)
         mean_std = self._standardization(train, usable)
+        held_out = [r for r in validation if set(self.modalities) <= r.modalities]
+        on_validation = self.config.fusion.fit_on == "validation" and bool(held_out)
+        # Fusion fitted on training samples searches them again: a hallucinated stream keeps its
+        # features from the bank build for that, instead of hallucinating them twice.
+        kept: dict[str, list[PatchFeatures]] = {
+            s.name: [] for s in self.streams if s.hallucinated and not on_validation
+        }
         for s in self.streams:
             self.core.banks[s.name] = self._build_bank(
-                s, usable, mean_std.get(s.target, (None, None)), progress
+                s, usable, mean_std.get(s.target, (None, None)), progress, keep=kept.get(s.name)
             )
             report.bank_sizes[s.name] = int(self.core.banks[s.name].bank.shape[0])
-        held_out = [r for r in validation if set(self.modalities) <= r.modalities]
         report.fidelity = self._fidelity(validation)
-        if self.config.fusion.fit_on == "validation" and held_out:
+        if on_validation:
             self._fit_fusion(self.stream_scores(held_out, staged(progress, "validation scores")))
         else:
             if self.config.fusion.fit_on == "validation":
                 log.warning("no validation samples: fusion fitted on training samples (their own banks)")
             # Training samples against their own banks: searched only here, where they are needed.
-            self._fit_fusion({s.name: self._training_scores(s, usable, staged(progress, f"bank search {s.name}"))
+            self._fit_fusion({s.name: self._training_scores(s, usable, kept.get(s.name),
+                                                            staged(progress, f"bank search {s.name}"))
                               for s in self.streams})
         self._calibrate(held_out or usable, threshold_frr, progress)
         report.fit_seconds = time.perf_counter() - t0 + self._reused_seconds
@@ -221,11 +228,13 @@ class Detector:
         inputs = self.encoder.inputs(records, s.source) if self.design.reads_main_inputs else None
         return self._hallucinate(main, inputs)
 
-    def _training_scores(self, s: Stream, usable, progress) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training samples' (image, map) scores against the stream's own bank, chunk by chunk."""
+    def _training_scores(self, s: Stream, usable, kept: list[PatchFeatures] | None,
+                         progress) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training samples' (image, map) scores against the stream's own bank, chunk by chunk
+        (from ``kept``, the chunks the bank was built from, when given)."""
         parts, done = [], 0
-        for chunk in self._chunks(usable):
-            parts.append(self._score_bank_only(s, self._stream_features(s, chunk)))
+        for i, chunk in enumerate(self._chunks(usable)):
+            parts.append(self._score_bank_only(s, kept[i] if kept is not None else self._stream_features(s, chunk)))
             done += len(chunk)
             if progress is not None:
                 progress("bank search", done, len(usable))
@@ -312,11 +321,12 @@ class Detector:
         return {"rgb": (mean, std), "xyz": (mean, std)}
 
     # ------------------------------------------------------------------ scoring
-    def _build_bank(self, s: Stream, usable, mean_std, progress=None) -> MemoryBank:
+    def _build_bank(self, s: Stream, usable, mean_std, progress=None, keep: list | None = None) -> MemoryBank:
         """The stream's bank, fed chunk by chunk; reused when another row of the run built the same one.
 
         A reused bank adds the seconds it took to build to ``self._reused_seconds`` so that
-        every method's fit time counts its whole cost.
+        every method's fit time counts its whole cost. ``keep``, when given, receives the chunks'
+        features (a hallucinated stream's bank is never reused, so it is always filled).
         """
         key = None
         if self._shared is not None and not s.hallucinated:
@@ -329,7 +339,10 @@ class Detector:
         t0 = time.perf_counter()
         bank = MemoryBank(self.config.memory, device=self.device)
         for chunk in self._chunks(usable):
-            bank.add(self._stream_features(s, chunk))
+            pf = self._stream_features(s, chunk)
+            bank.add(pf)
+            if keep is not None:
+                keep.append(pf)
         bank.finalize(*mean_std, progress=staged(progress, f"coreset {s.name}"))
         if key is not None:
             self._shared[key] = (bank, time.perf_counter() - t0)
