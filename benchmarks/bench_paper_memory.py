@@ -48,14 +48,11 @@ LIMIT_GIB = 12.0
 
 def child(train: int, validation: int, feature_dtype: str) -> dict:
     """One measurement in a fresh process: prefill, then ``Detector.fit`` with stage stamps."""
-    from dataclasses import replace
-
-    data = C.merge({}, preset("paper"))
+    data = preset("paper")
     C.set_path(data, "detector.fusion.fit_on", "validation")
     C.set_path(data, "detector.data.feature_dtype", feature_dtype)
     C.set_path(data, "detector.method", "dual")
     cfg = C.from_dict(C.ExperimentConfig, data).detector
-    cfg = replace(cfg, method="dual")
     with tempfile.TemporaryDirectory() as tmp:
         stub = Path(tmp) / "stub"
         stub.write_bytes(b"stub")  # the encoder keys samples by record key and file identity
