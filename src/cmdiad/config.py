@@ -214,7 +214,7 @@ class FusionConfig:
     kind: str = "ocsvm"
     """``ocsvm`` (M3DM's linear one-class SVM), ``sum`` (normalised sum), ``calibrated_max``
     (each stream calibrated on good samples, the maximum over streams) or ``gated`` (calibrated;
-    the first stream plus the others' excess beyond their good range)."""
+    the maximum over the real sensors plus each hallucinated stream's excess beyond its good range)."""
     rgb_weight: float = 0.1
     """Weight of the real RGB stream's scores before fusion."""
     xyz_weight: float = 1.0
@@ -241,14 +241,14 @@ class FusionConfig:
     calibration_quantile: float = 0.999
     """``quantile`` calibration: the good-sample quantile that maps to 1."""
     image_combine: str = "gated"
-    """``gated`` fuser, image scores: ``gated`` (the first stream plus the others' excess over
-    ``image_gate``) or ``max`` (as ``calibrated_max``)."""
+    """``gated`` fuser, image scores: ``gated`` (the real sensors' maximum plus the hallucinated
+    streams' excess over ``image_gate``) or ``max`` (as ``calibrated_max``)."""
     pixel_combine: str = "max"
     """``gated`` fuser, anomaly-map pixels: ``gated`` or ``max``."""
     image_gate: float = 3.0
-    """``gated``: calibrated image score above which a non-first stream counts (3 good-sample std)."""
+    """``gated``: calibrated image score above which a hallucinated stream counts (3 good-sample std)."""
     pixel_gate: float = 1.0
-    """``gated``: calibrated pixel score above which a non-first stream counts (1 = its good
+    """``gated``: calibrated pixel score above which a hallucinated stream counts (1 = its good
     ``calibration_quantile``)."""
 
     def __post_init__(self) -> None:

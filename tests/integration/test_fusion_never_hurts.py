@@ -72,3 +72,45 @@ def test_fused_dual_is_as_good_as_the_informative_stream_per_defect_type(geometr
     ok = all(fused[d][0] >= best[d][0] - 0.02 and fused[d][1] >= best[d][1] - 0.01 for d in best)
     assert min(best[d][1] for d in best) > 0.8, best  # the xyz stream does see these defects
     assert ok == holds, {"best stream": best, "fused": fused}
+
+
+class _NoiseDistiller(torch.nn.Module):
+    """An F2F "network" whose output has nothing to do with its input: a hallucinated stream of pure noise.
+
+    The amplitude varies from patch to patch (as the noise of the dual test's RGB stream), so its
+    scores vary as widely as an informative stream's would.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the design a device to read
+        self.gen = torch.Generator().manual_seed(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        amplitude = torch.exp(torch.randn(b, 1, h, w, generator=self.gen))
+        return amplitude * torch.randn(b, self.channels, h, w, generator=self.gen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "holds"), [("gated", True), ("calibrated_max", True), ("sum", False)])
+def test_mtfi_row_with_a_noise_hallucination_is_as_good_as_its_real_sensor(geometry_set: Path, kind, holds) -> None:
+    from cmdiad.pipeline.mtfi import Hallucinator
+
+    cfg = DetectorConfig(method="f2f", main="xyz", data=DataConfig(image_size=(96, 96)),
+                         fusion=FusionConfig(kind=kind, fit_on="validation"))
+    encoder = build_encoder(cfg, device="cpu")
+    rgb = encoder.extractors["rgb"]
+    noise = Hallucinator("f2f", _NoiseDistiller(rgb.out_channels), "rgb", rgb)
+    det = Detector(cfg, encoder, hallucinator=noise)
+    det.fit(list_records(geometry_set, "ring", "train"), validation=list_records(geometry_set, "ring", "validation"))
+    test = list_records(geometry_set, "ring", "test")
+    scores = det.score(test)
+    masks = encoder.masks(test).numpy()
+    assert [s.name for s in det.streams] == ["xyz", "rgb_from_xyz"]
+    best = _per_defect(*(t.numpy() for t in scores.per_modality["xyz"]), test, masks)
+    fused = _per_defect(scores.image_score.numpy(), scores.anomaly_map.numpy(), test, masks)
+    ok = all(fused[d][0] >= best[d][0] - 0.02 and fused[d][1] >= best[d][1] - 0.01 for d in best)
+    assert min(best[d][1] for d in best) > 0.8, best
+    assert ok == holds, {"best stream": best, "fused": fused}

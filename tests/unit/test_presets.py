@@ -65,8 +65,8 @@ def test_default_preset_keeps_the_clean_choices() -> None:
     assert (d.architecture, d.grid, d.masked_loss, d.warmup_from_zero) == ("cmdiad", "main", True, False)
     assert cfg.detector.xyz.average_padding == 1 and not cfg.detector.memory.keep_invalid_patches
     assert cfg.metrics.round_per_class_digits is None
-    # measured choices (docs/method.md): calibrated_max fusion on validation parts, pooled distillers
-    assert (cfg.detector.fusion.kind, cfg.detector.fusion.fit_on) == ("calibrated_max", "validation")
+    # measured choices (docs/method.md): gated fusion on validation parts, pooled distillers
+    assert (cfg.detector.fusion.kind, cfg.detector.fusion.fit_on) == ("gated", "validation")
     assert d.pooled
 
 

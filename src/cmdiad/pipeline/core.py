@@ -16,6 +16,7 @@ are named by the config.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +56,9 @@ class FusionState(nn.Module):
         self.fuser: Fuser = build_fuser(config)
         self._arrays: list[str] = []
 
-    def fit(self, image_rows: torch.Tensor, pixel_rows: torch.Tensor) -> None:
-        """Fit the fuser on good image rows ``(N, K)`` and pixel rows ``(P, K)``."""
-        self.fuser.fit(image_rows, pixel_rows)
+    def fit(self, image_rows: torch.Tensor, pixel_rows: torch.Tensor, hallucinated: Sequence[bool]) -> None:
+        """Fit the fuser on good image rows ``(N, K)`` and pixel rows ``(P, K)``; ``hallucinated`` per column."""
+        self.fuser.fit(image_rows, pixel_rows, hallucinated)
         self._publish(self.fuser.save_state())
 
     def _publish(self, state: dict) -> None:

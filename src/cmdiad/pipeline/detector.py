@@ -365,7 +365,7 @@ class Detector:
         if pixel_rows.shape[0] > budget:
             rng = np.random.default_rng(self.config.fusion.seed)
             pixel_rows = pixel_rows[torch.as_tensor(rng.choice(pixel_rows.shape[0], budget, replace=False))]
-        self.core.fusion.fit(image_rows, pixel_rows)
+        self.core.fusion.fit(image_rows, pixel_rows, [s.hallucinated for s in self.core.streams])
         log.info("fusion fitted on %d samples, %d pixel rows", n, pixel_rows.shape[0])
 
     def _score_bank_only(

@@ -199,6 +199,8 @@ def _core(cfg: DetectorConfig, encoder: Encoder, meta: dict, tensors: dict[str, 
     if not isinstance(meta.get("fusion"), dict):
         raise ModelFileError(meta_path, "'fusion' must hold the fitted fusion state")
     core.fusion = FusionState.from_saved(meta["fusion"], tensors, "fusion.", meta_path)
+    # the fusion buffers were rebuilt from the saved arrays (an older layout upgraded): load those
+    tensors = {**tensors, **{f"fusion.{k}": v for k, v in core.fusion.state_dict().items()}}
     try:
         core.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -18,9 +18,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "rgb": {"name": "efficientnet_lite0", "aggregation": "upsample_first"},
             "xyz": {"name": "fpfh", "patch_stride": 8},
             "memory": {"coreset": {"ratio": 0.1}},
-            # Each stream calibrated on held-out good samples, the most surprised stream decides: a
-            # stream that sees nothing of a defect cannot dilute one that sees it (docs/method.md).
-            "fusion": {"kind": "calibrated_max", "fit_on": "validation"},
+            # Each stream calibrated on held-out good samples; the most surprised real sensor decides (a
+            # stream that sees nothing of a defect cannot dilute one that sees it), and a hallucinated
+            # stream counts beyond 3 good-sample std only: fewer measured losses (docs/method.md).
+            "fusion": {"kind": "gated", "fit_on": "validation"},
             # One distiller per MTFI row over every category's training samples: measured better on
             # average than one per category (docs/method.md, "Pooled distillation").
             "distill": {"epochs": 20, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 2, "width": 8,

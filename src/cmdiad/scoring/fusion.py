@@ -13,12 +13,17 @@ Every fuser here reduces to two weight vectors (image, pixel) with ``score = row
 
 Two nonlinear fusers keep their fitted state as a few ``(·, K)`` arrays in the same two fields:
 - :class:`CalibratedMaxFuser`: each column calibrated on good samples, maximum over columns;
-- :class:`GatedFuser`: calibrated likewise; the first column plus the others' excess over a gate.
+- :class:`GatedFuser`: calibrated likewise; the maximum over the real sensors' columns plus the
+  hallucinated columns' excess over a gate.
+
+Fitting takes, besides the rows, which columns are *hallucinated* (MTFI streams computed from
+another column's sensor) and which are real sensors; fusers that treat every column alike ignore it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -59,16 +64,24 @@ class Fuser:
         self.image_weights: np.ndarray | None = None
         self.pixel_weights: np.ndarray | None = None
 
-    def fit(self, image_rows: torch.Tensor | np.ndarray, pixel_rows: torch.Tensor | np.ndarray) -> Fuser:
-        """Fit on training image rows ``(N, K)`` and pixel rows ``(P, K)``; returns self."""
+    def fit(
+        self, image_rows: torch.Tensor | np.ndarray, pixel_rows: torch.Tensor | np.ndarray,
+        hallucinated: Sequence[bool] | None = None,
+    ) -> Fuser:
+        """Fit on training image rows ``(N, K)`` and pixel rows ``(P, K)``; returns self.
+
+        ``hallucinated`` says per column whether it is a hallucinated (MTFI) stream; ``None`` means
+        the first column is a real sensor and the others are hallucinated (an MTFI row's order).
+        """
         image, pixel = _as_numpy(image_rows), _as_numpy(pixel_rows)
         if image.shape[1] != pixel.shape[1]:
             raise ValueError(f"image rows have {image.shape[1]} columns, pixel rows {pixel.shape[1]}")
-        self.image_weights = self._fit_weights(image, "image")
-        self.pixel_weights = self._fit_weights(self._subsample(pixel), "pixel")
+        flags = column_roles(image.shape[1], hallucinated)
+        self.image_weights = self._fit_weights(image, "image", flags)
+        self.pixel_weights = self._fit_weights(self._subsample(pixel), "pixel", flags)
         return self
 
-    def _fit_weights(self, rows: np.ndarray, what: str) -> np.ndarray:
+    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def _subsample(self, rows: np.ndarray) -> np.ndarray:
@@ -109,9 +122,13 @@ class Fuser:
         if missing or state["version"] != STATE_VERSION:
             raise ValueError(f"not a fuser state (missing {sorted(missing)}, version {state.get('version')})")
         fuser = FUSERS.get(state["kind"])(from_dict(FusionConfig, state["config"], "fuser config"))
-        fuser.image_weights = np.asarray(state["image_weights"], dtype=np.float64)
-        fuser.pixel_weights = np.asarray(state["pixel_weights"], dtype=np.float64)
+        fuser.load_arrays(np.asarray(state["image_weights"], dtype=np.float64),
+                          np.asarray(state["pixel_weights"], dtype=np.float64))
         return fuser
+
+    def load_arrays(self, image_weights: np.ndarray, pixel_weights: np.ndarray) -> None:
+        """Set the fitted arrays from a saved state (a kind may upgrade an older layout here)."""
+        self.image_weights, self.pixel_weights = image_weights, pixel_weights
 
 
 FUSERS: Registry[Fuser] = Registry("fuser")
@@ -123,7 +140,7 @@ class SumFuser(Fuser):
 
     kind = "sum"
 
-    def _fit_weights(self, rows: np.ndarray, what: str) -> np.ndarray:
+    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray) -> np.ndarray:
         return normalised_sum_weights(rows)
 
 
@@ -133,7 +150,7 @@ class OCSVMFuser(Fuser):
 
     kind = "ocsvm"
 
-    def _fit_weights(self, rows: np.ndarray, what: str) -> np.ndarray:
+    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray) -> np.ndarray:
         from sklearn.linear_model import SGDOneClassSVM
 
         cfg = self.config
@@ -170,7 +187,7 @@ class CalibratedMaxFuser(Fuser):
 
     kind = "calibrated_max"
 
-    def _fit_weights(self, rows: np.ndarray, what: str) -> np.ndarray:
+    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray) -> np.ndarray:
         mode = self.config.image_calibration if what == "image" else self.config.pixel_calibration
         return calibration_constants(rows, mode, self.config.calibration_quantile)
 
@@ -185,31 +202,35 @@ class CalibratedMaxFuser(Fuser):
 
 @FUSERS.register("gated")
 class GatedFuser(CalibratedMaxFuser):
-    """The first stream decides; another stream adds only what lies beyond the good range.
+    """Real sensors decide as in the calibrated maximum; a hallucinated stream adds only what lies
+    beyond its good range.
 
     Columns are calibrated as in :class:`CalibratedMaxFuser` (so 1 is the same degree of "unusual
-    for a good part" in every stream), then ``z_0 + sum_k max(0, z_k - gate)`` over the other
-    columns ``k``, with ``gate`` = ``FusionConfig.image_gate`` / ``pixel_gate`` in calibrated units
-    (``combine`` = ``gated``), or the maximum over columns (``combine`` = ``max``). The first
-    column is the row's main stream: the real sensor an MTFI row reads, xyz for ``dual``.
-    Why: a second stream helps only on defects that the first one misses, and there it is far
-    outside its good range; everywhere else it adds the noise of its own good-sample draw, which
-    for a hallucinated stream is heavy-tailed (its errors on unseen good parts vary). Under the
-    maximum every such excursion becomes a false alarm; behind the gate only confident ones count,
-    and the first stream's ranking is kept wherever the other stream is within its good range.
+    for a good part" in every stream), then fused as ``max_real z + sum_hal max(0, z - gate)``:
+    the maximum over the real sensors' columns, plus each hallucinated column's excess over
+    ``gate`` = ``FusionConfig.image_gate`` / ``pixel_gate`` in calibrated units (``combine`` =
+    ``gated``), or the maximum over every column (``combine`` = ``max``). With two real sensors
+    (``dual``) this is the calibrated maximum; for an MTFI row, the real sensor's ranking is kept
+    wherever the hallucinated stream is within its good range.
+    Why the two roles differ: a real second sensor is independent evidence, and a defect that
+    only it sees (a stain for a 3D scan) must be able to decide. A hallucinated stream is computed
+    from the main sensor's own input, so it carries no evidence that sensor lacks beyond what the
+    distiller learned, and its errors on unseen good parts are heavy-tailed: a few good parts get
+    scores far above any validation part. Under the maximum every such excursion is a false alarm
+    that outranks defects the real sensor saw clearly; behind the gate only confident ones count.
 
-    State: ``image_weights`` / ``pixel_weights`` hold ``(3, K)`` arrays: centres, spreads and
-    gates (column 0's gate is unused and stored as 0; ``combine`` comes from the config).
+    State: ``image_weights`` / ``pixel_weights`` hold ``(4, K)`` arrays: centres, spreads, gates
+    (0 for a real column) and the hallucinated flags (1 = gated). A ``(3, K)`` state, written
+    before the flags existed, gated every column but the first and loads as such.
     """
 
     kind = "gated"
 
-    def _fit_weights(self, rows: np.ndarray, what: str) -> np.ndarray:
-        constants = super()._fit_weights(rows, what)
+    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray) -> np.ndarray:
+        constants = super()._fit_weights(rows, what, hallucinated)
         gate = self.config.image_gate if what == "image" else self.config.pixel_gate
-        gates = np.full((1, rows.shape[1]), gate, dtype=np.float64)
-        gates[0, 0] = 0.0
-        return np.concatenate([constants, gates])
+        flags = hallucinated.astype(np.float64)[None]
+        return np.concatenate([constants, gate * flags, flags])
 
     def _combine(self, what: str) -> str:
         return self.config.image_combine if what == "image" else self.config.pixel_combine
@@ -226,13 +247,42 @@ class GatedFuser(CalibratedMaxFuser):
     def _gated(rows: torch.Tensor, weights: np.ndarray | None, combine: str) -> torch.Tensor:
         if weights is None:
             raise RuntimeError("the fuser is not fitted")
-        if rows.ndim != 2 or weights.ndim != 2 or weights.shape[0] != 3 or rows.shape[1] != weights.shape[1]:
+        if rows.ndim != 2 or weights.ndim != 2 or weights.shape[0] != 4 or rows.shape[1] != weights.shape[1]:
             raise ValueError(f"rows {tuple(rows.shape)} do not have {weights.shape[-1]} columns")
         w = torch.as_tensor(weights, dtype=torch.float32, device=rows.device)
         z = (rows.float() - w[0]) / w[1]
         if combine == "max":
             return z.amax(dim=1)
-        return z[:, 0] + (z[:, 1:] - w[2, 1:]).clamp(min=0).sum(dim=1)
+        gated = w[3] > 0.5
+        real = z.masked_fill(gated, float("-inf")).amax(dim=1)
+        excess = ((z - w[2]).clamp(min=0) * gated.to(z.dtype)).sum(dim=1)
+        return real + excess
+
+    def load_arrays(self, image_weights: np.ndarray, pixel_weights: np.ndarray) -> None:
+        self.image_weights, self.pixel_weights = _with_flags(image_weights), _with_flags(pixel_weights)
+
+
+def _with_flags(weights: np.ndarray) -> np.ndarray:
+    """A gated state with its flags row; a 3-row state (no flags) gated every column but the first."""
+    if weights.ndim == 2 and weights.shape[0] == 3:
+        flags = np.ones((1, weights.shape[1]))
+        flags[0, 0] = 0.0
+        return np.concatenate([weights, flags])
+    return weights
+
+
+def column_roles(k: int, hallucinated: Sequence[bool] | None) -> np.ndarray:
+    """Per-column hallucinated flags ``(K,)`` (bool); ``None``: every column but the first.
+
+    Raises:
+        ValueError: The flags do not match the ``k`` columns, or every column is hallucinated.
+    """
+    flags = np.arange(k) > 0 if hallucinated is None else np.asarray(list(hallucinated), dtype=bool)
+    if flags.shape != (k,):
+        raise ValueError(f"{len(flags)} hallucinated flags for {k} score columns")
+    if k and flags.all():
+        raise ValueError("every score column is hallucinated; at least one must be a real sensor")
+    return flags
 
 
 def calibration_constants(rows: np.ndarray, mode: str, quantile: float) -> np.ndarray:

@@ -34,7 +34,7 @@ def _core() -> DetectorCore:
         core.banks[name] = bank
     good = {"xyz": _feats(4, 5, 3), "rgb": _feats(4, 7, 4)}
     image_rows, maps = core.columns(core.stream_scores(good))
-    core.fusion.fit(image_rows, maps.reshape(-1, 2))
+    core.fusion.fit(image_rows, maps.reshape(-1, 2), [s.hallucinated for s in core.streams])
     return core
 
 

@@ -150,7 +150,8 @@ def test_gated_keeps_the_first_stream_where_the_other_is_within_its_good_range()
     rows, labels = _heavy_tailed_pair(rng, 200, 40, sees=0, shift=3.0)
     cfg = FusionConfig(kind="gated", image_gate=3.0, pixel_combine="gated")
     gated = GatedFuser(cfg).fit(val, val)
-    centre, spread, gates = gated.image_weights
+    centre, spread, gates, flags = gated.image_weights
+    assert flags.tolist() == [0.0, 1.0]  # no roles given: the first column is the real sensor
     z = (rows.double().numpy() - centre) / spread
     inside = z[:, 1] <= gates[1]
     assert inside.sum() > 150  # most samples: the fused score is exactly the first stream's
@@ -184,3 +185,42 @@ def test_gated_pixel_max_equals_calibrated_max_and_config_is_checked() -> None:
         FusionConfig(kind="gated", image_combine="mean")
     with pytest.raises(ConfigError, match="gate"):
         FusionConfig(kind="gated", image_gate=-1.0)
+
+
+def test_gated_maximises_over_real_sensors_and_gates_only_hallucinated_streams() -> None:
+    rng = np.random.default_rng(5)
+    val, _ = _heavy_tailed_pair(rng, 30, 0, sees=1)
+    rows, labels = _heavy_tailed_pair(rng, 200, 40, sees=1, shift=2.0)
+    cfg = FusionConfig(kind="gated", image_gate=3.0, pixel_combine="gated")
+    two_real = GatedFuser(cfg).fit(val, val, hallucinated=[False, False])
+    plain = CalibratedMaxFuser(FusionConfig(kind="calibrated_max")).fit(val, val)
+    # two real sensors (dual): the calibrated maximum, at image and pixel level
+    assert torch.allclose(two_real.image_scores(rows), plain.image_scores(rows), atol=1e-5)
+    assert torch.allclose(two_real.pixel_scores(rows), plain.pixel_scores(rows), atol=1e-5)
+    # a second real sensor that sees a defect at 2 std is not held back by the gate ...
+    assert auroc(two_real.image_scores(rows).numpy(), labels, "image") > 0.8
+    # ... a hallucinated stream at 2 std is
+    hal = GatedFuser(cfg).fit(val, val, hallucinated=[False, True])
+    inside = ((rows.double().numpy() - hal.image_weights[0]) / hal.image_weights[1])[:, 1] <= 3.0
+    z0 = (rows[:, 0].double().numpy() - hal.image_weights[0, 0]) / hal.image_weights[1, 0]
+    assert np.allclose(hal.image_scores(rows).numpy()[inside], z0[inside], atol=1e-5)
+    with pytest.raises(ValueError, match="real sensor"):
+        GatedFuser(cfg).fit(val, val, hallucinated=[True, True])
+    with pytest.raises(ValueError, match="3 score columns|flags for 2"):
+        GatedFuser(cfg).fit(val, val, hallucinated=[False, True, True])
+
+
+def test_gated_state_round_trips_and_a_three_row_state_loads_as_first_column_real() -> None:
+    rng = np.random.default_rng(6)
+    val = torch.from_numpy(rng.standard_t(2, size=(40, 2))).float()
+    rows = torch.from_numpy(rng.standard_t(2, size=(60, 2))).float()
+    fitted = GatedFuser(FusionConfig(kind="gated", pixel_combine="gated")).fit(val, val, [False, False])
+    again = Fuser.from_state(fitted.save_state())
+    assert torch.equal(again.image_scores(rows), fitted.image_scores(rows))
+    old = GatedFuser(FusionConfig(kind="gated", pixel_combine="gated")).fit(val, val)  # first real, second gated
+    state = old.save_state()
+    state["image_weights"], state["pixel_weights"] = state["image_weights"][:3], state["pixel_weights"][:3]
+    legacy = Fuser.from_state(state)
+    assert legacy.image_weights.shape == (4, 2)
+    assert torch.equal(legacy.image_scores(rows), old.image_scores(rows))
+    assert torch.equal(legacy.pixel_scores(rows), old.pixel_scores(rows))
