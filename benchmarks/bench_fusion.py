@@ -48,14 +48,18 @@ log = logging.getLogger("bench_fusion")
 _ENCODERS: dict = {}
 _SHARED: dict = {}
 _POOLED: dict = {}
+_SETS: list[str] = []  # --set KEY=VALUE overrides of the detector config (as cmdiad's, under "detector.")
 
 
 def _config(root: Path) -> ExperimentConfig:
+    from cmdiad.cli import _apply_sets
     from cmdiad.io.mvtec3d import list_records, load_sample
 
     first = list_records(root, list_categories(root)[0], "train")[0]
     h, w = load_sample(first, ("rgb",)).rgb.shape[:2]
-    return from_dict(ExperimentConfig, merge(preset("default"), {"detector": {"data": {"image_size": [h, w]}}}))
+    data = merge(preset("default"), {"detector": {"data": {"image_size": [h, w]}}})
+    _apply_sets(data, _SETS, lambda key: "detector." + key)
+    return from_dict(ExperimentConfig, data)
 
 
 def _stack(per: dict, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -266,7 +270,13 @@ def main() -> None:
     p.add_argument("--write", action="store_true", help="publish to docs/benchmarks.md")
     p.add_argument("--detail", action="store_true", help="print every case")
     p.add_argument("--describe", default="", help="how the datasets were made, for the published section")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="detector config override (as cmdiad's --set, e.g. rgb.aggregation=per_stage); "
+                        "not with --write, which publishes the default preset")
     args = p.parse_args()
+    if args.set and args.write:
+        p.error("--write publishes the default preset's numbers; drop --set")
+    _SETS.extend(args.set)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(2)
     rules = args.rules.split(",")
