@@ -39,7 +39,7 @@ from cmdiad.pipeline.detector import Detector  # noqa: E402
 from cmdiad.pipeline.persist import build_encoder  # noqa: E402
 from cmdiad.pipeline.presets import preset  # noqa: E402
 from cmdiad.pipeline.runs import PooledDistiller, category_splits, pooled_distillers  # noqa: E402
-from cmdiad.pipeline.streams import parse_row  # noqa: E402
+from cmdiad.pipeline.streams import parse_row, streams_for  # noqa: E402
 from cmdiad.scoring.fusion import build_fuser  # noqa: E402
 
 ROWS = ("dual", "f2f_xyz", "f2i_xyz", "i2f_xyz", "f2f_rgb", "f2i_rgb", "i2f_rgb")
@@ -153,11 +153,19 @@ def fuser_config(rule: str) -> FusionConfig:
     return FusionConfig(**fields)
 
 
-def fused(d: dict, rule: str) -> tuple[np.ndarray, np.ndarray]:
+def hallucinated_columns(root: Path, row: str, d: dict) -> list[bool]:
+    """Per cached column, whether it is a hallucinated stream (the row's streams, in the cache's order)."""
+    method, main = parse_row(row)
+    streams = streams_for(replace(_config(root).detector, method=method, main=main))
+    if [s.name for s in streams] != [str(n) for n in d["names"]]:
+        raise ValueError(f"{row}: cached streams {list(d['names'])} are not {[s.name for s in streams]}")
+    return [s.hallucinated for s in streams]
+
+
+def fused(d: dict, rule: str, hallucinated: list[bool]) -> tuple[np.ndarray, np.ndarray]:
     """Test image scores and maps fused by ``rule`` (see :func:`fuser_config`) fitted on validation."""
     fuser = build_fuser(fuser_config(rule))
     k = d["val_image"].shape[1]
-    hallucinated = ["_from_" in str(n) for n in d["names"]]  # Stream.name of a hallucinated stream
     fuser.fit(torch.as_tensor(d["val_image"]), torch.as_tensor(d["val_maps"].reshape(-1, k)), hallucinated)
     image = fuser.image_scores(torch.as_tensor(d["test_image"])).numpy()
     maps = fuser.pixel_scores(torch.as_tensor(d["test_maps"].reshape(-1, k))).numpy()
@@ -186,7 +194,8 @@ def compare(roots: list[Path], rules: list[str]) -> list[list]:
                 d = stream_scores(root, category, row)
                 per_stream = [_per_defect(d["test_image"][:, j], d["test_maps"][..., j], d)
                               for j in range(d["test_image"].shape[1])]
-                per_rule = [_per_defect(*fused(d, r), d) for r in rules]
+                roles = hallucinated_columns(root, row, d)
+                per_rule = [_per_defect(*fused(d, r, roles), d) for r in rules]
                 n_good = int((d["defects"] == "good").sum())
                 for defect in per_stream[0]:
                     best_i = max(s[defect][0] for s in per_stream)

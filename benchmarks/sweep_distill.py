@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DOC, command_line, git_revision, machine_description, publish  # noqa: E402
 
+from cmdiad.rows import row_name  # noqa: E402
+
 MTFI_XYZ = ("f2f_xyz", "f2i_xyz", "i2f_xyz")
 MTFI_RGB = ("f2f_rgb", "f2i_rgb", "i2f_rgb")
 BANKS = ("rgb", "xyz", "dual")
@@ -65,7 +67,7 @@ def experiment(data: Path, out: Path, rows: tuple[str, ...], sets: list[str], ca
 
 
 def _row(r: dict) -> str:
-    return r["method"] if r["method"] in BANKS else f"{r['method']}_{r['main']}"
+    return row_name(r["method"], r["main"])
 
 
 def _mean(records: list[dict], row: str, key: str, defect: str | None = None) -> float:
