@@ -39,7 +39,7 @@ import _common  # noqa: E402
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from cmdiad.features.rgb import LITE_STRIDES, build_efficientnet_lite  # noqa: E402
+from cmdiad.features.rgb import AGGREGATIONS, LITE_STRIDES, build_efficientnet_lite  # noqa: E402
 from cmdiad.memory.bank import MemoryBank  # noqa: E402
 from cmdiad.metrics.segmentation import evaluate  # noqa: E402
 from cmdiad.pipeline.detector import Detector  # noqa: E402
@@ -244,15 +244,16 @@ def render(per_cat: dict[str, dict] | None, status: str, load_before, wall_s: fl
               "sigma 4. Inputs read and normalised by `Encoder.inputs` for both; times include reading the "
               f"files (cold feature cache for ours). Our 3x3 aggregation: `{setup.get('aggregation', '?')}`, our "
               f"image score: `{setup.get('image_score', 'patch_max')}` "
-              "(`per_stage` is anomalib's order: 3x3 average per stage, zero padding counted, then "
-              "upsampling). Remaining algorithmic differences: ours standardises the bank with scalar "
-              "constants (which rescales distances and leaves the maps' ranking unchanged, but changes the "
-              "re-weighting's temperature), anomalib keeps raw features; anomalib's image score re-weights "
-              "with a softmax over 9 raw distances, ours with method-spec's formula (T = sqrt(dim), 2 other "
-              "neighbours); anomalib upsamples patch scores nearest, ours bilinearly before the same sigma-4 "
-              "blur (measured: changes pixel metrics by <= 0.001); anomalib's coreset projection is not "
-              "seeded, so its scores vary a little between runs. The two sides run one after the other, so a "
-              "load change between them "
+              "(`per_stage` is anomalib's order: 3x3 average per stage, zero padding counted, then upsampling; "
+              "`split` carries both: image scores from an `upsample_first` bank, anomaly maps from a "
+              "`per_stage` bank, and its bank rows count both banks). Remaining algorithmic differences: ours "
+              "standardises the bank with scalar constants (which rescales distances and leaves the maps' "
+              "ranking unchanged, but changes the re-weighting's temperature), anomalib keeps raw features; "
+              "anomalib's image score re-weights with a softmax over 9 raw distances, ours with method-spec's "
+              "formula (T = sqrt(dim), 2 other neighbours); anomalib upsamples patch scores nearest, ours "
+              "bilinearly before the same sigma-4 blur (measured: changes pixel metrics by <= 0.001); "
+              "anomalib's coreset projection is not seeded, so its scores vary a little between runs. The two "
+              "sides run one after the other, so a load change between them "
               "moves the time ratios. Metrics: `cmdiad.metrics.segmentation.evaluate` for both.", ""]
     return "\n".join(lines + render_rows(per_cat)) + "\n"
 
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=_common.DOC)
     p.add_argument("--no-write", action="store_true")
-    p.add_argument("--aggregation", choices=("upsample_first", "per_stage"), default=None,
+    p.add_argument("--aggregation", choices=AGGREGATIONS, default=None,
                    help="our rgb.aggregation (default: the preset's); a non-default run gets its own section")
     p.add_argument("--image-score", choices=("patch_max", "map_max"), default=None,
                    help="our memory.image_score (default: the preset's)")

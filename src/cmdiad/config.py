@@ -103,11 +103,12 @@ class RGBFeatureConfig:
     """EfficientNet-Lite's 3x3 neighbourhood average: ``upsample_first`` (stages upsampled to the
     stride-8 grid, then averaged over in-image neighbours) or ``per_stage`` (PatchCore's order:
     each stage averaged on its own grid with zero padding counted, then upsampled; measured
-    better pixel metrics, docs/method.md)."""
+    better pixel metrics, docs/method.md) or ``split`` (both: image scores from the
+    ``upsample_first`` features, anomaly maps from the ``per_stage`` ones, one bank each)."""
 
     def __post_init__(self) -> None:
-        _check(self.aggregation in ("upsample_first", "per_stage"),
-               f"unknown aggregation {self.aggregation!r}; use one of: upsample_first, per_stage")
+        _check(self.aggregation in ("upsample_first", "per_stage", "split"),
+               f"unknown aggregation {self.aggregation!r}; use one of: upsample_first, per_stage, split")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cmdiad.config import CoresetConfig, DataConfig, DetectorConfig, DistillConfig, MemoryConfig
+from cmdiad.config import CoresetConfig, DataConfig, DetectorConfig, DistillConfig, MemoryConfig, RGBFeatureConfig
 from cmdiad.errors import ModelFileError
 from cmdiad.io.mvtec3d import list_records
 from cmdiad.pipeline.core import DetectorCore
@@ -18,16 +18,16 @@ from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.persist import build_encoder, load_detector, save_detector
 
 
-def _cfg(method: str, main: str) -> DetectorConfig:
+def _cfg(method: str, main: str, aggregation: str = "upsample_first") -> DetectorConfig:
     return DetectorConfig(
-        method=method, main=main, data=DataConfig(image_size=(64, 64)),
+        method=method, main=main, data=DataConfig(image_size=(64, 64)), rgb=RGBFeatureConfig(aggregation=aggregation),
         memory=MemoryConfig(coreset=CoresetConfig(ratio=0.5)),
         distill=DistillConfig(epochs=2, width=8, trunk_width=4, trunk_blocks=1),
     )
 
 
-def _fit(tiny_dataset: Path, method: str, main: str) -> Detector:
-    cfg = _cfg(method, main)
+def _fit(tiny_dataset: Path, method: str, main: str, aggregation: str = "upsample_first") -> Detector:
+    cfg = _cfg(method, main, aggregation)
     det = Detector(cfg, build_encoder(cfg, device="cpu"))
     det.fit(list_records(tiny_dataset, "ring", "train"), validation=list_records(tiny_dataset, "ring", "validation"))
     return det
@@ -86,6 +86,34 @@ def test_weights_that_do_not_match_the_json_are_one_clear_error(f2f_rgb: Detecto
     weights.unlink()
     with pytest.raises(ModelFileError, match="model.safetensors"):
         load_detector(model)
+
+
+@pytest.mark.parametrize(("method", "main"), [("dual", "both"), ("f2f", "xyz"), ("f2i", "xyz"), ("f2f", "rgb")])
+def test_split_rgb_features_bank_both_views_for_the_camera_and_the_image_view_for_distillers(
+    tiny_dataset: Path, tmp_path: Path, method: str, main: str
+) -> None:
+    det = _fit(tiny_dataset, method, main, aggregation="split")
+    c = det.encoder.extractor("rgb").score_split
+    model = save_detector(det, tmp_path / "m")
+    meta = json.loads((model / "detector.json").read_text())
+    for s in det.streams:
+        bank = det.banks[s.name]
+        if s.target == "rgb" and not s.hallucinated:  # the camera's bank: one bank per view
+            assert meta["banks"][s.name] == {"image": [bank.image.num_rows, c], "map": [bank.map.num_rows, c]}
+        else:  # what a distiller hallucinates, and the 3D bank: one view
+            assert meta["banks"][s.name] == [bank.num_rows, c if s.target == "rgb" else bank.dim]
+    if det.hallucinator is not None:  # a distiller reads the image view of split RGB features
+        assert det.hallucinator.main_view == (c if main == "rgb" else None)
+        assert meta["hallucinator"]["main_view"] == det.hallucinator.main_view
+    test = list_records(tiny_dataset, "ring", "test")
+    expected, got = det.score(test), load_detector(model).score(test)
+    torch.testing.assert_close(got.image_score, expected.image_score)
+    torch.testing.assert_close(got.anomaly_map, expected.anomaly_map)
+    if method == "dual":
+        meta["banks"]["rgb"] = {"image": [3, c]}
+        (model / "detector.json").write_text(json.dumps(meta))
+        with pytest.raises(ModelFileError, match="bank shape of 'rgb'"):
+            load_detector(model)
 
 
 def _as_version_1(model: Path, out: Path) -> Path:

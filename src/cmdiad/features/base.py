@@ -34,6 +34,19 @@ class FeatureInfo:
     reduction: int
 
 
+def image_view(pf: PatchFeatures, split: int | None) -> PatchFeatures:
+    """The channels of ``pf`` before ``split`` (all of them when ``split`` is None).
+
+    Raises:
+        ValueError: When ``pf`` has no channel from ``split`` on (it is not split features).
+    """
+    if split is None:
+        return pf
+    if pf.features.shape[1] <= split:
+        raise ValueError(f"features have {pf.features.shape[1]} channels; split features have more than {split}")
+    return PatchFeatures(pf.features[:, :split], pf.valid)
+
+
 class FeatureExtractor(nn.Module):
     """Base class: frozen backbone turning a modality's input into patch features.
 
@@ -45,11 +58,20 @@ class FeatureExtractor(nn.Module):
     modality: str = ""
     feature_info: list[FeatureInfo]
     patch_stride: int = 1
+    score_split: int | None = None
+    """None, or the channel where the features' map view starts: the channels before it are
+    what a bank scores images with, the ones from it on what it scores anomaly maps with
+    (:class:`~cmdiad.memory.bank.SplitBank`)."""
 
     @property
     def out_channels(self) -> int:
         """Channels of :meth:`patch_features`' output."""
         raise NotImplementedError
+
+    def image_view(self, pf: PatchFeatures) -> PatchFeatures:
+        """What distillers read and hallucinate of this extractor's features: the image view
+        (channels before :attr:`score_split`) of split features, all channels otherwise."""
+        return image_view(pf, self.score_split)
 
     def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """Patch grid ``(h, w)`` for an input of ``image_size`` ``(H, W)``."""

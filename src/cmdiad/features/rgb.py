@@ -117,16 +117,16 @@ class RGBExtractor(FeatureExtractor):
 
     @property
     def out_channels(self) -> int:
-        """Channels of :meth:`patch_features`' output (sum over ``feature_info``)."""
-        return sum(info.num_chs for info in self.feature_info)
+        """Channels of :meth:`patch_features`' output (sum over ``feature_info``, per view)."""
+        return sum(info.num_chs for info in self.feature_info) * (2 if self.score_split is not None else 1)
 
     def preprocess(self, array: np.ndarray, image_size: tuple[int, int]) -> torch.Tensor:
         """Resize a ``(H0, W0, 3)`` uint8 image and normalise it; returns ``(3, H, W)``."""
         return normalize(resize_rgb(array, image_size, self.interpolation), self.mean, self.std)
 
 
-AGGREGATIONS = ("upsample_first", "per_stage")
-"""Orders of the 3x3 neighbourhood average and the upsampling to the patch grid."""
+AGGREGATIONS = ("upsample_first", "per_stage", "split")
+"""Orders of the 3x3 neighbourhood average and the upsampling to the patch grid (``split``: both)."""
 
 
 def aggregate_stages(maps: list[torch.Tensor], grid: tuple[int, int], order: str) -> torch.Tensor:
@@ -138,15 +138,17 @@ def aggregate_stages(maps: list[torch.Tensor], grid: tuple[int, int], order: str
     averaged over 3x3 neighbourhoods on its own grid with the zero padding counted (border cells
     shrink towards 0, 6/9 on edges, 4/9 in corners), then upsampled and concatenated. The two
     differ in the border ring and, for the coarser stages, in the width of the average (3 cells
-    of that stage, i.e. 48 input pixels at stride 16, against 24).
+    of that stage, i.e. 48 input pixels at stride 16, against 24). ``split`` gives both, the
+    ``upsample_first`` channels first: a bank of these features scores images with the first
+    half and anomaly maps with the second (:class:`~cmdiad.memory.bank.SplitBank`).
 
     Args:
         maps: ``(B, C_i, h_i, w_i)`` stage outputs, the finest first.
         grid: Target ``(h, w)``.
-        order: ``upsample_first`` or ``per_stage``.
+        order: ``upsample_first``, ``per_stage`` or ``split``.
 
     Returns:
-        ``(B, sum C_i, h, w)``.
+        ``(B, sum C_i, h, w)`` (twice the channels for ``split``).
     """
 
     def up(m: torch.Tensor) -> torch.Tensor:
@@ -161,6 +163,8 @@ def aggregate_stages(maps: list[torch.Tensor], grid: tuple[int, int], order: str
         return torch.cat([up(pool(m, True)) for m in maps], dim=1)
     if order == "upsample_first":
         return pool(torch.cat([up(m) for m in maps], dim=1), False)
+    if order == "split":
+        return torch.cat([aggregate_stages(maps, grid, "upsample_first"), aggregate_stages(maps, grid, "per_stage")], 1)
     raise ValueError(f"unknown aggregation order {order!r}; known: {', '.join(AGGREGATIONS)}")
 
 
@@ -169,12 +173,13 @@ class EfficientNetLiteExtractor(RGBExtractor):
 
     PatchCore's local 3x3 neighbourhood aggregation (3x3 average, stride 1) and the bilinear
     upsampling of the stride-16 map (``align_corners=False``) come in one of two orders
-    (``RGBFeatureConfig.aggregation``, see :func:`aggregate_stages`).
+    (``RGBFeatureConfig.aggregation``, see :func:`aggregate_stages`); ``split`` carries both,
+    and :attr:`score_split` says where the map view's channels start.
 
     Args:
         model: A ``tf_efficientnet_lite*`` timm model (classifier head is pruned here).
         strides: Strides of the stages to take, smallest first.
-        aggregation: ``upsample_first`` or ``per_stage``.
+        aggregation: ``upsample_first``, ``per_stage`` or ``split``.
     """
 
     def __init__(
@@ -196,6 +201,8 @@ class EfficientNetLiteExtractor(RGBExtractor):
             for i in self._indices
         ]
         self.patch_stride = min(f.reduction for f in self.feature_info)
+        if aggregation == "split":
+            self.score_split = sum(f.num_chs for f in self.feature_info)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Stage outputs ``{name: (B, C_i, H / s_i, W / s_i)}`` for ``x`` ``(B, 3, H, W)``."""

@@ -111,6 +111,8 @@ class MemoryBank(nn.Module):
 
     bank: torch.Tensor | None
     standardisation: torch.Tensor | None
+    split: int | None = None
+    """One view: images and maps are scored with all channels (:class:`SplitBank` has two)."""
 
     def __init__(self, config: MemoryConfig, device: torch.device | str = "cpu") -> None:
         super().__init__()
@@ -159,6 +161,18 @@ class MemoryBank(nn.Module):
         if self._index is None:
             self._build_index()
         return self._index
+
+    @property
+    def shape(self) -> list[int]:
+        """``[rows, dim]`` of the finalized bank (what a saved detector records to rebuild it)."""
+        if self.bank is None:
+            raise RuntimeError("the bank is not finalized")
+        return [int(v) for v in self.bank.shape]
+
+    @property
+    def num_rows(self) -> int:
+        """Rows kept by the coreset."""
+        return self.shape[0]
 
     @property
     def dim(self) -> int | None:
@@ -309,3 +323,98 @@ class MemoryBank(nn.Module):
 
     def extra_repr(self) -> str:
         return "not finalized" if self.bank is None else f"{self.bank.shape[0]} x {self.bank.shape[1]}"
+
+
+class SplitBank(nn.Module):
+    """A bank over features with two views: image scores from one, anomaly maps from the other.
+
+    For features whose channels ``[:split]`` rank whole images best and channels ``[split:]``
+    localise best (the EfficientNet-Lite ``split`` aggregation: ``upsample_first`` then
+    ``per_stage``, docs/method.md "RGB patch aggregation"). Each view has its own
+    :class:`MemoryBank` (coreset, standardisation, index): ``image`` and ``map``, so the state
+    is ``image.bank``, ``image.standardisation``, ``map.bank``, ``map.standardisation``. The
+    interface is :class:`MemoryBank`'s; scoring searches both banks.
+
+    Args:
+        config: Settings of both banks.
+        split: First channel of the map view.
+        device: Where the banks are collected, live and are searched.
+    """
+
+    def __init__(self, config: MemoryConfig, split: int, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        if split < 1:
+            raise ValueError(f"split must be >= 1, got {split}")
+        self.config = config
+        self.split = int(split)
+        self.image = MemoryBank(config, device)
+        self.map = MemoryBank(config, device)
+
+    @classmethod
+    def empty(cls, config: MemoryConfig, shapes: dict[str, list[int]], device: torch.device | str = "cpu") -> SplitBank:
+        """Finalized-shaped banks per view (``shapes`` as :attr:`shape` gives), filled by ``load_state_dict``."""
+        bank = cls(config, shapes["image"][1], device)
+        bank.image = MemoryBank.empty(config, *shapes["image"], device)
+        bank.map = MemoryBank.empty(config, *shapes["map"], device)
+        return bank
+
+    def _views(self, pf: PatchFeatures) -> tuple[PatchFeatures, PatchFeatures]:
+        c = pf.features.shape[1]
+        if c <= self.split:
+            raise ValueError(f"patch features have {c} channels; the map view starts at channel {self.split}")
+        return (PatchFeatures(pf.features[:, : self.split], pf.valid),
+                PatchFeatures(pf.features[:, self.split :], pf.valid))
+
+    @property
+    def shape(self) -> dict[str, list[int]]:
+        """``{"image": [rows, dim], "map": [rows, dim]}``."""
+        return {"image": self.image.shape, "map": self.map.shape}
+
+    @property
+    def num_rows(self) -> int:
+        """Rows kept by both coresets together."""
+        return self.image.num_rows + self.map.num_rows
+
+    @property
+    def dim(self) -> int | None:
+        """Channels of the features this bank scores (both views), once known."""
+        dims = (self.image.dim, self.map.dim)
+        return None if None in dims else dims[0] + dims[1]
+
+    def add(self, pf: PatchFeatures) -> None:
+        """Append each view's valid patches to its bank."""
+        for bank, view in zip((self.image, self.map), self._views(pf), strict=True):
+            bank.add(view)
+
+    def finalize(
+        self,
+        mean: float | None = None,
+        std: float | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        """Finalize both banks (:meth:`MemoryBank.finalize`; ``progress`` sees two coreset stages)."""
+        self.image.finalize(mean, std, progress)
+        self.map.finalize(mean, std, progress)
+
+    def score(self, pf: PatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores ``(B,)`` from the image view's bank, patch scores ``(B, h, w)`` from the map view's."""
+        image_view, map_view = self._views(pf)
+        image, _ = self.image.score(image_view)
+        _, patch = self.map.score(map_view)
+        return image, patch
+
+    def extra_repr(self) -> str:
+        return f"split at channel {self.split}"
+
+
+def new_bank(config: MemoryConfig, split: int | None, device: torch.device | str = "cpu") -> MemoryBank | SplitBank:
+    """An empty bank for features whose map view starts at channel ``split`` (None: one view)."""
+    return MemoryBank(config, device) if split is None else SplitBank(config, split, device)
+
+
+def empty_bank(config: MemoryConfig, shape: list[int] | dict[str, list[int]],
+               device: torch.device | str = "cpu") -> MemoryBank | SplitBank:
+    """A finalized-shaped bank of the ``shape`` that :attr:`MemoryBank.shape` / :attr:`SplitBank.shape` gave."""
+    if isinstance(shape, dict):
+        return SplitBank.empty(config, shape, device)
+    return MemoryBank.empty(config, *shape, device=device)

@@ -23,7 +23,7 @@ import torch
 from cmdiad.config import DetectorConfig
 from cmdiad.distill.train import TrainReport
 from cmdiad.errors import DatasetError
-from cmdiad.memory.bank import MemoryBank
+from cmdiad.memory.bank import MemoryBank, SplitBank, new_bank
 from cmdiad.pipeline.core import DetectorCore, StreamScores
 from cmdiad.pipeline.encoder import Encoder, Progress, staged
 from cmdiad.pipeline.mtfi import DESIGNS, Design, Hallucinator, PairedData, design, fidelity, train_hallucinator
@@ -136,7 +136,7 @@ class Detector:
         return self.core.streams
 
     @property
-    def banks(self) -> dict[str, MemoryBank]:
+    def banks(self) -> dict[str, MemoryBank | SplitBank]:
         """Memory bank per stream name (the core's)."""
         return dict(self.core.banks.items())
 
@@ -200,7 +200,7 @@ class Detector:
             self.core.banks[s.name] = self._build_bank(
                 s, usable, mean_std.get(s.target, (None, None)), progress, keep=kept.get(s.name)
             )
-            report.bank_sizes[s.name] = int(self.core.banks[s.name].bank.shape[0])
+            report.bank_sizes[s.name] = self.core.banks[s.name].num_rows
         report.fidelity = self._fidelity(validation)
         if on_validation:
             self._fit_fusion(self.stream_scores(held_out, staged(progress, "validation scores")))
@@ -279,6 +279,7 @@ class Detector:
             cfg=self.config.distill,
             device=self.device,
             progress=cb,
+            main_view=self.encoder.extractor(s.source).score_split,
         )
 
     def _hallucinate(self, main: PatchFeatures, inputs: torch.Tensor | None) -> PatchFeatures:
@@ -293,7 +294,7 @@ class Detector:
         s = hall[0]
         inputs = self.encoder.inputs(paired, s.source) if self.design.reads_main_inputs else None
         predicted = self._hallucinate(self.encoder.features(paired, s.source), inputs)
-        return fidelity(predicted, self.encoder.features(paired, s.target))
+        return fidelity(predicted, self.encoder.extractor(s.target).image_view(self.encoder.features(paired, s.target)))
 
     def _standardization(self, train, usable) -> dict[str, tuple[float, float]]:
         """Per-bank constants (empty dict) or M3DM's mixed ones: xyz-bank mean, rgb-bank std.
@@ -321,7 +322,9 @@ class Detector:
         return {"rgb": (mean, std), "xyz": (mean, std)}
 
     # ------------------------------------------------------------------ scoring
-    def _build_bank(self, s: Stream, usable, mean_std, progress=None, keep: list | None = None) -> MemoryBank:
+    def _build_bank(
+        self, s: Stream, usable, mean_std, progress=None, keep: list | None = None
+    ) -> MemoryBank | SplitBank:
         """The stream's bank, fed chunk by chunk; reused when another row of the run built the same one.
 
         A reused bank adds the seconds it took to build to ``self._reused_seconds`` so that
@@ -337,7 +340,9 @@ class Detector:
                 self._reused_seconds += seconds
                 return bank
         t0 = time.perf_counter()
-        bank = MemoryBank(self.config.memory, device=self.device)
+        # a hallucinated stream banks what its distiller produces: the image view of split features
+        split = None if s.hallucinated else self.encoder.extractor(s.target).score_split
+        bank = new_bank(self.config.memory, split, device=self.device)
         for chunk in self._chunks(usable):
             pf = self._stream_features(s, chunk)
             bank.add(pf)

@@ -27,7 +27,7 @@ from torch import nn
 
 from cmdiad import __version__
 from cmdiad.errors import CmdiadError
-from cmdiad.memory.bank import MemoryBank, reweighted_image_score
+from cmdiad.memory.bank import MemoryBank, SplitBank, reweighted_image_score
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.streams import Stream, row_name
 from cmdiad.scoring.patch import anomaly_map, image_score
@@ -112,6 +112,11 @@ class BankHead(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted image scores ``(B,)`` and maps ``(B, H, W)`` of all-valid features ``(B, C, h, w)``."""
+        image, amap = self.raw(feats)
+        return self.weight * image_score(image, amap, self.image_score), self.weight * amap
+
+    def raw(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unweighted re-weighted patch-maximum scores ``(B,)`` and blurred maps ``(B, H, W)``."""
         b, c, h, w = feats.shape
         q = (feats.permute(0, 2, 3, 1).reshape(-1, c).float() - self.mean) / self.std
         dist, idx = _l2_topk(q, self.bank, self.bank_sq, 1, self.candidates)
@@ -125,8 +130,30 @@ class BankHead(nn.Module):
             _, neigh = _l2_topk(self.bank[star_nn], self.bank, self.bank_sq, self.k, self.k)
             d_neigh = torch.linalg.vector_norm(star_q[:, None, :] - self.bank[neigh[:, 1:]], dim=-1)
             image = reweighted_image_score(s_star, d_neigh, c)
-        amap = anomaly_map(patch, self.image_size, sigma=self.sigma, mode="float")
+        return image, anomaly_map(patch, self.image_size, sigma=self.sigma, mode="float")
+
+
+class SplitHead(nn.Module):
+    """A :class:`~cmdiad.memory.bank.SplitBank`'s scoring: image scores from the image view's head,
+    maps from the map view's (the arguments are :class:`BankHead`'s)."""
+
+    def __init__(self, bank: SplitBank, weight: float, image_size: tuple[int, int], sigma: float) -> None:
+        super().__init__()
+        self.split, self.weight, self.image_score = bank.split, float(weight), bank.config.image_score
+        self.image = BankHead(bank.image, weight, image_size, sigma)
+        self.map = BankHead(bank.map, weight, image_size, sigma)
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted image scores ``(B,)`` and maps ``(B, H, W)`` of all-valid features ``(B, C, h, w)``."""
+        image, _ = self.image.raw(feats[:, : self.split])
+        _, amap = self.map.raw(feats[:, self.split :])
         return self.weight * image_score(image, amap, self.image_score), self.weight * amap
+
+
+def bank_head(bank: MemoryBank | SplitBank, weight: float, image_size: tuple[int, int], sigma: float) -> nn.Module:
+    """The export head of a stream's bank."""
+    head = SplitHead if isinstance(bank, SplitBank) else BankHead
+    return head(bank, weight, image_size, sigma)
 
 
 class ExportModule(nn.Module):
@@ -144,7 +171,7 @@ class ExportModule(nn.Module):
         self.hallucinator = det.hallucinator
         self.streams: list[Stream] = list(det.streams)
         self.heads = nn.ModuleList(
-            BankHead(det.banks[s.name], s.weight, det.encoder.image_size, mem.blur_sigma) for s in self.streams
+            bank_head(det.banks[s.name], s.weight, det.encoder.image_size, mem.blur_sigma) for s in self.streams
         )
         self.fuser = det.fuser
         self.image_size = det.encoder.image_size

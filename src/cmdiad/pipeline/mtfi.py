@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,7 +37,7 @@ from cmdiad.distill.train import (
     save_distiller,
 )
 from cmdiad.errors import ModelFileError
-from cmdiad.features.base import FeatureExtractor, to_grid
+from cmdiad.features.base import FeatureExtractor, image_view, to_grid
 from cmdiad.pipeline.streams import OTHER
 from cmdiad.types import PatchFeatures
 
@@ -138,7 +138,7 @@ class FeatureToInputDesign(Design):
             raise ValueError("f2i needs the target modality's extractor to encode what it generates")
         dev = next(net.parameters()).device
         decoded = net.generate(_on(main, grid).features.to(dev))
-        return target_extractor.patch_features(decoded.to(target_extractor.device))
+        return target_extractor.image_view(target_extractor.patch_features(decoded.to(target_extractor.device)))
 
 
 @DESIGNS.register("i2f")
@@ -173,15 +173,19 @@ class Hallucinator(nn.Module):
             generate inputs).
         grid: The feature grid the network was trained on; None for the main grid (models
             saved before the grid was recorded).
+        main_view: Channels of the main features the network reads, the first ones: the image
+            view of split features (:attr:`~cmdiad.features.base.FeatureExtractor.score_split`);
+            None reads them all.
     """
 
     def __init__(self, kind: str, net: nn.Module, target: str, target_extractor: FeatureExtractor | None,
-                 grid: tuple[int, int] | None = None) -> None:
+                 grid: tuple[int, int] | None = None, main_view: int | None = None) -> None:
         super().__init__()
         self.design = design(kind)
         self.kind, self.net, self.target = kind, net, target
         self.target_extractor = target_extractor
         self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
+        self.main_view = None if main_view is None else int(main_view)
 
     @property
     def target_extractor(self) -> FeatureExtractor | None:
@@ -196,8 +200,11 @@ class Hallucinator(nn.Module):
 
     def meta(self) -> dict:
         """JSON-able description that, with ``state_dict``, rebuilds this hallucinator (:meth:`from_meta`)."""
+        return {**self._description(), "network": network_meta(self.net)}
+
+    def _description(self) -> dict:
         return {"kind": self.kind, "target": self.target, "grid": list(self.grid) if self.grid else None,
-                "network": network_meta(self.net)}
+                "main_view": self.main_view}
 
     @classmethod
     def from_meta(cls, meta: dict, target_extractor: FeatureExtractor | None, where: Path) -> Hallucinator:
@@ -209,7 +216,8 @@ class Hallucinator(nn.Module):
         try:
             kind, target, grid = meta["kind"], meta["target"], meta["grid"]
             net = network_from_meta(meta["network"], where)
-            return cls(kind, net, target, target_extractor, None if grid is None else tuple(grid))
+            return cls(kind, net, target, target_extractor, None if grid is None else tuple(grid),
+                       _main_view(meta.get("main_view")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(where, f"invalid distiller description ({type(exc).__name__}: {exc})") from exc
 
@@ -225,7 +233,8 @@ class Hallucinator(nn.Module):
             Target-modality patch features of the batch.
         """
         self.net.eval()
-        return self.design.hallucinate(self.net, main_features, main_inputs, self.target_extractor, self.grid)
+        main = image_view(main_features, self.main_view)
+        return self.design.hallucinate(self.net, main, main_inputs, self.target_extractor, self.grid)
 
     def save(self, folder: Path) -> None:
         """The network (:func:`~cmdiad.distill.train.save_distiller`) plus its target and grid.
@@ -234,26 +243,32 @@ class Hallucinator(nn.Module):
         holds its hallucinator in the detector's one ``state_dict`` instead.
         """
         save_distiller(self.net, folder)
-        meta = {"kind": self.kind, "target": self.target, "grid": list(self.grid) if self.grid else None}
-        (Path(folder) / HALLUCINATOR_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (Path(folder) / HALLUCINATOR_FILE).write_text(json.dumps(self._description(), indent=2), encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path, kind: str, target: str, target_extractor: FeatureExtractor | None, *,
              device: str | torch.device = "cpu") -> Hallucinator:
         """Rebuild a saved hallucinator; a folder without :data:`HALLUCINATOR_FILE` uses the main grid."""
         net = load_distiller(folder, device=device)
-        grid = None
+        grid, main_view = None, None
         meta_path = Path(folder) / HALLUCINATOR_FILE
         if meta_path.is_file():
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
-                grid = meta["grid"]
+                grid, main_view = meta["grid"], _main_view(meta.get("main_view"))
                 if meta["kind"] != kind or meta["target"] != target:
                     raise ModelFileError(meta_path, f"holds a {meta['kind']} distiller to {meta['target']}, "
                                                     f"not {kind} to {target}")
             except (ValueError, KeyError, TypeError) as exc:
                 raise ModelFileError(meta_path, f"corrupted hallucinator file ({exc})") from exc
-        return cls(kind, net, target, target_extractor, grid)
+        return cls(kind, net, target, target_extractor, grid, main_view)
+
+
+def _main_view(value) -> int | None:  # noqa: ANN001 - JSON value
+    """A saved ``main_view``: None (files written before split features existed) or a positive int."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError(f"main_view must be a positive integer or null, got {value!r}")
 
 
 def train_hallucinator(
@@ -266,14 +281,22 @@ def train_hallucinator(
     cfg: DistillConfig,
     device: str | torch.device,
     progress=None,
+    main_view: int | None = None,
 ) -> tuple[Hallucinator, TrainReport | None]:
     """Build and fit (or load from ``cfg.checkpoint``) the ``kind`` distiller on paired data.
+
+    The distiller reads the image view of split main features (``main_view``, see
+    :class:`Hallucinator`) and learns the image view of the target extractor's
+    (:meth:`~cmdiad.features.base.FeatureExtractor.image_view`): the map view of split RGB
+    features serves the real RGB bank's anomaly maps only.
 
     Returns:
         The trained hallucinator (eval mode) and its training report (None when loaded).
     """
     main_modality = OTHER[target]
     cfg = design_config(cfg, kind, main_modality)
+    data = replace(data, main_features=image_view(data.main_features, main_view),
+                   target_features=target_extractor.image_view(data.target_features))
     main, tgt = data.main_features, data.target_features
     grid = feature_grid(kind, main.grid, tgt.grid, cfg.grid)
     net = build_distiller(
@@ -281,7 +304,7 @@ def train_hallucinator(
         target_channels=tgt.features.shape[1], main_grid=main.grid, main_image_size=image_size,
         target_grid=tgt.grid, target_image_size=image_size, cfg=cfg,
     )  # fmt: skip
-    hallucinator = Hallucinator(kind, net, target, target_extractor, grid)
+    hallucinator = Hallucinator(kind, net, target, target_extractor, grid, main_view)
     if cfg.checkpoint is not None:
         load_reference_checkpoint(net, reference_checkpoint_path(cfg.checkpoint, kind, main_modality))
         return hallucinator.to(device).eval(), None

@@ -34,7 +34,7 @@ from cmdiad.features.cache import FeatureCache
 from cmdiad.io.atomic import atomic_dir, atomic_write_text
 from cmdiad.io.layout import check_model_target
 from cmdiad.io.meta import read_meta, read_tensors
-from cmdiad.memory.bank import MemoryBank
+from cmdiad.memory.bank import empty_bank
 from cmdiad.pipeline.core import DetectorCore, FusionState
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.encoder import Encoder
@@ -117,7 +117,7 @@ def write_detector_files(det: Detector, out: Path) -> None:
         "threshold": det.threshold,
         "threshold_samples": det.threshold_samples,
         "map_calibration": det.map_calibration,
-        "banks": {name: list(bank.bank.shape) for name, bank in core.banks.items()},
+        "banks": {name: bank.shape for name, bank in core.banks.items()},
         "hallucinator": core.hallucinator.meta() if core.hallucinator is not None else None,
         "fusion": core.fusion.meta(),
     }
@@ -212,11 +212,16 @@ def _empty_banks(core: DetectorCore, shapes, meta_path: Path) -> None:  # noqa: 
     """One empty bank per stream, of the shape detector.json gives, to load the tensors into."""
     if not isinstance(shapes, dict) or set(shapes) != {s.name for s in core.streams}:
         raise ModelFileError(meta_path, f"'banks' must give the shape of each stream's bank, got {shapes!r}")
+    def is_shape(v) -> bool:  # noqa: ANN001 - JSON value
+        return isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v)
+
     for s in core.streams:
         shape = shapes[s.name]
-        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
-            raise ModelFileError(meta_path, f"bank shape of {s.name!r} must be [rows, dim], got {shape!r}")
-        core.banks[s.name] = MemoryBank.empty(core.config.memory, *shape)
+        views = isinstance(shape, dict) and set(shape) == {"image", "map"} and all(map(is_shape, shape.values()))
+        if not (is_shape(shape) or views):
+            raise ModelFileError(meta_path, f"bank shape of {s.name!r} must be [rows, dim] or "
+                                 f"{{\"image\": [rows, dim], \"map\": [rows, dim]}}, got {shape!r}")
+        core.banks[s.name] = empty_bank(core.config.memory, shape)
 
 
 def _first_line(exc: Exception) -> str:
@@ -264,3 +269,6 @@ def _check_widths(det: Detector, path: Path) -> None:
         if bank.dim != ext.out_channels:
             raise ModelFileError(path / WEIGHTS_FILE, f"bank {s.name!r} has width {bank.dim}, which does not match "
                                  f"the {s.source} extractor ({ext.out_channels})")
+        if bank.split != ext.score_split:
+            raise ModelFileError(path / META_FILE, f"bank {s.name!r} splits its features at channel "
+                                 f"{bank.split}, the {s.source} extractor at {ext.score_split}")

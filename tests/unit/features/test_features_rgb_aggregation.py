@@ -53,3 +53,18 @@ def test_default_preset_keeps_upsample_first_and_paper_keeps_its_extractor() -> 
     assert preset("default")["detector"]["rgb"]["aggregation"] == "upsample_first"
     assert "aggregation" not in preset("paper")["detector"]["rgb"]
     assert RGBFeatureConfig().aggregation == "upsample_first"  # saved detectors without the key keep their features
+
+
+def test_split_carries_both_orders_and_says_where_the_map_view_starts() -> None:
+    m = [torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1)), torch.randn(2, 4, 3, 3)]
+    out = aggregate_stages(m, (6, 6), "split")
+    torch.testing.assert_close(out[:, :7], aggregate_stages(m, (6, 6), "upsample_first"))
+    torch.testing.assert_close(out[:, 7:], aggregate_stages(m, (6, 6), "per_stage"))
+    torch.manual_seed(0)
+    one = build_extractor(RGBFeatureConfig(pretrained=False))
+    torch.manual_seed(0)
+    both = build_extractor(RGBFeatureConfig(pretrained=False, aggregation="split"))
+    assert one.score_split is None and both.score_split == one.out_channels
+    assert both.out_channels == 2 * one.out_channels
+    x = torch.randn(1, 3, 32, 48)
+    assert both.patch_features(x).features.shape[1] == both.out_channels

@@ -9,7 +9,7 @@ import torch
 
 from cmdiad.config import CoresetConfig, MemoryConfig
 from cmdiad.memory import bank as bank_module
-from cmdiad.memory.bank import MemoryBank, _RowBlocks, reweighted_image_score
+from cmdiad.memory.bank import MemoryBank, SplitBank, _RowBlocks, empty_bank, new_bank, reweighted_image_score
 from cmdiad.types import PatchFeatures
 
 
@@ -203,3 +203,41 @@ def test_finalize_reports_coreset_progress_from_zero_to_kept(sampler: str, ratio
     quiet.add(pf)
     quiet.finalize()
     assert torch.equal(quiet.bank, bank.bank)
+
+
+def test_split_bank_scores_images_with_the_first_view_and_maps_with_the_second() -> None:
+    pf = _features(b=4, c=12, seed=3)
+    split = SplitBank(MemoryConfig(coreset=CoresetConfig(ratio=0.5)), 5)
+    split.add(pf)
+    split.finalize()
+    views = (PatchFeatures(pf.features[:, :5], pf.valid), PatchFeatures(pf.features[:, 5:], pf.valid))
+    alone = []
+    for view in views:  # each view's bank on its own: the same coreset, standardisation and scores
+        bank = _bank(0.5)
+        bank.add(view)
+        bank.finalize()
+        alone.append(bank)
+    query = _features(b=2, c=12, seed=4)
+    image, patch = split.score(query)
+    torch.testing.assert_close(image, alone[0].score(PatchFeatures(query.features[:, :5], query.valid))[0])
+    torch.testing.assert_close(patch, alone[1].score(PatchFeatures(query.features[:, 5:], query.valid))[1])
+    assert split.shape == {"image": alone[0].shape, "map": alone[1].shape} and split.dim == 12
+    assert split.num_rows == alone[0].num_rows + alone[1].num_rows
+    # the two views differ, so the bank is not one view scored twice
+    assert not torch.allclose(patch, alone[0].score(PatchFeatures(query.features[:, :5], query.valid))[1])
+
+
+def test_split_bank_round_trips_through_its_shape_and_state_dict() -> None:
+    split = new_bank(MemoryConfig(coreset=CoresetConfig(ratio=0.5)), 5)
+    split.add(_features(b=4, c=12, seed=5))
+    split.finalize()
+    again = empty_bank(split.config, split.shape)
+    assert isinstance(again, SplitBank) and again.split == 5
+    again.load_state_dict(split.state_dict(), strict=True)
+    assert set(split.state_dict()) == {"image.bank", "image.standardisation", "map.bank", "map.standardisation"}
+    query = _features(b=2, c=12, seed=6)
+    for a, b in zip(split.score(query), again.score(query), strict=True):
+        torch.testing.assert_close(a, b)
+    assert isinstance(empty_bank(split.config, [3, 4]), MemoryBank)
+    with pytest.raises(ValueError, match="channels"):
+        split.score(_features(b=1, c=5))

@@ -28,39 +28,48 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _cfg(method: str, main: str, image_score: str = "patch_max") -> DetectorConfig:
+def _cfg(method: str, main: str, image_score: str = "patch_max", aggregation: str = "upsample_first") -> DetectorConfig:
     return DetectorConfig(
         method=method, main=main, data=DataConfig(image_size=(64, 64)),
-        rgb=RGBFeatureConfig(pretrained=False),
+        rgb=RGBFeatureConfig(pretrained=False, aggregation=aggregation),
         memory=MemoryConfig(coreset=CoresetConfig(ratio=0.5), image_score=image_score),
         distill=DistillConfig(epochs=2, width=8, trunk_width=4, trunk_blocks=1),
     )
 
 
-_FITTED: dict[tuple[str, str], Detector] = {}
+_FITTED: dict[tuple[str, ...], Detector] = {}
 
 
-def _fit(root: Path, method: str, main: str, image_score: str = "patch_max") -> Detector:
-    if (method, main, image_score) in _FITTED:
-        return _FITTED[method, main, image_score]
+def _fit(root: Path, method: str, main: str, image_score: str = "patch_max",
+         aggregation: str = "upsample_first") -> Detector:
+    key = (method, main, image_score, aggregation)
+    if key in _FITTED:
+        return _FITTED[key]
     torch.manual_seed(0)
-    cfg = _cfg(method, main, image_score)
+    cfg = _cfg(method, main, image_score, aggregation)
     det = Detector(cfg, build_encoder(cfg, device="cpu", modalities=("rgb", "xyz")))
     det.fit(list_records(root, "ring", "train"), validation=list_records(root, "ring", "validation"))
-    _FITTED[method, main, image_score] = det
+    _FITTED[key] = det
     return det
 
 
-@pytest.mark.parametrize(("method", "main", "image_score"),
-                         [("rgb", "rgb", "patch_max"), ("f2f", "rgb", "patch_max"), ("i2f", "rgb", "patch_max"),
-                          ("rgb", "rgb", "map_max")])
+@pytest.mark.parametrize(("method", "main", "image_score", "aggregation"),
+                         [("rgb", "rgb", "patch_max", "upsample_first"), ("f2f", "rgb", "patch_max", "upsample_first"),
+                          ("i2f", "rgb", "patch_max", "upsample_first"), ("rgb", "rgb", "map_max", "upsample_first"),
+                          ("rgb", "rgb", "map_max", "split"), ("f2f", "rgb", "patch_max", "split")])
 def test_onnx_scores_match_the_detector(tiny_data: Path, tmp_path: Path, method: str, main: str,
-                                        image_score: str) -> None:
-    save_detector(_fit(tiny_data, method, main, image_score), tmp_path / "model")
+                                        image_score: str, aggregation: str) -> None:
+    fitted = _fit(tiny_data, method, main, image_score, aggregation)
+    save_detector(fitted, tmp_path / "model")
     det = load_detector(tmp_path / "model")  # what `cmdiad export` reads
     onnx_path = export_onnx(det, tmp_path / "model.onnx")
     test = list_records(tiny_data, "ring", "test")
     expected = det.score(test)
+    # the loaded core holds what was fitted: every bank (both views of a split one), distiller and fuser
+    saved, loaded = fitted.core.state_dict(), det.core.state_dict()
+    assert saved.keys() == loaded.keys()
+    for key in saved:
+        torch.testing.assert_close(loaded[key], saved[key])
     got = load_onnx_model(onnx_path).score(test)
     assert got.anomaly_map.shape == expected.anomaly_map.shape == (len(test), 64, 64)
     assert float((got.image_score - expected.image_score).abs().max()) <= 1e-4
