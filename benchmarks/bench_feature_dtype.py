@@ -45,6 +45,7 @@ class StandIn:
     """
 
     device = torch.device("cpu")
+    score_split = None  # one view (FeatureExtractor.score_split)
 
     def __init__(self, clusters: int = 256) -> None:
         self.calls = 0

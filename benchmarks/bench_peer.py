@@ -113,10 +113,12 @@ def fit_peer(model, enc: Encoder, train, ratio: float) -> tuple[float, float]:
     t0 = time.perf_counter()
     model.train()
     model.feature_extractor.eval()
-    for i in range(0, len(train), enc.batch_size):
-        model(enc.inputs(train[i : i + enc.batch_size], "rgb"))
+    with torch.no_grad():
+        for i in range(0, len(train), enc.batch_size):
+            model(enc.inputs(train[i : i + enc.batch_size], "rgb"))
     t1 = time.perf_counter()
-    model.subsample_embedding(ratio)
+    with torch.no_grad():  # as anomalib's engine fits it; with autograd on, the greedy loop keeps a graph
+        model.subsample_embedding(ratio)
     model.eval()
     t2 = time.perf_counter()
     return t2 - t0, t2 - t1
@@ -173,25 +175,42 @@ def run_ours(cfg, base: Encoder, splits) -> dict:
             "maps": scores.anomaly_map.numpy()}
 
 
-def run_category(cat: str, root: Path, cfg, base: Encoder) -> dict[str, dict]:
-    """Both sides on one category; metrics through the same code."""
-    splits = category_splits(root, cat, with_validation=False)
-    train, _, test = splits
-    labels, masks = np.array([r.label for r in test]), base.masks(test).numpy()
-    ratio = cfg.detector.memory.coreset.ratio
-    ours = run_ours(cfg, base, splits)
+def run_peer(root_seed: int, base: Encoder, train, test, ratio: float) -> dict:
+    """anomalib fitted and scored once, its random draws seeded by ``root_seed``.
+
+    anomalib draws its coreset's random projection (torch distributions and NumPy's global
+    generator through scikit-learn) and the greedy coreset's first row (torch) unseeded: seeding
+    both global generators makes one run reproducible, several seeds show its spread.
+    """
+    torch.manual_seed(root_seed)
+    np.random.seed(root_seed)
     model, diff = build_peer(ratio)
     fit_s, core_s = fit_peer(model, _common.cold_encoder(base), train, ratio)
     theirs = {"fit_s": fit_s, "calib_s": 0.0, "coreset_s": core_s, "diff": diff}
     theirs["image"], theirs["maps"], theirs["score_s"] = score_peer(model, _common.cold_encoder(base), test)
     theirs["bank"] = int(model.memory_bank.shape[0])
-    out = {}
-    for name, r in (("ours", ours), ("anomalib", theirs)):
+    return theirs
+
+
+def run_category(cat: str, root: Path, cfg, base: Encoder, peer_runs: int = 1) -> dict[str, dict]:
+    """Both sides on one category (anomalib ``peer_runs`` times, seeds 0, 1, ...: its metrics and
+    times are the means, ``per_run`` keeps each run's metrics); metrics through the same code."""
+    splits = category_splits(root, cat, with_validation=False)
+    train, _, test = splits
+    labels, masks = np.array([r.label for r in test]), base.masks(test).numpy()
+    ratio = cfg.detector.memory.coreset.ratio
+
+    def summary(r: dict) -> dict:
         m = evaluate(r["image"], labels, r["maps"], masks, mode=cfg.metrics.aupro_mode)
-        out[name] = {**m, "fit_s": r["fit_s"], "calib_s": r["calib_s"], "coreset_s": r["coreset_s"],
-                     "bank": r["bank"],
-                     "ms": 1000 * r["score_s"] / len(test), "n_train": len(train), "n_test": len(test)}
-    out["anomalib"]["diff"] = diff
+        return {**m, "fit_s": r["fit_s"], "calib_s": r["calib_s"], "coreset_s": r["coreset_s"], "bank": r["bank"],
+                "ms": 1000 * r["score_s"] / len(test), "n_train": len(train), "n_test": len(test)}
+
+    out = {"ours": summary(run_ours(cfg, base, splits))}
+    peers = [run_peer(seed, base, train, test, ratio) for seed in range(peer_runs)]
+    runs = [summary(r) for r in peers]
+    numeric = [k for k, v in runs[0].items() if isinstance(v, float)]
+    out["anomalib"] = {**runs[0], **{k: float(np.mean([r[k] for r in runs])) for k in numeric},
+                       "per_run": [{k: r[k] for k, _ in METRICS} for r in runs], "diff": max(r["diff"] for r in peers)}
     print(f"{cat}: {out}", flush=True)
     return out
 
@@ -215,6 +234,13 @@ def render_rows(per_cat: dict[str, dict]) -> list[str]:
         cells = " | ".join(f"**{mean[side][k]:.3f}**" for k, _ in METRICS)
         lines.append(f"| mean | {side} | | {cells} | {mean[side]['fit_s']:.1f} | | {mean[side]['ms']:.0f} |")
     ratios = ", ".join(f"{label} **{o[k] / t[k]:.3f}**" for k, label in METRICS)
+    runs = len(next(iter(per_cat.values()))["anomalib"]["per_run"])
+    per_seed = {k: [o[k] / float(np.mean([r["anomalib"]["per_run"][i][k] for r in per_cat.values()]))
+                    for i in range(runs)] for k, _ in METRICS}
+    spread = ", ".join(f"{label} {min(per_seed[k]):.3f}-{max(per_seed[k]):.3f}" for k, label in METRICS)
+    lines += ["", f"anomalib's rows are the means of {runs} fits per category (seeds 0-{runs - 1} of torch's and "
+              f"NumPy's global generators, which its coreset's random projection and first pick draw from); "
+              f"the ratios against each seed's run alone span {spread}."]
     lines += ["", f"Ratios ours / anomalib (mean over categories): {ratios}, "
               f"fit time {o['fit_s'] / t['fit_s']:.2f}, ms per sample {o['ms'] / t['ms']:.2f}. "
               f"Our fit time excludes threshold calibration ({o['calib_s']:.1f} s: scoring the validation "
@@ -268,6 +294,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--aggregation", choices=AGGREGATIONS, default=None,
                    help="our rgb.aggregation (default: the preset's); a non-default run gets its own section")
+    p.add_argument("--peer-runs", type=int, default=5,
+                   help="anomalib fits per category, seeds 0..N-1 (its coreset is random): means and ranges")
     p.add_argument("--image-score", choices=("patch_max", "map_max"), default=None,
                    help="our memory.image_score (default: the preset's)")
     args = p.parse_args(argv)
@@ -283,7 +311,7 @@ def main(argv=None) -> int:
         switches = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in switches.items()}
         cfg = _common.default_experiment_config(detector={k: v for k, v in switches.items() if v})
         base = build_encoder(cfg.detector, device=cfg.device, modalities=("rgb",))
-        per_cat = {cat: run_category(cat, root, cfg, base) for cat in cats}
+        per_cat = {cat: run_category(cat, root, cfg, base, max(1, args.peer_runs)) for cat in cats}
         setup = {"data": f"`{root}`" if args.data is not None else "synthetic demo (generated)",
                  "size": "x".join(str(v) for v in cfg.detector.data.image_size),
                  "aggregation": cfg.detector.rgb.aggregation, "image_score": cfg.detector.memory.image_score}

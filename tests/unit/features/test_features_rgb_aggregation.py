@@ -49,8 +49,8 @@ def test_extractor_follows_the_config() -> None:
         RGBFeatureConfig(aggregation="sideways")
 
 
-def test_default_preset_keeps_upsample_first_and_paper_keeps_its_extractor() -> None:
-    assert preset("default")["detector"]["rgb"]["aggregation"] == "upsample_first"
+def test_default_preset_splits_the_views_and_paper_keeps_its_extractor() -> None:
+    assert preset("default")["detector"]["rgb"]["aggregation"] == "split"
     assert "aggregation" not in preset("paper")["detector"]["rgb"]
     assert RGBFeatureConfig().aggregation == "upsample_first"  # saved detectors without the key keep their features
 
