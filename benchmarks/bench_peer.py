@@ -19,12 +19,18 @@ anomalib cannot be imported, the section says so and the script exits 0.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # anomalib's coreset progress bar; read when tqdm is imported
+if __name__ == "__main__" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    # anomalib's greedy coreset allocates a ~20 MB temporary per pick; under glibc's dynamic mmap
+    # threshold they land on the heap, which was measured to grow past 20 GB here and be killed. A
+    # fixed threshold (read at process start, hence the re-exec) maps each one and gives it back.
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(4 << 20)
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import argparse
 import importlib.metadata as md
-import sys
 import time
 import warnings
 from dataclasses import replace
