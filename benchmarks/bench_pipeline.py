@@ -63,7 +63,7 @@ INFER_STAGES = ("read + encode rgb", "read + encode xyz", "NN search", "hallucin
 
 METHOD_NOTE = (
     "Method: `Detector.fit` / `Detector.score` run unchanged; stages are timed by wrappers around "
-    "`Encoder.features`/`inputs`, `Detector._train_distiller`, `_training_stream_features`, "
+    "`Encoder.features`/`inputs`, `Detector._train_distiller`, `_hallucinate` (fit), "
     "`_standardization`, `MemoryBank.add`/`finalize`/`score`, `_score_bank_only`, `_fit_fusion`, "
     "`_calibrate`, `_hallucinate`, `anomaly_map` and the fuser. Times are exclusive (nested wrapped "
     "stages are subtracted). 'score train set' scores the training set against the banks (the "
@@ -145,7 +145,7 @@ def timed_fit(det: Detector, splits, clock: StageClock) -> float:
         (enc, "features", w(enc.features, _modality_label("extract"))),
         (enc, "inputs", w(enc.inputs, _modality_label("extract"))),
         (det, "_train_distiller", w(det._train_distiller, "distill train")),
-        (det, "_training_stream_features", w(det._training_stream_features, "hallucinate train set")),
+        (det, "_hallucinate", w(det._hallucinate, "hallucinate train set")),
         (det, "_standardization", w(det._standardization, "bank + coreset")),
         (MemoryBank, "add", w(MemoryBank.add, "bank + coreset")),
         (MemoryBank, "finalize", w(MemoryBank.finalize, "bank + coreset")),
