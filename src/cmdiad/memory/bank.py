@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cmdiad.config import MemoryConfig
+from cmdiad.features.base import image_view
 from cmdiad.memory.coreset import build_sampler, coreset_size
 from cmdiad.memory.knn import KnnIndex
 from cmdiad.types import PatchFeatures
@@ -359,11 +360,7 @@ class SplitBank(nn.Module):
         return bank
 
     def _views(self, pf: PatchFeatures) -> tuple[PatchFeatures, PatchFeatures]:
-        c = pf.features.shape[1]
-        if c <= self.split:
-            raise ValueError(f"patch features have {c} channels; the map view starts at channel {self.split}")
-        return (PatchFeatures(pf.features[:, : self.split], pf.valid),
-                PatchFeatures(pf.features[:, self.split :], pf.valid))
+        return image_view(pf, self.split), PatchFeatures(pf.features[:, self.split :], pf.valid)
 
     @property
     def shape(self) -> dict[str, list[int]]:

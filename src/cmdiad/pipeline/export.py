@@ -112,30 +112,40 @@ class BankHead(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted image scores ``(B,)`` and maps ``(B, H, W)`` of all-valid features ``(B, C, h, w)``."""
-        image, amap = self.raw(feats)
+        q, patch, nn_idx = self.nearest(feats)
+        image, amap = self.image_of(q, patch, nn_idx), self.map_of(patch)
         return self.weight * image_score(image, amap, self.image_score), self.weight * amap
 
-    def raw(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unweighted re-weighted patch-maximum scores ``(B,)`` and blurred maps ``(B, H, W)``."""
+    def nearest(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Standardised queries ``(B*h*w, C)``, patch scores ``(B, h, w)`` and each patch's nearest bank row."""
         b, c, h, w = feats.shape
         q = (feats.permute(0, 2, 3, 1).reshape(-1, c).float() - self.mean) / self.std
         dist, idx = _l2_topk(q, self.bank, self.bank_sq, 1, self.candidates)
-        patch = dist[:, 0].reshape(b, h, w)
+        return q, dist[:, 0].reshape(b, h, w), idx[:, 0]
+
+    def image_of(self, q: torch.Tensor, patch: torch.Tensor, nn_idx: torch.Tensor) -> torch.Tensor:
+        """Unweighted re-weighted patch-maximum scores ``(B,)`` of :meth:`nearest`'s outputs."""
+        b, h, w = patch.shape
         s_star, where = patch.reshape(b, h * w).max(dim=1)
         s_star = s_star.clamp_min(0)
-        image = s_star
-        if self.k >= 2:
-            star_q = q.reshape(b, h * w, c).gather(1, where[:, None, None].expand(b, 1, c))[:, 0]
-            star_nn = idx[:, 0].reshape(b, h * w).gather(1, where[:, None])[:, 0]
-            _, neigh = _l2_topk(self.bank[star_nn], self.bank, self.bank_sq, self.k, self.k)
-            d_neigh = torch.linalg.vector_norm(star_q[:, None, :] - self.bank[neigh[:, 1:]], dim=-1)
-            image = reweighted_image_score(s_star, d_neigh, c)
-        return image, anomaly_map(patch, self.image_size, sigma=self.sigma, mode="float")
+        if self.k < 2:
+            return s_star
+        c = q.shape[1]
+        star_q = q.reshape(b, h * w, c).gather(1, where[:, None, None].expand(b, 1, c))[:, 0]
+        star_nn = nn_idx.reshape(b, h * w).gather(1, where[:, None])[:, 0]
+        _, neigh = _l2_topk(self.bank[star_nn], self.bank, self.bank_sq, self.k, self.k)
+        d_neigh = torch.linalg.vector_norm(star_q[:, None, :] - self.bank[neigh[:, 1:]], dim=-1)
+        return reweighted_image_score(s_star, d_neigh, c)
+
+    def map_of(self, patch: torch.Tensor) -> torch.Tensor:
+        """Unweighted blurred anomaly maps ``(B, H, W)`` of patch scores ``(B, h, w)``."""
+        return anomaly_map(patch, self.image_size, sigma=self.sigma, mode="float")
 
 
 class SplitHead(nn.Module):
     """A :class:`~cmdiad.memory.bank.SplitBank`'s scoring: image scores from the image view's head,
-    maps from the map view's (the arguments are :class:`BankHead`'s)."""
+    maps from the map view's (the arguments are :class:`BankHead`'s); each view's search runs once
+    and computes only what its view gives."""
 
     def __init__(self, bank: SplitBank, weight: float, image_size: tuple[int, int], sigma: float) -> None:
         super().__init__()
@@ -145,8 +155,8 @@ class SplitHead(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted image scores ``(B,)`` and maps ``(B, H, W)`` of all-valid features ``(B, C, h, w)``."""
-        image, _ = self.image.raw(feats[:, : self.split])
-        _, amap = self.map.raw(feats[:, self.split :])
+        image = self.image.image_of(*self.image.nearest(feats[:, : self.split]))
+        amap = self.map.map_of(self.map.nearest(feats[:, self.split :])[1])
         return self.weight * image_score(image, amap, self.image_score), self.weight * amap
 
 
