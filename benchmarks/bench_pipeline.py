@@ -64,7 +64,7 @@ INFER_STAGES = ("read + encode rgb", "read + encode xyz", "NN search", "hallucin
 METHOD_NOTE = (
     "Method: `Detector.fit` / `Detector.score` run unchanged; stages are timed by wrappers around "
     "`Encoder.features`/`inputs`, `Detector._train_distiller`, `_hallucinate` (fit), "
-    "`_standardization`, `MemoryBank.add`/`finalize`/`score`, `_score_bank_only`, `_fit_fusion`, "
+    "`_standardization`, `MemoryBank.add`/`finalize`/`score`/`patch_scores`, `_score_bank_only`, `_fit_fusion`, "
     "`_calibrate`, `_hallucinate`, `anomaly_map` and the fuser. Times are exclusive (nested wrapped "
     "stages are subtracted). 'score train set' scores the training set against the banks (the "
     "fusion's training rows); 'threshold calibration' scores the validation split (its feature "
@@ -174,6 +174,7 @@ def timed_score(det: Detector, test, clock: StageClock, opened: dict[str, int]):
         (enc, "inputs", w(enc.inputs, _modality_label("read + encode"))),
         (encoder_module, "load_sample", counting_load),
         (MemoryBank, "score", w(MemoryBank.score, "NN search")),
+        (MemoryBank, "patch_scores", w(MemoryBank.patch_scores, "NN search")),
         (core_module, "anomaly_map", w(core_module.anomaly_map, "anomaly map")),
         (det.core, "hallucinate", w(det.core.hallucinate, "hallucinate")),
         (det.fuser, "image_scores", w(det.fuser.image_scores, "fusion")),

@@ -123,6 +123,7 @@ def instrument(timer: StageTimer) -> None:
     timer.wrap(Encoder, "masks", "read masks")
     timer.wrap(mtfi_module, "fit_distiller", "distill")
     timer.wrap(MemoryBank, "score", "bank search")
+    timer.wrap(MemoryBank, "patch_scores", "bank search")
     timer.wrap(core_module, "anomaly_map", "anomaly maps")
     timer.wrap(DetectorCore, "hallucinate", "hallucinate")
     timer.wrap(Detector, "_fit_fusion", "fusion")

@@ -290,18 +290,30 @@ class MemoryBank(nn.Module):
             ``image_score`` (B,) (re-weighted max over valid patches; 0 without valid patches)
             and ``patch_scores`` (B, h, w): NN distance of each valid patch, 0 where invalid.
         """
-        index = self.index
         pf = pf.to(self.device)
-        rows = self.standardize(pf.features.permute(0, 2, 3, 1)[pf.valid].float())
-        patch = torch.zeros(pf.valid.shape, device=self.device)
+        rows, dist, nn, patch = self._nearest(pf)
         image = torch.zeros(pf.valid.shape[0], device=self.device)
         if rows.shape[0] == 0:
             return image, patch
+        has_valid = pf.valid.flatten(1).any(dim=1)
+        image[has_valid] = self._image_scores(rows, dist, nn, pf.valid)[has_valid]
+        return image, patch
+
+    def patch_scores(self, pf: PatchFeatures) -> torch.Tensor:
+        """Patch scores ``(B, h, w)`` alone, as :meth:`score` gives them: one search, no image score."""
+        return self._nearest(pf.to(self.device))[3]
+
+    def _nearest(self, pf: PatchFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Standardised valid rows, their NN distances and bank rows, and the patch map (0 where invalid)."""
+        index = self.index
+        rows = self.standardize(pf.features.permute(0, 2, 3, 1)[pf.valid].float())
+        patch = torch.zeros(pf.valid.shape, device=self.device)
+        if rows.shape[0] == 0:
+            empty = torch.zeros(0, device=self.device)
+            return rows, empty, empty.long(), patch
         dist, nn = index.search(rows, 1)
         patch[pf.valid] = dist[:, 0]
-        has_valid = pf.valid.flatten(1).any(dim=1)
-        image[has_valid] = self._image_scores(rows, dist[:, 0], nn[:, 0], pf.valid)[has_valid]
-        return image, patch
+        return rows, dist[:, 0], nn[:, 0], patch
 
     def _image_scores(
         self, rows: torch.Tensor, dist: torch.Tensor, nn: torch.Tensor, valid: torch.Tensor
@@ -334,7 +346,8 @@ class SplitBank(nn.Module):
     ``per_stage``, docs/method.md "RGB patch aggregation"). Each view has its own
     :class:`MemoryBank` (coreset, standardisation, index): ``image`` and ``map``, so the state
     is ``image.bank``, ``image.standardisation``, ``map.bank``, ``map.standardisation``. The
-    interface is :class:`MemoryBank`'s; scoring searches both banks.
+    interface is :class:`MemoryBank`'s; scoring searches each bank once, and the map view's bank
+    computes no image score.
 
     Args:
         config: Settings of both banks.
@@ -397,8 +410,7 @@ class SplitBank(nn.Module):
         """Image scores ``(B,)`` from the image view's bank, patch scores ``(B, h, w)`` from the map view's."""
         image_view, map_view = self._views(pf)
         image, _ = self.image.score(image_view)
-        _, patch = self.map.score(map_view)
-        return image, patch
+        return image, self.map.patch_scores(map_view)
 
     def extra_repr(self) -> str:
         return f"split at channel {self.split}"

@@ -227,6 +227,28 @@ def test_split_bank_scores_images_with_the_first_view_and_maps_with_the_second()
     assert not torch.allclose(patch, alone[0].score(PatchFeatures(query.features[:, :5], query.valid))[1])
 
 
+def test_patch_scores_are_the_maps_of_score_without_an_image_score(monkeypatch) -> None:
+    bank = _bank()
+    bank.add(_features(invalid=0.0))
+    bank.finalize()
+    query = _features(b=3, seed=7, invalid=0.3)
+    query.valid[2] = False  # a sample without valid patches scores 0 everywhere
+    _, patch = bank.score(query)
+
+    def no_image_score(*args, **kwargs):
+        raise AssertionError("patch_scores computed an image score")
+
+    monkeypatch.setattr(bank, "_image_scores", no_image_score)
+    torch.testing.assert_close(bank.patch_scores(query), patch)
+    assert (bank.patch_scores(query)[2] == 0).all() and (patch[:2][query.valid[:2]] > 0).all()
+    split = SplitBank(MemoryConfig(coreset=CoresetConfig(ratio=1.0)), 5)
+    split.add(_features(c=12, seed=8))
+    split.finalize()
+    monkeypatch.setattr(split.map, "_image_scores", no_image_score)  # the map view's bank gives maps only
+    image, maps = split.score(_features(b=2, c=12, seed=9))
+    assert image.shape == (2,) and maps.shape == (2, 5, 5) and (image > 0).all()
+
+
 def test_split_bank_round_trips_through_its_shape_and_state_dict() -> None:
     split = new_bank(MemoryConfig(coreset=CoresetConfig(ratio=0.5)), 5)
     split.add(_features(b=4, c=12, seed=5))
