@@ -98,12 +98,19 @@ class _NoiseDistiller(torch.nn.Module):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kind", "holds"), [("gated", True), ("calibrated_max", True), ("sum", False)])
-def test_mtfi_row_with_a_noise_hallucination_is_as_good_as_its_real_sensor(geometry_set: Path, kind, holds) -> None:
+@pytest.mark.parametrize(("fusion", "holds"), [
+    ({"kind": "gated"}, True),
+    ({"kind": "calibrated_max"}, True),
+    ({"kind": "sum"}, False),
+    # the hallucinated stream's pixels added above their good median instead of the maximum: better on
+    # the generated sets' real distillers (docs/method.md), not with a hallucination that is noise
+    ({"kind": "gated", "pixel_combine": "gated", "pixel_gate": 0.0}, False),
+])
+def test_mtfi_row_with_a_noise_hallucination_is_as_good_as_its_real_sensor(geometry_set: Path, fusion, holds) -> None:
     from cmdiad.pipeline.mtfi import Hallucinator
 
     cfg = DetectorConfig(method="f2f", main="xyz", data=DataConfig(image_size=(96, 96)),
-                         fusion=FusionConfig(kind=kind, fit_on="validation"))
+                         fusion=FusionConfig(fit_on="validation", **fusion))
     encoder = build_encoder(cfg, device="cpu")
     rgb = encoder.extractors["rgb"]
     noise = Hallucinator("f2f", _NoiseDistiller(rgb.out_channels), "rgb", rgb)
