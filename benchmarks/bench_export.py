@@ -32,7 +32,6 @@ import _common  # noqa: E402
 
 from cmdiad.cli import main as cli  # noqa: E402
 from cmdiad.memory.bank import SplitBank  # noqa: E402
-from cmdiad.types import PatchFeatures  # noqa: E402
 
 SECTION = "## ONNX export: parity and speed"
 SYNTH = ["--categories", "ring", "--train", "20", "--validation", "4", "--test-good", "4", "--test-defect", "2"]
@@ -67,20 +66,14 @@ def _nn_error(det, x: torch.Tensor) -> float:
         main = det.encoder.extractor("rgb").patch_features(x)
         for s in det.streams:
             pf = det.hallucinator(main, x) if s.hallucinated else main
-            for bank, feats in _searched(det.banks[s.name], pf.features):
-                patch = bank.patch_scores(PatchFeatures(feats, pf.valid))
-                c = feats.shape[1]
-                q = bank.standardize(feats.permute(0, 2, 3, 1).reshape(-1, c)).double()
-                true = torch.cdist(q, bank.bank.double()).min(dim=1).values.reshape(patch.shape)
+            bank = det.banks[s.name]
+            for view_bank, view in bank.views(pf) if isinstance(bank, SplitBank) else [(bank, pf)]:
+                patch = view_bank.patch_scores(view)
+                c = view.features.shape[1]
+                q = view_bank.standardize(view.features.permute(0, 2, 3, 1).reshape(-1, c)).double()
+                true = torch.cdist(q, view_bank.bank.double()).min(dim=1).values.reshape(patch.shape)
                 worst = max(worst, float((patch.double() - true).abs().max()))
     return worst
-
-
-def _searched(bank, features: torch.Tensor) -> list:
-    """``(MemoryBank, features)`` pairs a stream's bank searches: itself, or each view of a split bank."""
-    if isinstance(bank, SplitBank):
-        return [(bank.image, features[:, : bank.split]), (bank.map, features[:, bank.split :])]
-    return [(bank, features)]
 
 
 def _ms(fn, x, repeats: int) -> float:

@@ -372,8 +372,10 @@ class SplitBank(nn.Module):
         bank.map = MemoryBank.empty(config, *shapes["map"], device)
         return bank
 
-    def _views(self, pf: PatchFeatures) -> tuple[PatchFeatures, PatchFeatures]:
-        return image_view(pf, self.split), PatchFeatures(pf.features[:, self.split :], pf.valid)
+    def views(self, pf: PatchFeatures) -> tuple[tuple[MemoryBank, PatchFeatures], tuple[MemoryBank, PatchFeatures]]:
+        """Each view's bank with the features it takes: ``(image bank, image view), (map bank, map view)``."""
+        map_view = PatchFeatures(pf.features[:, self.split :], pf.valid)
+        return (self.image, image_view(pf, self.split)), (self.map, map_view)
 
     @property
     def shape(self) -> dict[str, list[int]]:
@@ -393,7 +395,7 @@ class SplitBank(nn.Module):
 
     def add(self, pf: PatchFeatures) -> None:
         """Append each view's valid patches to its bank."""
-        for bank, view in zip((self.image, self.map), self._views(pf), strict=True):
+        for bank, view in self.views(pf):
             bank.add(view)
 
     def finalize(
@@ -408,9 +410,9 @@ class SplitBank(nn.Module):
 
     def score(self, pf: PatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """Image scores ``(B,)`` from the image view's bank, patch scores ``(B, h, w)`` from the map view's."""
-        image_view, map_view = self._views(pf)
-        image, _ = self.image.score(image_view)
-        return image, self.map.patch_scores(map_view)
+        (image_bank, image_feats), (map_bank, map_feats) = self.views(pf)
+        image, _ = image_bank.score(image_feats)
+        return image, map_bank.patch_scores(map_feats)
 
     def extra_repr(self) -> str:
         return f"split at channel {self.split}"
