@@ -247,10 +247,17 @@ class FusionConfig:
     pixel_combine: str = "max"
     """``gated`` fuser, anomaly-map pixels: ``gated`` or ``max``."""
     image_gate: float = 3.0
-    """``gated``: calibrated image score above which a hallucinated stream counts (3 good-sample std)."""
+    """``gated``: calibrated image score above which a hallucinated stream counts (3 good-sample std),
+    before ``gate_correction``."""
     pixel_gate: float = 1.0
     """``gated``: calibrated pixel score above which a hallucinated stream counts (1 = its good
     ``calibration_quantile``)."""
+
+    gate_correction: str = "student_t"
+    """``gated``, ``zscore``-calibrated levels: ``student_t`` widens the gate to the prediction bound
+    of a new good sample at the false-alarm rate ``image_gate`` std give for a known normal
+    distribution, from the number of samples the calibration saw (6 samples: 6.5 for a gate of 3;
+    20: 3.6; many: 3), or ``none``."""
 
     def __post_init__(self) -> None:
         _check(self.kind in ("ocsvm", "sum", "calibrated_max", "gated"),
@@ -258,6 +265,8 @@ class FusionConfig:
         for what, combine in (("image", self.image_combine), ("pixel", self.pixel_combine)):
             _check(combine in ("gated", "max"), f"unknown {what}_combine {combine!r}; use gated or max")
         _check(self.image_gate >= 0 and self.pixel_gate >= 0, "image_gate and pixel_gate must be >= 0")
+        _check(self.gate_correction in ("student_t", "none"),
+               f"unknown gate_correction {self.gate_correction!r}; use student_t or none")
         for what, mode in (("image", self.image_calibration), ("pixel", self.pixel_calibration)):
             _check(mode in ("zscore", "quantile"), f"unknown {what}_calibration {mode!r}; use zscore or quantile")
         _check(0.5 < self.calibration_quantile < 1.0, "calibration_quantile must be in (0.5, 1)")

@@ -224,3 +224,35 @@ def test_gated_state_round_trips_and_a_three_row_state_loads_as_first_column_rea
     assert legacy.image_weights.shape == (4, 2)
     assert torch.equal(legacy.image_scores(rows), old.image_scores(rows))
     assert torch.equal(legacy.pixel_scores(rows), old.pixel_scores(rows))
+
+
+def test_student_t_gate_keeps_the_false_alarm_rate_of_its_sigma_level_for_few_samples() -> None:
+    from scipy import stats
+
+    from cmdiad.scoring.fusion import student_t_gate
+
+    rng = np.random.default_rng(7)
+    n, trials, p = 6, 400_000, stats.norm.sf(3.0)
+    fit = rng.normal(size=(trials, n))
+    new = rng.normal(size=trials)
+    z = (new - fit.mean(axis=1)) / fit.std(axis=1)  # as the zscore calibration computes it
+    assert (z > 3.0).mean() > 10 * p  # 3 estimated std: a false alarm on about 3 % of good parts
+    assert abs((z > student_t_gate(3.0, n)).mean() - p) < 0.3 * p  # the widened gate: about 0.13 %
+    gates = [student_t_gate(3.0, k) for k in (2, 6, 20, 200, 100_000)]
+    assert gates == sorted(gates, reverse=True) and abs(gates[-1] - 3.0) < 1e-3
+    assert student_t_gate(3.0, 1) == 3.0  # nothing estimated: kept
+
+
+def test_gated_fuser_widens_zscore_gates_only() -> None:
+    rng = np.random.default_rng(8)
+    val = torch.from_numpy(rng.normal(size=(6, 2))).float()
+    pix = torch.from_numpy(rng.normal(size=(6000, 2))).float()
+    from cmdiad.scoring.fusion import student_t_gate
+
+    fitted = GatedFuser(FusionConfig(kind="gated")).fit(val, pix, hallucinated=[False, True])
+    assert fitted.image_weights[2].tolist() == pytest.approx([0.0, student_t_gate(3.0, 6)])
+    assert fitted.pixel_weights[2].tolist() == pytest.approx([0.0, 1.0])  # quantile-calibrated pixels: as set
+    plain = GatedFuser(FusionConfig(kind="gated", gate_correction="none")).fit(val, pix, hallucinated=[False, True])
+    assert plain.image_weights[2].tolist() == pytest.approx([0.0, 3.0])
+    with pytest.raises(ConfigError, match="gate_correction"):
+        FusionConfig(kind="gated", gate_correction="bonferroni")
