@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 from cmdiad.config import FusionConfig, from_dict, to_dict
 from cmdiad.registry import Registry
@@ -291,6 +290,8 @@ def student_t_gate(gate: float, n: int) -> float:
     """
     if n < 2:
         return float(gate)
+    from scipy import stats  # 0.5 s to import: only where a gated fuser is fitted
+
     p = stats.norm.sf(gate)
     return float(stats.t.isf(p, n - 1) * np.sqrt((1 + 1 / n) * n / (n - 1)))
 
