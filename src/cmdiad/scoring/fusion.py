@@ -188,8 +188,11 @@ class CalibratedMaxFuser(Fuser):
     kind = "calibrated_max"
 
     def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray) -> np.ndarray:
-        mode = self.config.image_calibration if what == "image" else self.config.pixel_calibration
-        return calibration_constants(rows, mode, self.config.calibration_quantile)
+        return calibration_constants(rows, self._calibration(what), self.config.calibration_quantile)
+
+    def _calibration(self, what: str) -> str:
+        """The calibration mode of a level (``image`` or ``pixel``)."""
+        return self.config.image_calibration if what == "image" else self.config.pixel_calibration
 
     def _apply(self, rows: torch.Tensor, weights: np.ndarray | None) -> torch.Tensor:
         if weights is None:
@@ -232,8 +235,7 @@ class GatedFuser(CalibratedMaxFuser):
     def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray) -> np.ndarray:
         constants = super()._fit_weights(rows, what, hallucinated)
         gate = self.config.image_gate if what == "image" else self.config.pixel_gate
-        mode = self.config.image_calibration if what == "image" else self.config.pixel_calibration
-        if mode == "zscore" and self.config.gate_correction == "student_t":
+        if self._calibration(what) == "zscore" and self.config.gate_correction == "student_t":
             gate = student_t_gate(gate, rows.shape[0])
         flags = hallucinated.astype(np.float64)[None]
         return np.concatenate([constants, gate * flags, flags])

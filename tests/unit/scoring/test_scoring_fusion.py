@@ -12,7 +12,16 @@ import torch
 from cmdiad.config import FusionConfig
 from cmdiad.errors import ConfigError
 from cmdiad.metrics.classification import auroc
-from cmdiad.scoring.fusion import FUSERS, CalibratedMaxFuser, Fuser, GatedFuser, OCSVMFuser, SumFuser, build_fuser
+from cmdiad.scoring.fusion import (
+    FUSERS,
+    CalibratedMaxFuser,
+    Fuser,
+    GatedFuser,
+    OCSVMFuser,
+    SumFuser,
+    build_fuser,
+    student_t_gate,
+)
 
 
 def _rows(n: int, seed: int) -> torch.Tensor:
@@ -229,8 +238,6 @@ def test_gated_state_round_trips_and_a_three_row_state_loads_as_first_column_rea
 def test_student_t_gate_keeps_the_false_alarm_rate_of_its_sigma_level_for_few_samples() -> None:
     from scipy import stats
 
-    from cmdiad.scoring.fusion import student_t_gate
-
     rng = np.random.default_rng(7)
     n, trials, p = 6, 400_000, stats.norm.sf(3.0)
     fit = rng.normal(size=(trials, n))
@@ -247,8 +254,6 @@ def test_gated_fuser_widens_zscore_gates_only() -> None:
     rng = np.random.default_rng(8)
     val = torch.from_numpy(rng.normal(size=(6, 2))).float()
     pix = torch.from_numpy(rng.normal(size=(6000, 2))).float()
-    from cmdiad.scoring.fusion import student_t_gate
-
     fitted = GatedFuser(FusionConfig(kind="gated")).fit(val, pix, hallucinated=[False, True])
     assert fitted.image_weights[2].tolist() == pytest.approx([0.0, student_t_gate(3.0, 6)])
     assert fitted.pixel_weights[2].tolist() == pytest.approx([0.0, 1.0])  # quantile-calibrated pixels: as set
