@@ -25,10 +25,15 @@ from PIL import Image, ImageFilter
 
 def gaussian_kernel1d(sigma: float, *, truncate: float = 4.0) -> torch.Tensor:
     """Normalised 1-D Gaussian, radius ``ceil(truncate·σ)``; shape ``(2r + 1,)``."""
+    return torch.from_numpy(_kernel1d(sigma, truncate))
+
+
+def _kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    # numpy, so that a kernel built while a module is traced for ONNX export is a constant, not ops
     radius = max(1, math.ceil(truncate * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
+    x = np.arange(-radius, radius + 1, dtype=np.float32)
+    k = np.exp(np.float32(-0.5) * (x / np.float32(sigma)) ** 2)
+    return k / k.sum(dtype=np.float32)
 
 
 def _reflect(i: int, size: int, mode: str) -> int:
@@ -42,24 +47,39 @@ def _reflect(i: int, size: int, mode: str) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _blur_matrix(size: int, sigma: float) -> torch.Tensor:
-    """``(size, size)`` float64 matrix of the padded 1-D blur along one axis (identity when σ <= 0)."""
+    """``(size, size)`` float64 matrix of the padded 1-D blur along one axis (identity when σ <= 0).
+
+    Built with numpy: the matrices are cached on first use, and a first use while a module is
+    traced for ONNX export would otherwise record every element's update in the graph (about
+    550,000 nodes for a 192-px map, an export of many minutes).
+    """
     if sigma <= 0:
         return torch.eye(size, dtype=torch.float64)
-    kernel = gaussian_kernel1d(sigma).double()
-    r = kernel.numel() // 2
+    kernel = _kernel1d(sigma).astype(np.float64)
+    r = kernel.size // 2
     mode = "reflect" if r < size else "replicate"  # as gaussian_blur: reflect needs pad < size
-    m = torch.zeros(size, size, dtype=torch.float64)
+    m = np.zeros((size, size), dtype=np.float64)
     for i in range(size):
-        for k in range(kernel.numel()):
+        for k in range(kernel.size):
             m[i, _reflect(i + k - r, size, mode)] += kernel[k]
-    return m
+    return torch.from_numpy(m)
 
 
 @functools.lru_cache(maxsize=64)
 def _upsample_matrix(src: int, dst: int) -> torch.Tensor:
-    """``(dst, src)`` float64 matrix of 1-D linear interpolation, ``align_corners=False``."""
-    eye = torch.eye(src, dtype=torch.float64)[None]  # (1, src channels, src length)
-    return F.interpolate(eye, size=dst, mode="linear", align_corners=False)[0].T.contiguous()
+    """``(dst, src)`` float64 matrix of 1-D linear interpolation, ``align_corners=False``.
+
+    ``F.interpolate``'s rule (source position ``(j + 0.5) * src / dst - 0.5``, clamped at 0),
+    in numpy for the reason :func:`_blur_matrix` gives.
+    """
+    pos = np.maximum((np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5, 0.0)
+    lo = np.minimum(pos.astype(np.int64), src - 1)
+    hi = np.minimum(lo + 1, src - 1)
+    frac = pos - lo
+    m = np.zeros((dst, src), dtype=np.float64)
+    np.add.at(m, (np.arange(dst), lo), 1.0 - frac)
+    np.add.at(m, (np.arange(dst), hi), frac)
+    return torch.from_numpy(m)
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype:

@@ -77,6 +77,25 @@ def test_onnx_scores_match_the_detector(tiny_data: Path, tmp_path: Path, method:
     assert float(expected.image_score.std()) > 0  # the comparison is not between constants
 
 
+def test_export_with_cold_map_caches_gives_the_same_compact_graph(tiny_data: Path, tmp_path: Path) -> None:
+    """`cmdiad export` runs in a fresh process, where the cached upsampling and blur matrices are
+    built while the module is traced; building them must not record ops (it once gave 550,000
+    nodes for a 192-px map and an export of many minutes)."""
+    import onnx
+
+    from cmdiad.scoring import patch
+
+    det = _fit(tiny_data, "rgb", "rgb")
+    export_onnx(det, tmp_path / "warm.onnx")  # the matrices are cached by now
+    patch._blur_matrix.cache_clear()
+    patch._upsample_matrix.cache_clear()
+    export_onnx(det, tmp_path / "cold.onnx")
+    warm, cold = (onnx.load(str(tmp_path / f"{n}.onnx"), load_external_data=False) for n in ("warm", "cold"))
+    assert patch._blur_matrix.cache_info().currsize > 0  # the cold export did build them
+    assert len(cold.graph.node) == len(warm.graph.node)
+    assert not {n.op_type for n in cold.graph.node} & {"ScatterND", "Loop"}
+
+
 def test_metadata_and_router_wrapping(tiny_data: Path, tmp_path: Path) -> None:
     det = _fit(tiny_data, "f2f", "rgb")
     path = export_onnx(det, tmp_path / "m.onnx")
