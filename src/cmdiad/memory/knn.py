@@ -59,15 +59,16 @@ def _row_norms(bank: torch.Tensor, bank_chunk: int) -> torch.Tensor:
 def _torch_topk_block(
     q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int, bank_chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared-distance top-k (smallest) of one query chunk against all bank chunks.
+    """Top-k (smallest) squared distances less ``|q|^2`` of one query chunk against all bank chunks.
 
-    The working set is one ``(chunk, bank_chunk)`` distance block plus one float32 bank chunk.
+    ``|q|^2`` is the same for every bank row of a query, so the ranking leaves it out (one pass
+    less over each distance block). The working set is one ``(chunk, bank_chunk)`` block plus
+    one float32 bank chunk.
     """
-    q_sq = torch.einsum("md,md->m", q, q)[:, None]
     best_d2 = best_idx = None
     for start in range(0, bank.shape[0], bank_chunk):
         b = bank[start : start + bank_chunk].float()
-        d2 = torch.addmm(bank_sq[None, start : start + bank_chunk], q, b.T, alpha=-2.0).add_(q_sq)
+        d2 = torch.addmm(bank_sq[None, start : start + bank_chunk], q, b.T, alpha=-2.0)
         kk = min(k, b.shape[0])
         d2, idx = torch.topk(d2, kk, dim=1, largest=False)
         idx += start

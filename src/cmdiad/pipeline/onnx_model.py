@@ -22,7 +22,7 @@ from cmdiad.features.cache import FeatureCache
 from cmdiad.io.mvtec3d import load_sample
 from cmdiad.pipeline.export import INPUT_NAME, ONNX_FORMAT, ONNX_FORMAT_VERSION
 from cmdiad.pipeline.routing import Router
-from cmdiad.preprocessing.image import normalize, resize_rgb
+from cmdiad.preprocessing.image import resized_unit
 from cmdiad.types import SampleRecord, Scores
 
 log = logging.getLogger(__name__)
@@ -93,14 +93,16 @@ class OnnxDetector:
     def preprocess(self, records: Sequence[SampleRecord]) -> np.ndarray:
         """Normalised inputs ``(N, 3, H, W)`` float32 of the records' RGB files."""
         md = self.metadata
-        out = []
-        for r in records:
+        mean, std = (np.asarray(md[k], dtype=np.float32) for k in ("mean", "std"))
+        out = np.empty((len(records), 3, *self.image_size), dtype=np.float32)
+        for i, r in enumerate(records):
             if r.rgb_path is None:
                 raise DatasetError(r.key, f"sample {r.stem} has no rgb file, which this ONNX model needs")
             rgb = load_sample(r, ("rgb",)).rgb
-            x = normalize(resize_rgb(rgb, self.image_size, md["interpolation"]), md["mean"], md["std"])
-            out.append(x.numpy())
-        return np.stack(out).astype(np.float32, copy=False)
+            # numpy, channels last: the same float32 arithmetic as normalize(resize_rgb(...)), without
+            # torch's per-op overhead on a (3, H, W) image (measured ~4 ms per part in a busy service)
+            out[i] = ((resized_unit(rgb, self.image_size, md["interpolation"]) - mean) / std).transpose(2, 0, 1)
+        return out
 
     def score_inputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Image scores ``(N,)`` and anomaly maps ``(N, H, W)`` of normalised inputs ``(N, 3, H, W)``."""

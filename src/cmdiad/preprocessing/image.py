@@ -38,6 +38,11 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int], interpolation: str = "bic
     Returns:
         ``(3, H, W)`` float32 tensor in ``[0, 1]``.
     """
+    return torch.from_numpy(resized_unit(rgb, size, interpolation).transpose(2, 0, 1).copy())
+
+
+def resized_unit(rgb: np.ndarray, size: tuple[int, int], interpolation: str = "bicubic") -> np.ndarray:
+    """:func:`resize_rgb` as an ``(H, W, 3)`` float32 array, channels last (no torch)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
     if interpolation not in _INTERPOLATIONS:
@@ -45,8 +50,7 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int], interpolation: str = "bic
     img = Image.fromarray(np.ascontiguousarray(rgb))
     if img.size != _pil_size(size):
         img = img.resize(_pil_size(size), resample=_INTERPOLATIONS[interpolation])
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    return np.asarray(img, dtype=np.float32) / 255.0
 
 
 def _stats(x: torch.Tensor, values: Sequence[float]) -> torch.Tensor:
