@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -253,6 +254,10 @@ class FusionConfig:
     """``gated``: calibrated pixel score above which a hallucinated stream counts (1 = its good
     ``calibration_quantile``)."""
 
+    pixel_offset: float = 0.0
+    """``gated``, anomaly-map pixels: calibrated units added to each hallucinated stream's map
+    before the streams are combined (its calibrated centre moves down by this many spreads)."""
+
     gate_correction: str = "student_t"
     """``gated``, ``zscore``-calibrated levels: ``student_t`` widens the gate to the prediction bound
     of a new good sample at the false-alarm rate ``image_gate`` std give for a known normal
@@ -265,6 +270,7 @@ class FusionConfig:
         for what, combine in (("image", self.image_combine), ("pixel", self.pixel_combine)):
             _check(combine in ("gated", "max"), f"unknown {what}_combine {combine!r}; use gated or max")
         _check(self.image_gate >= 0 and self.pixel_gate >= 0, "image_gate and pixel_gate must be >= 0")
+        _check(math.isfinite(self.pixel_offset), "pixel_offset must be a finite number")
         _check(self.gate_correction in ("student_t", "none"),
                f"unknown gate_correction {self.gate_correction!r}; use student_t or none")
         for what, mode in (("image", self.image_calibration), ("pixel", self.pixel_calibration)):

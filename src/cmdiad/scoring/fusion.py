@@ -238,6 +238,9 @@ class GatedFuser(CalibratedMaxFuser):
         if self._calibration(what) == "zscore" and self.config.gate_correction == "student_t":
             gate = student_t_gate(gate, rows.shape[0])
         flags = hallucinated.astype(np.float64)[None]
+        if what == "pixel":  # z + offset for hallucinated columns, folded into their centres
+            constants = constants.copy()
+            constants[0] -= self.config.pixel_offset * constants[1] * flags[0]
         return np.concatenate([constants, gate * flags, flags])
 
     def _combine(self, what: str) -> str:

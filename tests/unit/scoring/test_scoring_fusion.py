@@ -261,3 +261,24 @@ def test_gated_fuser_widens_zscore_gates_only() -> None:
     assert plain.image_weights[2].tolist() == pytest.approx([0.0, 3.0])
     with pytest.raises(ConfigError, match="gate_correction"):
         FusionConfig(kind="gated", gate_correction="bonferroni")
+
+
+def test_gated_pixel_offset_raises_hallucinated_maps_only() -> None:
+    rng = np.random.default_rng(9)
+    val = torch.from_numpy(rng.normal(size=(6, 2))).float()
+    pix = torch.from_numpy(rng.gamma(2.0, size=(6000, 2))).float()
+    test = torch.from_numpy(rng.gamma(2.0, size=(500, 2)) * [1.0, 1.5]).float()
+    base = GatedFuser(FusionConfig(kind="gated")).fit(val, pix, hallucinated=[False, True])
+    for offset in (0.5, -0.25):
+        moved = GatedFuser(FusionConfig(kind="gated", pixel_offset=offset)).fit(val, pix, hallucinated=[False, True])
+        centre, spread = base.pixel_weights[0], base.pixel_weights[1]
+        z = (test.double().numpy() - centre) / spread
+        expected = np.maximum(z[:, 0], z[:, 1] + offset)
+        np.testing.assert_allclose(moved.pixel_scores(test).numpy(), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(moved.image_scores(val).numpy(), base.image_scores(val).numpy())
+        # two real sensors (dual): no column moves
+        real = GatedFuser(FusionConfig(kind="gated", pixel_offset=offset)).fit(val, pix, hallucinated=[False, False])
+        np.testing.assert_allclose(real.pixel_weights, GatedFuser(FusionConfig(kind="gated")).fit(
+            val, pix, hallucinated=[False, False]).pixel_weights)
+    with pytest.raises(ConfigError, match="pixel_offset"):
+        FusionConfig(kind="gated", pixel_offset=float("inf"))
