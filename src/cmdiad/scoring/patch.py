@@ -67,19 +67,9 @@ def _blur_matrix(size: int, sigma: float) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _upsample_matrix(src: int, dst: int) -> torch.Tensor:
-    """``(dst, src)`` float64 matrix of 1-D linear interpolation, ``align_corners=False``.
-
-    ``F.interpolate``'s rule (source position ``(j + 0.5) * src / dst - 0.5``, clamped at 0),
-    in numpy for the reason :func:`_blur_matrix` gives.
-    """
-    pos = np.maximum((np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5, 0.0)
-    lo = np.minimum(pos.astype(np.int64), src - 1)
-    hi = np.minimum(lo + 1, src - 1)
-    frac = pos - lo
-    m = np.zeros((dst, src), dtype=np.float64)
-    np.add.at(m, (np.arange(dst), lo), 1.0 - frac)
-    np.add.at(m, (np.arange(dst), hi), frac)
-    return torch.from_numpy(m)
+    """``(dst, src)`` float64 matrix of 1-D linear interpolation, ``align_corners=False``."""
+    eye = torch.eye(src, dtype=torch.float64)[None]  # (1, src channels, src length)
+    return F.interpolate(eye, size=dst, mode="linear", align_corners=False)[0].T.contiguous()
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype:
