@@ -117,3 +117,5 @@ def test_mtfi_row_with_a_noise_hallucination_is_as_good_as_its_real_sensor(geome
     det = Detector(cfg, encoder, hallucinator=noise)
     assert [s.name for s in det.streams] == ["xyz", "rgb_from_xyz"]
     _check_against_xyz(det, geometry_set, holds)
+    if det.fuser.kind == "gated":  # noise explains nothing of the real features: no offset raises its map
+        assert cfg.fusion.pixel_offset > 0 and det.fuser.config.pixel_offset == 0.0

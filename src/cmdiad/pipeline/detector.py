@@ -24,9 +24,18 @@ from cmdiad.config import DetectorConfig
 from cmdiad.distill.train import TrainReport
 from cmdiad.errors import DatasetError
 from cmdiad.memory.bank import MemoryBank, SplitBank, new_bank
-from cmdiad.pipeline.core import DetectorCore, StreamScores
+from cmdiad.pipeline.core import DetectorCore, FusionState, StreamScores
 from cmdiad.pipeline.encoder import Encoder, Progress, staged
-from cmdiad.pipeline.mtfi import DESIGNS, Design, Hallucinator, PairedData, design, fidelity, train_hallucinator
+from cmdiad.pipeline.mtfi import (
+    DESIGNS,
+    Design,
+    Hallucinator,
+    PairedData,
+    design,
+    earned_fusion_config,
+    fidelity,
+    train_hallucinator,
+)
 from cmdiad.pipeline.streams import Stream, needed_modalities
 from cmdiad.scoring.fusion import Fuser
 from cmdiad.types import PatchFeatures, SampleRecord, Scores
@@ -201,7 +210,9 @@ class Detector:
                 s, usable, mean_std.get(s.target, (None, None)), progress, keep=kept.get(s.name)
             )
             report.bank_sizes[s.name] = self.core.banks[s.name].num_rows
-        report.fidelity = self._fidelity(validation)
+        report.fidelity = self.hallucination_fidelity(validation)
+        if self.core.hallucinated is not None:  # what the hallucinated stream earned on held-out parts
+            self.core.fusion = FusionState(earned_fusion_config(self.config.fusion, report.fidelity))
         if on_validation:
             self._fit_fusion(self.stream_scores(held_out, staged(progress, "validation scores")))
         else:
@@ -285,7 +296,7 @@ class Detector:
     def _hallucinate(self, main: PatchFeatures, inputs: torch.Tensor | None) -> PatchFeatures:
         return self.core.hallucinate(main, inputs, self.encoder.batch_size)
 
-    def _fidelity(self, validation: Sequence[SampleRecord]) -> dict[str, float] | None:
+    def hallucination_fidelity(self, validation: Sequence[SampleRecord]) -> dict[str, float] | None:
         """Fidelity of the hallucinated stream on held-out samples that have both modalities."""
         hall = [s for s in self.streams if s.hallucinated]
         paired = [r for r in validation if r.modalities >= {"rgb", "xyz"}]

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cmdiad.config import DistillConfig
+from cmdiad.config import DistillConfig, FusionConfig
 from cmdiad.designs import DESIGNS as _DESIGNS
 from cmdiad.distill.networks import build_distiller, feature_grid
 from cmdiad.distill.reference import load_reference_checkpoint, reference_checkpoint_path
@@ -99,6 +99,22 @@ DESIGNS = _DESIGNS
 def design(kind: str) -> Design:
     """The design registered as ``kind``."""
     return DESIGNS.get(kind)()
+
+
+def earned_fusion_config(fusion: FusionConfig, fid: dict[str, float] | None) -> FusionConfig:
+    """The fusion settings of a row whose hallucinated stream measured fidelity ``fid``
+    (:func:`fidelity` on held-out parts; None when none had both modalities).
+
+    ``pixel_offset`` is kept only when the hallucination explains the real target features
+    better than their mean patch does (``r2 > 0``), and is 0 otherwise: raising a hallucinated
+    map lets its moderate responses win against the main sensor's, which pays only where those
+    responses carry the target modality's evidence (docs/method.md, "An offset for hallucinated maps").
+    """
+    r2 = (fid or {}).get("r2", float("nan"))
+    if fusion.pixel_offset == 0 or r2 > 0:
+        return fusion
+    log.info("hallucination r2 %s on held-out parts: no pixel_offset for its map", f"{r2:.3f}")
+    return replace(fusion, pixel_offset=0.0)
 
 
 def _on(pf: PatchFeatures, grid: tuple[int, int] | None) -> PatchFeatures:
@@ -323,14 +339,19 @@ def fidelity(hallucinated: PatchFeatures, real: PatchFeatures) -> dict[str, floa
 
     Returns:
         ``cosine``: mean cosine similarity per patch; ``rel_l2``: ``||hallucinated - real|| / ||real||``
-        over all valid patches; ``patches``: how many patches were compared.
+        over all valid patches; ``r2``: the fraction of the real features' variation around their
+        mean patch that the hallucination explains, ``1 - ||hallucinated - real||^2 / ||real -
+        mean||^2`` (1: exact; 0: no better than predicting the mean patch everywhere; negative:
+        worse); ``patches``: how many patches were compared.
     """
     real = to_grid(real, hallucinated.grid)
     keep = hallucinated.valid & real.valid
     h = hallucinated.features.permute(0, 2, 3, 1)[keep].double()
     r = real.features.permute(0, 2, 3, 1)[keep].double()
     if h.shape[0] == 0:
-        return {"cosine": float("nan"), "rel_l2": float("nan"), "patches": 0}
+        return {"cosine": float("nan"), "rel_l2": float("nan"), "r2": float("nan"), "patches": 0}
     cosine = torch.nn.functional.cosine_similarity(h, r, dim=1, eps=1e-12).mean()
-    rel = (h - r).norm() / r.norm().clamp_min(1e-12)
-    return {"cosine": float(cosine), "rel_l2": float(rel), "patches": int(h.shape[0])}
+    err = (h - r).square().sum()
+    rel = err.sqrt() / r.norm().clamp_min(1e-12)
+    r2 = 1.0 - err / (r - r.mean(dim=0)).square().sum().clamp_min(1e-24)
+    return {"cosine": float(cosine), "rel_l2": float(rel), "r2": float(r2), "patches": int(h.shape[0])}

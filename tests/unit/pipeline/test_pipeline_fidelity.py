@@ -38,3 +38,24 @@ def test_nothing_to_compare_gives_nan() -> None:
     x = torch.randn(1, 2, 2, 2)
     out = fidelity(_pf(x), _pf(x, torch.zeros(1, 2, 2, dtype=torch.bool)))
     assert out["patches"] == 0 and math.isnan(out["cosine"])
+
+
+def test_r2_is_one_when_exact_zero_for_the_mean_patch_and_negative_for_noise() -> None:
+    real = torch.randn(3, 4, 5, 5) + 2.0
+    assert math.isclose(fidelity(_pf(real), _pf(real))["r2"], 1.0, abs_tol=1e-12)
+    mean_patch = real.mean(dim=(0, 2, 3), keepdim=True).expand_as(real)
+    assert math.isclose(fidelity(_pf(mean_patch), _pf(real))["r2"], 0.0, abs_tol=1e-9)
+    noise = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(1)) + 2.0
+    assert fidelity(_pf(noise), _pf(real))["r2"] < -0.5  # as spread as the real features, unrelated
+    halfway = 0.5 * (real + mean_patch)
+    assert math.isclose(fidelity(_pf(halfway), _pf(real))["r2"], 0.75, abs_tol=1e-6)
+
+
+def test_the_pixel_offset_is_earned_by_a_hallucination_that_explains_the_real_features() -> None:
+    from cmdiad.config import FusionConfig
+    from cmdiad.pipeline.mtfi import earned_fusion_config
+
+    cfg = FusionConfig(kind="gated", pixel_offset=0.5)
+    assert earned_fusion_config(cfg, {"r2": 0.3, "cosine": 0.8}) is cfg
+    for fid in ({"r2": -0.2}, {"r2": 0.0}, {"r2": float("nan")}, None):  # worse than the mean, or unmeasured
+        assert earned_fusion_config(cfg, fid) == FusionConfig(kind="gated", pixel_offset=0.0)

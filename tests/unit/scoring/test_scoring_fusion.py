@@ -187,7 +187,7 @@ def test_gated_pixel_max_equals_calibrated_max_and_config_is_checked() -> None:
     rng = np.random.default_rng(4)
     val = torch.from_numpy(rng.normal(size=(500, 2))).float()
     rows = torch.from_numpy(rng.normal(size=(50, 2))).float()
-    gated = GatedFuser(FusionConfig(kind="gated", pixel_combine="max")).fit(val, val)
+    gated = GatedFuser(FusionConfig(kind="gated", pixel_combine="max", pixel_offset=0.0)).fit(val, val)
     plain = CalibratedMaxFuser(FusionConfig(kind="calibrated_max")).fit(val, val)
     assert torch.allclose(gated.pixel_scores(rows), plain.pixel_scores(rows))
     with pytest.raises(ConfigError, match="image_combine"):
@@ -268,7 +268,7 @@ def test_gated_pixel_offset_raises_hallucinated_maps_only() -> None:
     val = torch.from_numpy(rng.normal(size=(6, 2))).float()
     pix = torch.from_numpy(rng.gamma(2.0, size=(6000, 2))).float()
     test = torch.from_numpy(rng.gamma(2.0, size=(500, 2)) * [1.0, 1.5]).float()
-    base = GatedFuser(FusionConfig(kind="gated")).fit(val, pix, hallucinated=[False, True])
+    base = GatedFuser(FusionConfig(kind="gated", pixel_offset=0.0)).fit(val, pix, hallucinated=[False, True])
     for offset in (0.5, -0.25):
         moved = GatedFuser(FusionConfig(kind="gated", pixel_offset=offset)).fit(val, pix, hallucinated=[False, True])
         centre, spread = base.pixel_weights[0], base.pixel_weights[1]
@@ -278,7 +278,7 @@ def test_gated_pixel_offset_raises_hallucinated_maps_only() -> None:
         np.testing.assert_allclose(moved.image_scores(val).numpy(), base.image_scores(val).numpy())
         # two real sensors (dual): no column moves
         real = GatedFuser(FusionConfig(kind="gated", pixel_offset=offset)).fit(val, pix, hallucinated=[False, False])
-        np.testing.assert_allclose(real.pixel_weights, GatedFuser(FusionConfig(kind="gated")).fit(
+        np.testing.assert_allclose(real.pixel_weights, GatedFuser(FusionConfig(kind="gated", pixel_offset=0.0)).fit(
             val, pix, hallucinated=[False, False]).pixel_weights)
     with pytest.raises(ConfigError, match="pixel_offset"):
         FusionConfig(kind="gated", pixel_offset=float("inf"))
