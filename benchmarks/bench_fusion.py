@@ -36,6 +36,7 @@ from cmdiad.features.cache import FeatureCache  # noqa: E402
 from cmdiad.io.mvtec3d import list_categories  # noqa: E402
 from cmdiad.metrics.classification import auroc  # noqa: E402
 from cmdiad.pipeline.detector import Detector  # noqa: E402
+from cmdiad.pipeline.mtfi import earned_fusion_config  # noqa: E402
 from cmdiad.pipeline.persist import build_encoder  # noqa: E402
 from cmdiad.pipeline.presets import preset  # noqa: E402
 from cmdiad.pipeline.runs import PooledDistiller, category_splits, pooled_distillers  # noqa: E402
@@ -112,7 +113,9 @@ def stream_scores(root: Path, category: str, row: str) -> dict[str, np.ndarray]:
                                        skip_bad=data.skip_bad_samples)
     det = Detector(dcfg, encoder, shared_banks=_SHARED.setdefault((root, category), {}),
                    hallucinator=pooled.hallucinator if pooled is not None else None)
-    det.fit(train, validation=val)
+    report = det.fit(train, validation=val)
+    if report.fidelity is not None:
+        _fidelity_path(root, category, row, cfg).write_text(json.dumps(report.fidelity))
     names = [s.name for s in det.streams]
     v_img, v_map = _stack(det.stream_scores(val), names)
     t_img, t_map = _stack(det.stream_scores(test), names)
@@ -125,6 +128,31 @@ def stream_scores(root: Path, category: str, row: str) -> dict[str, np.ndarray]:
     CACHE.mkdir(exist_ok=True)
     np.savez_compressed(path, **out)
     return out
+
+
+def _fidelity_path(root: Path, category: str, row: str, cfg: ExperimentConfig) -> Path:
+    CACHE.mkdir(exist_ok=True)
+    return CACHE / f"{_cache_tag(root, category, row, cfg)}.fidelity.json"
+
+
+def fidelity_of(root: Path, category: str, row: str) -> dict | None:
+    """The row's hallucination fidelity on the category's validation samples, as its fit measures
+    it (cached beside the scores; measured from the pooled distiller for a cache written before)."""
+    cfg = _config(root)
+    path = _fidelity_path(root, category, row, cfg)
+    if path.is_file():
+        return json.loads(path.read_text())
+    pooled = _pooled(root, cfg, row)
+    if pooled is None:
+        raise FileNotFoundError(f"{path} is missing; delete the row's cached scores to refit it")
+    method, main = parse_row(row)
+    data = cfg.detector.data
+    val = category_splits(root, category, with_validation=data.train_with_validation, skip_bad=data.skip_bad_samples)[1]
+    det = Detector(replace(cfg.detector, method=method, main=main), _encoder(root, cfg),
+                   hallucinator=pooled.hallucinator)
+    fid = det.hallucination_fidelity(val)
+    path.write_text(json.dumps(fid))
+    return fid
 
 
 def _per_defect(image: np.ndarray, maps: np.ndarray, d: dict) -> dict[str, tuple[float, float]]:
@@ -149,7 +177,7 @@ def fuser_config(rule: str) -> FusionConfig:
             fields["pixel_calibration"] = key
             continue
         default = getattr(FusionConfig(), key)
-        fields[key] = type(default)(value)
+        fields[key] = float(value) if default is None else type(default)(value)  # None: a float or null field
     return FusionConfig(**fields)
 
 
@@ -162,9 +190,14 @@ def hallucinated_columns(root: Path, row: str, d: dict) -> list[bool]:
     return [s.hallucinated for s in streams]
 
 
-def fused(d: dict, rule: str, hallucinated: list[bool]) -> tuple[np.ndarray, np.ndarray]:
-    """Test image scores and maps fused by ``rule`` (see :func:`fuser_config`) fitted on validation."""
-    fuser = build_fuser(fuser_config(rule))
+def fused(d: dict, rule: str, hallucinated: list[bool], fid: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """Test image scores and maps fused by ``rule`` (see :func:`fuser_config`) fitted on validation.
+
+    With a hallucinated stream, the settings are what the detector makes of them given the
+    stream's fidelity ``fid`` (:func:`~cmdiad.pipeline.mtfi.earned_fusion_config`).
+    """
+    cfg = fuser_config(rule)
+    fuser = build_fuser(earned_fusion_config(cfg, fid) if any(hallucinated) else cfg)
     k = d["val_image"].shape[1]
     fuser.fit(torch.as_tensor(d["val_image"]), torch.as_tensor(d["val_maps"].reshape(-1, k)), hallucinated)
     image = fuser.image_scores(torch.as_tensor(d["test_image"])).numpy()
@@ -195,7 +228,8 @@ def compare(roots: list[Path], rules: list[str]) -> list[list]:
                 per_stream = [_per_defect(d["test_image"][:, j], d["test_maps"][..., j], d)
                               for j in range(d["test_image"].shape[1])]
                 roles = hallucinated_columns(root, row, d)
-                per_rule = [_per_defect(*fused(d, r, roles), d) for r in rules]
+                fid = fidelity_of(root, category, row) if any(roles) else None
+                per_rule = [_per_defect(*fused(d, r, roles, fid), d) for r in rules]
                 n_good = int((d["defects"] == "good").sum())
                 for defect in per_stream[0]:
                     best_i = max(s[defect][0] for s in per_stream)
