@@ -217,7 +217,10 @@ class GatedFuser(CalibratedMaxFuser):
     (:func:`student_t_gate`, ``FusionConfig.gate_correction``): 3 std of 6 validation parts are
     exceeded by about 3 % of good parts, not 0.13 %. With two real sensors
     (``dual``) this is the calibrated maximum; for an MTFI row, the real sensor's ranking is kept
-    wherever the hallucinated stream is within its good range.
+    wherever the hallucinated stream is within its good range. Pixels: a hallucinated column
+    is raised by ``FusionConfig.pixel_offset`` calibrated units (folded into its centre) before
+    they are combined; the detector sets it to 0 for a hallucination that does not explain the
+    real features of held-out parts (:func:`cmdiad.pipeline.mtfi.earned_fusion_config`).
     Why the two roles differ: a real second sensor is independent evidence, and a defect that
     only it sees (a stain for a 3D scan) must be able to decide. A hallucinated stream is computed
     from the main sensor's own input, so it carries no evidence that sensor lacks beyond what the
