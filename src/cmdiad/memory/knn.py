@@ -71,7 +71,8 @@ def _torch_topk_block(
         d2 = torch.addmm(bank_sq[None, start : start + bank_chunk], q, b.T, alpha=-2.0)
         kk = min(k, b.shape[0])
         d2, idx = torch.topk(d2, kk, dim=1, largest=False)
-        idx += start
+        if start:
+            idx = idx + start
         if best_d2 is not None:
             d2, pos = torch.topk(torch.cat([best_d2, d2], 1), k, dim=1, largest=False)
             idx = torch.gather(torch.cat([best_idx, idx], 1), 1, pos)
@@ -79,16 +80,21 @@ def _torch_topk_block(
     return best_d2, best_idx
 
 
-def _torch_search(
-    queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int, chunk_size: int, bank_chunk_size: int
-) -> torch.Tensor:
-    """Indices (M, k) of the k nearest bank rows, torch back-end (``bank_sq`` from :func:`_row_norms`)."""
-    out = torch.empty(queries.shape[0], k, dtype=torch.long, device=queries.device)
-    for start in range(0, queries.shape[0], chunk_size):
-        q = queries[start : start + chunk_size].float()
-        _, idx = _torch_topk_block(q, bank, bank_sq, k, bank_chunk_size)
-        out[start : start + chunk_size] = idx
-    return out
+def nearest_rows(
+    q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int, candidates: int, bank_chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact L2 ``k`` nearest bank rows of ``q`` ``(M, D)``: distances and indices ``(M, k)``, ascending.
+
+    The expanded formula ranks ``candidates >= k`` rows (bank chunk by bank chunk); their
+    distances are then recomputed as ``|q - b|`` and re-sorted. Where a query lies very close to
+    bank rows (hallucinated features do), the expanded formula's float32 cancellation can rank a
+    farther row first, so the extra candidates make the result the exact nearest neighbours.
+    With ``bank_chunk >= len(bank)`` it is a fixed sequence of tensor ops (the ONNX graph's search).
+    """
+    _, idx = _torch_topk_block(q, bank, bank_sq, candidates, bank_chunk)
+    dist = torch.linalg.vector_norm(q[:, None, :] - bank[idx].float(), dim=-1)
+    dist, order = torch.sort(dist, dim=1)
+    return dist[:, :k], torch.gather(idx, 1, order[:, :k])
 
 
 RERANK_CANDIDATES = 8
@@ -155,25 +161,24 @@ class KnnIndex:
             ``dist = inf`` where fewer than ``k`` neighbours were found.
         """
         _check_inputs(queries, self.bank, k)
+        q = queries.to(self.bank.device)
         if self._faiss is None:
-            # A few more candidates than asked, re-ranked below by exact distances: the expanded
+            # A few more candidates than asked, re-ranked by exact distances: the expanded
             # formula's float32 cancellation can rank a farther row first among near-ties.
             candidates = min(len(self), max(k, RERANK_CANDIDATES))
-            idx = _torch_search(queries.to(self.bank.device), self.bank, self._bank_sq, candidates,
-                                self.chunk_size, self.bank_chunk_size)
-        else:
-            idx = self._faiss_search(queries, k)
-        idx = idx.to(self.bank.device)
-        q = queries.to(self.bank.device)
+            parts = [nearest_rows(q[s : s + self.chunk_size].float(), self.bank, self._bank_sq, k, candidates,
+                                  self.bank_chunk_size) for s in range(0, q.shape[0], self.chunk_size)]
+            dist, idx = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            return dist.to(queries.device), idx.to(queries.device)
+        idx = self._faiss_search(queries, k).to(self.bank.device)
         dist = torch.cat(
             [
                 _exact_distances(q[s : s + self.chunk_size], self.bank, idx[s : s + self.chunk_size])
                 for s in range(0, q.shape[0], self.chunk_size)
             ]
         )
-        # Re-sort: exact distances may reorder near-ties found from the expanded formula.
+        # Re-sort: exact distances may reorder near-ties of an approximate index.
         dist, order = torch.sort(dist, dim=1)
-        dist, order = dist[:, :k], order[:, :k]
         return dist.to(queries.device), torch.gather(idx, 1, order).to(queries.device)
 
     def _faiss_search(self, queries: torch.Tensor, k: int) -> torch.Tensor:

@@ -28,6 +28,7 @@ from torch import nn
 from cmdiad import __version__
 from cmdiad.errors import CmdiadError
 from cmdiad.memory.bank import MemoryBank, SplitBank, reweighted_image_score
+from cmdiad.memory.knn import nearest_rows
 from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.streams import Stream, row_name
 from cmdiad.scoring.patch import anomaly_map, image_score
@@ -73,23 +74,6 @@ def check_exportable(det: Detector) -> str:
     return row
 
 
-def _l2_topk(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, k: int,
-             candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact L2 ``k`` nearest bank rows of ``q`` ``(M, D)``: distances and indices ``(M, k)``, ascending.
-
-    The expanded formula ranks ``candidates >= k`` rows; their distances are then recomputed as
-    ``|q − b|`` and re-sorted. Where a query lies very close to bank rows (hallucinated features
-    do), the expanded formula's float32 cancellation error can rank a farther row first, so the
-    extra candidates make the result the exact nearest neighbours. The ranking leaves out
-    ``|q|^2``, the same for every bank row of a query: one pass less over the ``(M, rows)`` matrix.
-    """
-    rank = bank_sq[None] - 2.0 * (q @ bank.T)
-    _, idx = torch.topk(rank, candidates, dim=1, largest=False)
-    dist = torch.linalg.vector_norm(q[:, None, :] - bank[idx], dim=-1)
-    dist, order = torch.sort(dist, dim=1)
-    return dist[:, :k], torch.gather(idx, 1, order)[:, :k]
-
-
 class BankHead(nn.Module):
     """One stream's scoring: bank kNN, re-weighted image score and blurred anomaly map.
 
@@ -121,7 +105,7 @@ class BankHead(nn.Module):
         """Standardised queries ``(B*h*w, C)``, patch scores ``(B, h, w)`` and each patch's nearest bank row."""
         b, c, h, w = feats.shape
         q = (feats.permute(0, 2, 3, 1).reshape(-1, c).float() - self.mean) / self.std
-        dist, idx = _l2_topk(q, self.bank, self.bank_sq, 1, self.candidates)
+        dist, idx = nearest_rows(q, self.bank, self.bank_sq, 1, self.candidates, self.bank.shape[0])
         return q, dist[:, 0].reshape(b, h, w), idx[:, 0]
 
     def image_of(self, q: torch.Tensor, patch: torch.Tensor, nn_idx: torch.Tensor) -> torch.Tensor:
@@ -134,7 +118,7 @@ class BankHead(nn.Module):
         c = q.shape[1]
         star_q = q.reshape(b, h * w, c).gather(1, where[:, None, None].expand(b, 1, c))[:, 0]
         star_nn = nn_idx.reshape(b, h * w).gather(1, where[:, None])[:, 0]
-        _, neigh = _l2_topk(self.bank[star_nn], self.bank, self.bank_sq, self.k, self.k)
+        _, neigh = nearest_rows(self.bank[star_nn], self.bank, self.bank_sq, self.k, self.k, self.bank.shape[0])
         d_neigh = torch.linalg.vector_norm(star_q[:, None, :] - self.bank[neigh[:, 1:]], dim=-1)
         return reweighted_image_score(s_star, d_neigh, c)
 
