@@ -177,7 +177,7 @@ def fuser_config(rule: str) -> FusionConfig:
             fields["pixel_calibration"] = key
             continue
         default = getattr(FusionConfig(), key)
-        fields[key] = float(value) if default is None else type(default)(value)  # None: a float or null field
+        fields[key] = type(default)(value)
     return FusionConfig(**fields)
 
 
