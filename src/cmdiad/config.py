@@ -235,9 +235,11 @@ class FusionConfig:
     """Scores the fusers learn from: the ``train`` samples in their own banks (reference) or
     held-out ``validation`` good samples (falls back to training samples when there are none)."""
 
-    image_calibration: str = "zscore"
-    """``calibrated_max``, image scores: ``zscore`` (mean and std of the good samples' scores) or
-    ``quantile`` (median, and the distance to ``calibration_quantile``)."""
+    image_calibration: str = "zscore_tail"
+    """``calibrated_max`` and ``gated``, image scores: ``zscore`` (mean and std of the good samples'
+    scores), ``zscore_tail`` (the mean, and the larger of that std and the spread that a part's
+    maximum has given the tail of the same samples' pixel scores) or ``quantile`` (median, and the
+    distance to ``calibration_quantile``)."""
     pixel_calibration: str = "quantile"
     """``calibrated_max``, anomaly-map pixels: ``zscore`` or ``quantile`` (aligns the streams' tails)."""
     calibration_quantile: float = 0.999
@@ -275,7 +277,8 @@ class FusionConfig:
         _check(self.gate_correction in ("student_t", "none"),
                f"unknown gate_correction {self.gate_correction!r}; use student_t or none")
         for what, mode in (("image", self.image_calibration), ("pixel", self.pixel_calibration)):
-            _check(mode in ("zscore", "quantile"), f"unknown {what}_calibration {mode!r}; use zscore or quantile")
+            modes = ("zscore", "zscore_tail", "quantile") if what == "image" else ("zscore", "quantile")
+            _check(mode in modes, f"unknown {what}_calibration {mode!r}; use one of: {', '.join(modes)}")
         _check(0.5 < self.calibration_quantile < 1.0, "calibration_quantile must be in (0.5, 1)")
         _check(self.fit_on in ("validation", "train"),
                f"unknown fusion fit_on {self.fit_on!r}; use one of: validation, train")

@@ -77,11 +77,14 @@ class Fuser:
         if image.shape[1] != pixel.shape[1]:
             raise ValueError(f"image rows have {image.shape[1]} columns, pixel rows {pixel.shape[1]}")
         flags = column_roles(image.shape[1], hallucinated)
-        self.image_weights = self._fit_weights(image, "image", flags)
-        self.pixel_weights = self._fit_weights(self._subsample(pixel), "pixel", flags)
+        pixel = self._subsample(pixel)
+        self.image_weights = self._fit_weights(image, "image", flags, pixel)
+        self.pixel_weights = self._fit_weights(pixel, "pixel", flags, pixel)
         return self
 
-    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray) -> np.ndarray:
+    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        """The fitted array of one level (``what``) from its rows; ``pixels`` are the pixel rows of
+        the same samples, which an image-level calibration may draw on."""
         raise NotImplementedError
 
     def _subsample(self, rows: np.ndarray) -> np.ndarray:
@@ -140,7 +143,7 @@ class SumFuser(Fuser):
 
     kind = "sum"
 
-    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray) -> np.ndarray:
+    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray, pixels: np.ndarray) -> np.ndarray:
         return normalised_sum_weights(rows)
 
 
@@ -150,7 +153,7 @@ class OCSVMFuser(Fuser):
 
     kind = "ocsvm"
 
-    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray) -> np.ndarray:
+    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray, pixels: np.ndarray) -> np.ndarray:
         from sklearn.linear_model import SGDOneClassSVM
 
         cfg = self.config
@@ -174,8 +177,9 @@ class CalibratedMaxFuser(Fuser):
     samples it was fitted on (``FusionConfig.image_calibration`` / ``pixel_calibration``), so a
     value of 1 means the same degree of "unusual for a good part" in every stream; the fused score
     is the maximum over streams. Image scores (one per validation sample, few) use the mean and
-    std; pixels (many) use the median and a high quantile, which aligns the streams' upper tails,
-    where a pixel is declared anomalous or not.
+    std, the std floored by the spread the pixels' tail implies for a part's maximum
+    (``zscore_tail``, :func:`field_max_spread`); pixels (many) use the median and a high
+    quantile, which aligns the streams' upper tails, where a pixel is declared anomalous or not.
     Why the maximum and not a weighted sum: without defective samples there is no signal to
     learn weights from, and a sum lets a stream that sees nothing of a defect dilute a stream that
     sees it clearly (a geometry-only bump in an RGB stream, a stain in an xyz stream). Under the
@@ -187,8 +191,8 @@ class CalibratedMaxFuser(Fuser):
 
     kind = "calibrated_max"
 
-    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray) -> np.ndarray:
-        return calibration_constants(rows, self._calibration(what), self.config.calibration_quantile)
+    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        return calibration_constants(rows, self._calibration(what), self.config.calibration_quantile, pixels)
 
     def _calibration(self, what: str) -> str:
         """The calibration mode of a level (``image`` or ``pixel``)."""
@@ -212,8 +216,8 @@ class GatedFuser(CalibratedMaxFuser):
     for a good part" in every stream), then fused as ``max_real z + sum_hal max(0, z - gate)``:
     the maximum over the real sensors' columns, plus each hallucinated column's excess over
     ``gate`` = ``FusionConfig.image_gate`` / ``pixel_gate`` in calibrated units (``combine`` =
-    ``gated``), or the maximum over every column (``combine`` = ``max``). A ``zscore``-calibrated
-    level's gate is widened for the few samples its mean and spread come from
+    ``gated``), or the maximum over every column (``combine`` = ``max``). A ``zscore`` or
+    ``zscore_tail``-calibrated level's gate is widened for the few samples its mean and spread come from
     (:func:`student_t_gate`, ``FusionConfig.gate_correction``): 3 std of 6 validation parts are
     exceeded by about 3 % of good parts, not 0.13 %. With two real sensors
     (``dual``) this is the calibrated maximum; for an MTFI row, the real sensor's ranking is kept
@@ -235,10 +239,10 @@ class GatedFuser(CalibratedMaxFuser):
 
     kind = "gated"
 
-    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray) -> np.ndarray:
-        constants = super()._fit_weights(rows, what, hallucinated)
+    def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        constants = super()._fit_weights(rows, what, hallucinated, pixels)
         gate = self.config.image_gate if what == "image" else self.config.pixel_gate
-        if self._calibration(what) == "zscore" and self.config.gate_correction == "student_t":
+        if self._calibration(what) in MOMENT_CALIBRATIONS and self.config.gate_correction == "student_t":
             gate = student_t_gate(gate, rows.shape[0])
         flags = hallucinated.astype(np.float64)[None]
         if what == "pixel":  # z + offset for hallucinated columns, folded into their centres
@@ -318,15 +322,44 @@ def column_roles(k: int, hallucinated: Sequence[bool] | None) -> np.ndarray:
     return flags
 
 
-def calibration_constants(rows: np.ndarray, mode: str, quantile: float) -> np.ndarray:
+MOMENT_CALIBRATIONS = ("zscore", "zscore_tail")
+"""Calibrations whose centre and spread are the moments of the few image scores (gates widen for them)."""
+
+FIELD_MAX_SCALE = float(np.pi / np.sqrt(6.0) / np.log(10.0))
+"""Spread of a part's maximum pixel score per unit of its pixels' ``q(0.999) - q(0.99)`` (0.557)."""
+
+
+def field_max_spread(pixels: np.ndarray) -> np.ndarray:
+    """The spread ``(K,)`` that good parts' maximum scores have, from the tail of their pixel scores ``(P, K)``.
+
+    An image score is the (re-weighted) maximum of a part's patch scores. Where the good pixels'
+    upper tail is exponential with scale ``b`` (``q(1 - p) = c - b ln p``), ``b = (q(0.999) -
+    q(0.99)) / ln 10``, and the maximum of many such pixels follows a Gumbel law of scale ``b``,
+    whose standard deviation is ``b pi / sqrt(6)``. Estimated from every pixel of the validation
+    parts, this spread does not hinge on the few image scores that the parts give.
+    """
+    hi, lo = np.quantile(pixels, [0.999, 0.99], axis=0)
+    return FIELD_MAX_SCALE * (hi - lo)
+
+
+def calibration_constants(
+    rows: np.ndarray, mode: str, quantile: float, pixels: np.ndarray | None = None
+) -> np.ndarray:
     """Centre and spread ``(2, K)`` of each column of good-sample rows ``(N, K)``.
 
-    ``zscore``: mean and standard deviation. ``quantile``: median and the distance from the
-    median to the ``quantile`` (the tail where decisions are made). A spread that is 0 (a constant
-    column) becomes the largest absolute value of the column, or 1.
+    ``zscore``: mean and standard deviation. ``zscore_tail`` (image rows; needs the same samples'
+    ``pixels`` ``(P, K)``): the mean, and the larger of the standard deviation and
+    :func:`field_max_spread`, so that a spread which a few near-equal image scores happen to make
+    small is not trusted below what the pixels' tail implies. ``quantile``: median and the
+    distance from the median to the ``quantile`` (the tail where decisions are made). A spread that
+    is 0 (a constant column) becomes the largest absolute value of the column, or 1.
     """
-    if mode == "zscore":
+    if mode in MOMENT_CALIBRATIONS:
         centre, spread = rows.mean(axis=0), rows.std(axis=0)
+        if mode == "zscore_tail":
+            if pixels is None or pixels.ndim != 2 or pixels.shape[1] != rows.shape[1]:
+                raise ValueError(f"zscore_tail calibration needs pixel rows with {rows.shape[1]} columns")
+            spread = np.maximum(spread, field_max_spread(pixels))
     else:
         centre = np.median(rows, axis=0)
         spread = np.quantile(rows, quantile, axis=0) - centre

@@ -20,6 +20,7 @@ from cmdiad.scoring.fusion import (
     OCSVMFuser,
     SumFuser,
     build_fuser,
+    field_max_spread,
     student_t_gate,
 )
 
@@ -125,7 +126,7 @@ def test_calibrated_max_is_not_worse_than_the_informative_stream_when_the_other_
         assert auroc(summed.pixel_scores(pixel).numpy(), masks, "pixel") < best_p - 0.01
 
 
-@pytest.mark.parametrize("calibration", ["zscore", "quantile"])
+@pytest.mark.parametrize("calibration", ["zscore", "zscore_tail", "quantile"])
 def test_calibration_maps_good_samples_to_a_common_scale(calibration: str) -> None:
     rng = np.random.default_rng(1)
     rows = torch.from_numpy(np.c_[rng.normal(5, 2, 2000), rng.normal(0.1, 0.01, 2000)]).float()
@@ -134,7 +135,7 @@ def test_calibration_maps_good_samples_to_a_common_scale(calibration: str) -> No
     centre, spread = fuser.image_weights
     z = (rows.double().numpy() - centre) / spread
     assert np.allclose(np.median(z, axis=0), 0.0, atol=0.1)
-    q = 1.0 if calibration == "zscore" else 0.0  # zscore: unit std; quantile: the 99th percentile maps to 1
+    q = 0.0 if calibration == "quantile" else 1.0  # zscore(_tail, Gaussian tails): unit std; quantile: q99 -> 1
     assert np.allclose(z.std(axis=0) if q else np.quantile(z, 0.99, axis=0), 1.0, atol=0.05)
     constant = torch.ones(10, 2)
     flat = CalibratedMaxFuser(cfg).fit(constant, constant)
@@ -282,3 +283,55 @@ def test_gated_pixel_offset_raises_hallucinated_maps_only() -> None:
             val, pix, hallucinated=[False, False]).pixel_weights)
     with pytest.raises(ConfigError, match="pixel_offset"):
         FusionConfig(kind="gated", pixel_offset=float("inf"))
+
+
+def test_field_max_spread_is_the_spread_of_part_maxima_under_an_exponential_tail() -> None:
+    rng = np.random.default_rng(10)
+    scale, pixels = 0.3, 5000
+    maxima = (1.0 + rng.exponential(scale, size=(2000, pixels))).max(axis=1)
+    six_parts = 1.0 + rng.exponential(scale, size=(6 * pixels, 1))
+    spread = field_max_spread(six_parts)
+    assert spread.shape == (1,)
+    assert abs(spread[0] / maxima.std() - 1.0) < 0.15  # Gumbel: std = scale * pi / sqrt(6)
+
+
+def _parts(rng: np.random.Generator, n: int, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores (n,) and pixel scores (n, pixels) of good parts: a part's score is its pixels' maximum."""
+    pix = rng.exponential(1.0, size=(n, pixels))
+    return pix.max(axis=1), pix
+
+
+def test_zscore_tail_does_not_trust_a_spread_that_near_equal_validation_scores_make_small() -> None:
+    """Two real sensors; the second sees nothing of the defects. Its 6 validation parts happen to score
+    nearly alike, so their std underestimates how far unseen good parts spread: under ``zscore`` those
+    parts outrank defects that the first sensor alone ranks well; ``zscore_tail`` reads the spread off
+    the pixels' tail and keeps the first sensor's ranking."""
+    rng = np.random.default_rng(11)
+    pool, pool_pix = _parts(rng, 60, 2000)
+    pick = np.argsort(pool)[27:33]  # six near-equal maxima around the median
+    val_first = rng.normal(0.0, 1.0, 6)
+    val_image = torch.from_numpy(np.c_[val_first, pool[pick]]).float()
+    val_pixel = torch.from_numpy(np.stack([rng.normal(0.0, 1.0, (6, 2000)), pool_pix[pick]], -1).reshape(-1, 2)).float()
+    labels = np.r_[np.zeros(300), np.ones(100)].astype(int)
+    second, _ = _parts(rng, labels.size, 2000)
+    image = torch.from_numpy(np.c_[rng.normal(0.0, 1.0, labels.size) + 3.0 * labels, second]).float()
+    best = auroc(image[:, 0].numpy(), labels, "image")
+    results = {}
+    for mode in ("zscore", "zscore_tail"):
+        cfg = FusionConfig(kind="gated", image_calibration=mode)
+        fuser = GatedFuser(cfg).fit(val_image, val_pixel, hallucinated=[False, False])
+        results[mode] = auroc(fuser.image_scores(image).numpy(), labels, "image")
+    assert results["zscore"] < best - 0.02, (best, results)
+    assert results["zscore_tail"] >= best - 0.02, (best, results)
+
+
+def test_zscore_tail_needs_pixel_rows_of_the_same_columns() -> None:
+    from cmdiad.scoring.fusion import calibration_constants
+
+    rows = np.random.default_rng(12).normal(size=(6, 2))
+    with pytest.raises(ValueError, match="zscore_tail"):
+        calibration_constants(rows, "zscore_tail", 0.999)
+    with pytest.raises(ValueError, match="zscore_tail"):
+        calibration_constants(rows, "zscore_tail", 0.999, np.zeros((100, 3)))
+    with pytest.raises(ConfigError, match="image_calibration"):
+        FusionConfig(image_calibration="tail")
