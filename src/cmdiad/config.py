@@ -267,6 +267,13 @@ class FusionConfig:
     distribution, from the number of samples the calibration saw (6 samples: 6.5 for a gate of 3;
     20: 3.6; many: 3), or ``none``."""
 
+    calibration_folds: int = 0
+    """``fit_on = "validation"``: the training parts are also scored, in this many folds, each
+    against banks of the real sensors built without it, and those scores join the validation
+    parts' in the image-level calibration of the real sensors (a few validation parts give a
+    noisy spread); 0 (or fewer than this many training parts): validation parts only. Costs this
+    many extra bank builds per real sensor."""
+
     def __post_init__(self) -> None:
         _check(self.kind in ("ocsvm", "sum", "calibrated_max", "gated"),
                f"unknown fusion kind {self.kind!r}; use one of: ocsvm, sum, calibrated_max, gated")
@@ -283,6 +290,8 @@ class FusionConfig:
         _check(self.fit_on in ("validation", "train"),
                f"unknown fusion fit_on {self.fit_on!r}; use one of: validation, train")
         _check(0 < self.nu <= 1, "nu must be in (0, 1]")
+        _check(self.calibration_folds == 0 or self.calibration_folds >= 2,
+               f"calibration_folds must be 0 (off) or at least 2, got {self.calibration_folds}")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from torch import nn
 
 from cmdiad.config import DetectorConfig, FusionConfig
 from cmdiad.errors import ModelFileError
+from cmdiad.memory.bank import MemoryBank, SplitBank
 from cmdiad.pipeline.mtfi import Hallucinator
 from cmdiad.pipeline.streams import Stream, streams_for
 from cmdiad.scoring.fusion import Fuser, build_fuser
@@ -149,10 +150,13 @@ class DetectorCore(nn.Module):
             parts.append(self.hallucinator(pf, x).to("cpu"))
         return PatchFeatures(torch.cat([p.features for p in parts]), torch.cat([p.valid for p in parts]))
 
-    def bank_scores(self, s: Stream, pf: PatchFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch of the stream's features against its bank: weighted image scores ``(B,)``, maps ``(B, H, W)``."""
+    def bank_scores(
+        self, s: Stream, pf: PatchFeatures, bank: MemoryBank | SplitBank | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of the stream's features against its bank (or ``bank``): weighted image scores
+        ``(B,)``, maps ``(B, H, W)``."""
         mem = self.config.memory
-        image, patch = self.banks[s.name].score(pf)
+        image, patch = (self.banks[s.name] if bank is None else bank).score(pf)
         amap = anomaly_map(patch, self.image_size, sigma=mem.blur_sigma, mode=mem.blur_mode).cpu()
         return s.weight * image_score(image.cpu(), amap, mem.image_score), s.weight * amap
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from cmdiad.config import DetectorConfig
 from cmdiad.distill.train import TrainReport
 from cmdiad.errors import DatasetError
 from cmdiad.memory.bank import MemoryBank, SplitBank, new_bank
+from cmdiad.memory.moments import RunningMoments
 from cmdiad.pipeline.core import DetectorCore, FusionState, StreamScores
 from cmdiad.pipeline.encoder import Encoder, Progress, staged
 from cmdiad.pipeline.mtfi import (
@@ -44,37 +46,6 @@ log = logging.getLogger(__name__)
 
 FIT_CHUNK_BATCHES = 8
 """Encoder batches per chunk in which a fit feeds a bank (bounds the fit's working copy of features)."""
-
-
-class RunningMoments:
-    """Count, mean and sum of squared deviations of the entries of many tensors (Chan's merge, float64)."""
-
-    def __init__(self) -> None:
-        self.n, self._mean, self._m2 = 0, 0.0, 0.0
-
-    def add(self, x: torch.Tensor) -> None:
-        """Merge the entries of ``x``, a few million at a time (bounded float64 working copies)."""
-        flat = x.reshape(-1)
-        for i in range(0, flat.numel(), 1 << 22):
-            self._merge(flat[i : i + (1 << 22)].double())
-
-    def _merge(self, x: torch.Tensor) -> None:
-        k = x.numel()
-        mean = float(x.mean())
-        m2 = float(((x - mean) ** 2).sum())
-        delta, total = mean - self._mean, self.n + k
-        self._mean += delta * k / total
-        self._m2 += m2 + delta * delta * self.n * k / total
-        self.n = total
-
-    @property
-    def mean(self) -> float:
-        return self._mean
-
-    @property
-    def std(self) -> float:
-        """Unbiased standard deviation (``torch.std``'s default)."""
-        return (self._m2 / (self.n - 1)) ** 0.5 if self.n > 1 else 0.0
 
 
 @dataclass
@@ -214,7 +185,8 @@ class Detector:
         if self.core.hallucinated is not None:  # what the hallucinated stream earned on held-out parts
             self.core.fusion = FusionState(earned_fusion_config(self.config.fusion, report.fidelity))
         if on_validation:
-            self._fit_fusion(self.stream_scores(held_out, staged(progress, "validation scores")))
+            crossfit = self._crossfit_image_scores(usable, mean_std, progress)
+            self._fit_fusion(self.stream_scores(held_out, staged(progress, "validation scores")), crossfit)
         else:
             if self.config.fusion.fit_on == "validation":
                 log.warning("no validation samples: fusion fitted on training samples (their own banks)")
@@ -333,36 +305,76 @@ class Detector:
         return {"rgb": (mean, std), "xyz": (mean, std)}
 
     # ------------------------------------------------------------------ scoring
-    def _build_bank(
-        self, s: Stream, usable, mean_std, progress=None, keep: list | None = None
-    ) -> MemoryBank | SplitBank:
-        """The stream's bank, fed chunk by chunk; reused when another row of the run built the same one.
+    def _reused(self, s: Stream, usable, mean_std, what: tuple, build: Callable[[], Any]) -> Any:
+        """``build()``, or what another row of the run built for the same real stream, parts and settings.
 
-        A reused bank adds the seconds it took to build to ``self._reused_seconds`` so that
-        every method's fit time counts its whole cost. ``keep``, when given, receives the chunks'
-        features (a hallucinated stream's bank is never reused, so it is always filled).
+        A reused result adds the seconds it took to build to ``self._reused_seconds`` so that
+        every method's fit time counts its whole cost. A hallucinated stream's results are
+        never shared (its distiller is the row's own).
         """
-        key = None
-        if self._shared is not None and not s.hallucinated:
-            cfg = self.config
-            key = (s.name, tuple(r.key for r in usable), mean_std, cfg.memory, cfg.data, cfg.rgb, cfg.xyz, s.weight)
-            if key in self._shared:
-                bank, seconds = self._shared[key]
-                self._reused_seconds += seconds
-                return bank
+        if self._shared is None or s.hallucinated:
+            return build()
+        cfg = self.config
+        key = (*what, s.name, tuple(r.key for r in usable), mean_std, cfg.memory, cfg.data, cfg.rgb, cfg.xyz, s.weight)
+        if key in self._shared:
+            value, seconds = self._shared[key]
+            self._reused_seconds += seconds
+            return value
         t0 = time.perf_counter()
-        # a hallucinated stream banks what its distiller produces: the image view of split features
-        split = None if s.hallucinated else self.encoder.extractor(s.target).score_split
-        bank = new_bank(self.config.memory, split, device=self.device)
-        for chunk in self._chunks(usable):
-            pf = self._stream_features(s, chunk)
-            bank.add(pf)
-            if keep is not None:
-                keep.append(pf)
-        bank.finalize(*mean_std, progress=staged(progress, f"coreset {s.name}"))
-        if key is not None:
-            self._shared[key] = (bank, time.perf_counter() - t0)
-        return bank
+        value = build()
+        self._shared[key] = (value, time.perf_counter() - t0)
+        return value
+
+    def _build_bank(
+        self, s: Stream, usable, mean_std, progress=None, keep: list | None = None, share: bool = True
+    ) -> MemoryBank | SplitBank:
+        """The stream's bank, fed chunk by chunk; reused when another row of the run built the same
+        one (``share``). ``keep``, when given, receives the chunks' features (a hallucinated
+        stream's bank is never reused, so it is always filled)."""
+
+        def build() -> MemoryBank | SplitBank:
+            # a hallucinated stream banks what its distiller produces: the image view of split features
+            split = None if s.hallucinated else self.encoder.extractor(s.target).score_split
+            bank = new_bank(self.config.memory, split, device=self.device)
+            for chunk in self._chunks(usable):
+                pf = self._stream_features(s, chunk)
+                bank.add(pf)
+                if keep is not None:
+                    keep.append(pf)
+            bank.finalize(*mean_std, progress=staged(progress, f"coreset {s.name}"))
+            return bank
+
+        return self._reused(s, usable, mean_std, ("bank",), build) if share else build()
+
+    def calibration_scores(self, train: Sequence[SampleRecord]) -> dict[str, torch.Tensor]:
+        """The cross-fitted image scores ``(N,)`` per real stream that :meth:`fit` adds to the fusion's
+        calibration (``fusion.calibration_folds``), of the ``train`` samples that have the method's modalities."""
+        usable = [r for r in train if set(self.modalities) <= r.modalities]
+        return self._crossfit_image_scores(usable, self._standardization(train, usable))
+
+    def _crossfit_image_scores(self, usable, mean_std, progress=None) -> dict[str, torch.Tensor]:
+        """Image scores ``(N,)`` of the training parts ``usable`` per real stream, part ``i`` scored
+        against the stream's bank built without fold ``i mod folds`` (``fusion.calibration_folds``):
+        good parts that no bank has seen, for the fusion's calibration. Empty when off, or with
+        fewer training parts than folds."""
+        folds = self.config.fusion.calibration_folds
+        if folds < 2 or len(usable) < folds:
+            return {}
+        fold_of = np.arange(len(usable)) % folds
+
+        def scores(s: Stream, ms) -> torch.Tensor:
+            out = torch.empty(len(usable))
+            for f in range(folds):
+                bank = self._build_bank(s, [usable[i] for i in np.flatnonzero(fold_of != f)], ms, share=False)
+                held = self._stream_features(s, [usable[i] for i in np.flatnonzero(fold_of == f)])
+                out[torch.as_tensor(fold_of == f)] = self._score_bank_only(s, held, bank=bank)[0]
+                if progress is not None:
+                    progress(f"calibration folds {s.name}", f + 1, folds)
+            return out
+
+        ms = {s.name: mean_std.get(s.target, (None, None)) for s in self.streams}
+        return {s.name: self._reused(s, usable, ms[s.name], ("folds", folds), lambda s=s: scores(s, ms[s.name]))
+                for s in self.streams if not s.hallucinated}
 
     def stream_scores(self, records: Sequence[SampleRecord], progress: Progress | None = None) -> StreamScores:
         """Weighted per-stream image scores ``(N,)`` and maps ``(N, H, W)`` of ``records``, before fusion."""
@@ -374,24 +386,35 @@ class Detector:
                 progress("stream scores", min(i + len(chunk), len(records)), len(records))
         return {k: (torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts])) for k in parts[0]}
 
-    def _fit_fusion(self, per: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _fit_fusion(
+        self, per: dict[str, tuple[torch.Tensor, torch.Tensor]], crossfit: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Fit the fuser on per-stream scores ``per``, plus ``crossfit`` image scores of training
+        parts for some streams (NaN in the other columns: calibrated on what each column has)."""
         image_rows, maps = self.core.columns(per)
         n, pixel_rows = image_rows.shape[0], maps.reshape(-1, maps.shape[-1])
+        if crossfit:
+            m = len(next(iter(crossfit.values())))
+            extra = [crossfit.get(s.name, torch.full((m,), float("nan"))) for s in self.core.streams]
+            image_rows = torch.cat([image_rows, torch.stack(extra, dim=1).to(image_rows.dtype)])
         budget = self.config.fusion.max_pixel_rows
         if pixel_rows.shape[0] > budget:
             rng = np.random.default_rng(self.config.fusion.seed)
             pixel_rows = pixel_rows[torch.as_tensor(rng.choice(pixel_rows.shape[0], budget, replace=False))]
         self.core.fusion.fit(image_rows, pixel_rows, [s.hallucinated for s in self.core.streams])
-        log.info("fusion fitted on %d samples, %d pixel rows", n, pixel_rows.shape[0])
+        log.info("fusion fitted on %d samples (image level: %d more cross-fitted training parts), %d pixel rows",
+                 n, image_rows.shape[0] - n, pixel_rows.shape[0])
 
     def _score_bank_only(
-        self, s: Stream, pf: PatchFeatures, progress: Progress | None = None
+        self, s: Stream, pf: PatchFeatures, progress: Progress | None = None, bank: MemoryBank | SplitBank | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weighted scores of already-computed features of many samples, batch by batch."""
+        """Weighted scores of already-computed features of many samples, batch by batch (against
+        ``bank``, or the stream's own)."""
         step, n = self.encoder.batch_size, pf.features.shape[0]
         parts = []
         for i in range(0, n, step):
-            parts.append(self.core.bank_scores(s, PatchFeatures(pf.features[i : i + step], pf.valid[i : i + step])))
+            batch = PatchFeatures(pf.features[i : i + step], pf.valid[i : i + step])
+            parts.append(self.core.bank_scores(s, batch, bank))
             if progress is not None:
                 progress("bank search", min(i + step, n), n)
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -18,6 +18,9 @@ Two nonlinear fusers keep their fitted state as a few ``(·, K)`` arrays in the 
 
 Fitting takes, besides the rows, which columns are *hallucinated* (MTFI streams computed from
 another column's sensor) and which are real sensors; fusers that treat every column alike ignore it.
+Image rows may hold NaN where a sample has no score for a stream (training parts scored by
+cross-fitted banks of the real sensors only, ``FusionConfig.calibration_folds``): calibrated
+fusers use each column's scores, the linear ones the rows that are complete.
 """
 
 from __future__ import annotations
@@ -37,16 +40,27 @@ logger = logging.getLogger(__name__)
 STATE_VERSION = 1
 
 
-def _as_numpy(rows: torch.Tensor | np.ndarray) -> np.ndarray:
+def _as_numpy(rows: torch.Tensor | np.ndarray, partial: bool = False) -> np.ndarray:
+    """Score rows ``(N, K)`` as float64; with ``partial``, NaN marks a missing score (every column needs one)."""
     arr = rows.detach().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise ValueError(f"expected non-empty (N, K) score rows, got shape {arr.shape}")
-    return arr.astype(np.float64, copy=False)
+    arr = arr.astype(np.float64, copy=False)
+    finite = np.isfinite(arr)
+    if not (finite | (np.isnan(arr) if partial else False)).all() or not finite.any(axis=0).all():
+        raise ValueError("score rows hold infinite values or a column without any score"
+                         if partial else "score rows hold NaN or infinite values")
+    return arr
+
+
+def complete_rows(rows: np.ndarray) -> np.ndarray:
+    """The rows ``(M, K)`` of ``rows`` ``(N, K)`` that have a score in every column."""
+    return rows[~np.isnan(rows).any(axis=1)]
 
 
 def normalised_sum_weights(rows: np.ndarray) -> np.ndarray:
     """``1 / mean|column|`` per column (K,); a column that is all 0 gets weight 1."""
-    scale = np.abs(rows).mean(axis=0)
+    scale = np.abs(complete_rows(rows)).mean(axis=0)
     return 1.0 / np.where(scale > 0, scale, 1.0)
 
 
@@ -72,8 +86,12 @@ class Fuser:
 
         ``hallucinated`` says per column whether it is a hallucinated (MTFI) stream; ``None`` means
         the first column is a real sensor and the others are hallucinated (an MTFI row's order).
+        Image rows may hold NaN for a stream that did not score a sample (at least one row is
+        complete); pixel rows may not.
         """
-        image, pixel = _as_numpy(image_rows), _as_numpy(pixel_rows)
+        image, pixel = _as_numpy(image_rows, partial=True), _as_numpy(pixel_rows)
+        if not len(complete_rows(image)):
+            raise ValueError("no image row has a score in every column")
         if image.shape[1] != pixel.shape[1]:
             raise ValueError(f"image rows have {image.shape[1]} columns, pixel rows {pixel.shape[1]}")
         flags = column_roles(image.shape[1], hallucinated)
@@ -157,6 +175,7 @@ class OCSVMFuser(Fuser):
         from sklearn.linear_model import SGDOneClassSVM
 
         cfg = self.config
+        rows = complete_rows(rows)
         model = SGDOneClassSVM(nu=cfg.nu, max_iter=cfg.max_iter, random_state=cfg.seed)
         coef = np.asarray(model.fit(rows).coef_, dtype=np.float64).reshape(-1)
         if np.all(coef > 0):
@@ -242,13 +261,14 @@ class GatedFuser(CalibratedMaxFuser):
     def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray, pixels: np.ndarray) -> np.ndarray:
         constants = super()._fit_weights(rows, what, hallucinated, pixels)
         gate = self.config.image_gate if what == "image" else self.config.pixel_gate
+        gates = np.full(rows.shape[1], float(gate))
         if self._calibration(what) in MOMENT_CALIBRATIONS and self.config.gate_correction == "student_t":
-            gate = student_t_gate(gate, rows.shape[0])
+            gates = np.array([student_t_gate(gate, int(n)) for n in (~np.isnan(rows)).sum(axis=0)])
         flags = hallucinated.astype(np.float64)[None]
         if what == "pixel":  # z + offset for hallucinated columns, folded into their centres
             constants = constants.copy()
             constants[0] -= self.config.pixel_offset * constants[1] * flags[0]
-        return np.concatenate([constants, gate * flags, flags])
+        return np.concatenate([constants, gates * flags, flags])
 
     def _combine(self, what: str) -> str:
         return self.config.image_combine if what == "image" else self.config.pixel_combine
@@ -345,7 +365,7 @@ def field_max_spread(pixels: np.ndarray) -> np.ndarray:
 def calibration_constants(
     rows: np.ndarray, mode: str, quantile: float, pixels: np.ndarray | None = None
 ) -> np.ndarray:
-    """Centre and spread ``(2, K)`` of each column of good-sample rows ``(N, K)``.
+    """Centre and spread ``(2, K)`` of each column of good-sample rows ``(N, K)`` (NaN: no score, left out).
 
     ``zscore``: mean and standard deviation. ``zscore_tail`` (image rows; needs the same samples'
     ``pixels`` ``(P, K)``): the mean, and the larger of the standard deviation and
@@ -355,15 +375,18 @@ def calibration_constants(
     is 0 (a constant column) becomes the largest absolute value of the column, or 1.
     """
     if mode in MOMENT_CALIBRATIONS:
-        centre, spread = rows.mean(axis=0), rows.std(axis=0)
+        centre, spread = np.nanmean(rows, axis=0), np.nanstd(rows, axis=0)
         if mode == "zscore_tail":
             if pixels is None or pixels.ndim != 2 or pixels.shape[1] != rows.shape[1]:
                 raise ValueError(f"zscore_tail calibration needs pixel rows with {rows.shape[1]} columns")
             spread = np.maximum(spread, field_max_spread(pixels))
-    else:
+    elif np.isnan(rows).any():
+        centre = np.nanmedian(rows, axis=0)
+        spread = np.nanquantile(rows, quantile, axis=0) - centre
+    else:  # nanquantile is several times slower on the million pixel rows
         centre = np.median(rows, axis=0)
         spread = np.quantile(rows, quantile, axis=0) - centre
-    fallback = np.abs(rows).max(axis=0)
+    fallback = np.nanmax(np.abs(rows), axis=0)
     spread = np.where(spread > 0, spread, np.where(fallback > 0, fallback, 1.0))
     return np.stack([centre, spread])
 

@@ -335,3 +335,30 @@ def test_zscore_tail_needs_pixel_rows_of_the_same_columns() -> None:
         calibration_constants(rows, "zscore_tail", 0.999, np.zeros((100, 3)))
     with pytest.raises(ConfigError, match="image_calibration"):
         FusionConfig(image_calibration="tail")
+
+
+def test_image_rows_with_missing_scores_calibrate_each_column_on_its_own_scores() -> None:
+    """Cross-fitted training parts add scores to the real sensors' columns only (NaN elsewhere)."""
+    rng = np.random.default_rng(13)
+    val = rng.normal([1.0, 5.0], [0.1, 0.5], size=(6, 2))
+    extra = np.c_[rng.normal(1.2, 0.3, 30), np.full(30, np.nan)]
+    rows = torch.from_numpy(np.r_[val, extra])
+    pix = torch.from_numpy(rng.normal(size=(6000, 2)))
+    cfg = FusionConfig(kind="gated", image_calibration="zscore")
+    fitted = GatedFuser(cfg).fit(rows, pix, hallucinated=[False, True])
+    first = np.r_[val[:, 0], extra[:, 0]]
+    np.testing.assert_allclose(fitted.image_weights[:2, 0], [first.mean(), first.std()])
+    np.testing.assert_allclose(fitted.image_weights[:2, 1], [val[:, 1].mean(), val[:, 1].std()])
+    # the hallucinated column's gate is widened for the 6 scores it has, not for 36
+    assert fitted.image_weights[2, 1] == pytest.approx(student_t_gate(3.0, 6))
+    for kind in ("sum", "ocsvm"):  # linear fusers learn from the complete rows
+        partial = build_fuser(FusionConfig(kind=kind)).fit(rows, pix)
+        complete = build_fuser(FusionConfig(kind=kind)).fit(torch.from_numpy(val), pix)
+        np.testing.assert_allclose(partial.image_weights, complete.image_weights)
+    with pytest.raises(ValueError, match="without any score"):
+        GatedFuser(cfg).fit(torch.from_numpy(np.c_[val[:, 0], np.full(6, np.nan)]), pix)
+    with pytest.raises(ValueError, match="no image row"):
+        GatedFuser(cfg).fit(torch.from_numpy(np.c_[np.r_[val[:, 0], [np.nan] * 6], np.r_[[np.nan] * 6, val[:, 1]]]),
+                            pix)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        GatedFuser(cfg).fit(torch.from_numpy(val), torch.full((10, 2), float("nan")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmdiad.pipeline.detector import RunningMoments
+from cmdiad.memory.moments import RunningMoments
 
 
 def test_merged_moments_equal_those_of_the_concatenation() -> None:
