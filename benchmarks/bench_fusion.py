@@ -130,6 +130,27 @@ def stream_scores(root: Path, category: str, row: str) -> dict[str, np.ndarray]:
     return out
 
 
+def calibration_scores(root: Path, category: str, row: str, folds: int) -> dict[str, np.ndarray]:
+    """Cross-fitted image scores of the training parts per real stream of the row, as the
+    detector's fit adds them to the fusion's calibration with ``fusion.calibration_folds = folds``
+    (cached on disk beside the stream scores)."""
+    cfg = _config(root)
+    path = CACHE / f"{_cache_tag(root, category, row, cfg)}.folds{folds}.npz"
+    if path.is_file():
+        return dict(np.load(path, allow_pickle=False))
+    method, main = parse_row(row)
+    fusion = replace(cfg.detector.fusion, calibration_folds=folds)
+    det = Detector(replace(cfg.detector, method=method, main=main, fusion=fusion), _encoder(root, cfg),
+                   shared_banks=_SHARED.setdefault((root, category), {}))
+    data = cfg.detector.data
+    train = category_splits(root, category, with_validation=data.train_with_validation,
+                            skip_bad=data.skip_bad_samples)[0]
+    out = {name: v.numpy() for name, v in det.calibration_scores(train).items()}
+    CACHE.mkdir(exist_ok=True)
+    np.savez_compressed(path, **out)
+    return out
+
+
 def _fidelity_path(root: Path, category: str, row: str, cfg: ExperimentConfig) -> Path:
     CACHE.mkdir(exist_ok=True)
     return CACHE / f"{_cache_tag(root, category, row, cfg)}.fidelity.json"
@@ -190,19 +211,33 @@ def hallucinated_columns(root: Path, row: str, d: dict) -> list[bool]:
     return [s.hallucinated for s in streams]
 
 
-def fused(d: dict, rule: str, hallucinated: list[bool], fid: dict | None) -> tuple[np.ndarray, np.ndarray]:
+def fused(d: dict, rule: str, hallucinated: list[bool], fid: dict | None,
+          folds: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Test image scores and maps fused by ``rule`` (see :func:`fuser_config`) fitted on validation.
 
     With a hallucinated stream, the settings are what the detector makes of them given the
-    stream's fidelity ``fid`` (:func:`~cmdiad.pipeline.mtfi.earned_fusion_config`).
+    stream's fidelity ``fid`` (:func:`~cmdiad.pipeline.mtfi.earned_fusion_config`). ``folds``
+    (:func:`calibration_scores`) join the image rows as the detector adds them: NaN in the
+    columns they do not score.
     """
     cfg = fuser_config(rule)
     fuser = build_fuser(earned_fusion_config(cfg, fid) if any(hallucinated) else cfg)
     k = d["val_image"].shape[1]
-    fuser.fit(torch.as_tensor(d["val_image"]), torch.as_tensor(d["val_maps"].reshape(-1, k)), hallucinated)
+    image_rows = d["val_image"]
+    if folds:
+        m = len(next(iter(folds.values())))
+        extra = [folds.get(str(name), np.full(m, np.nan)) for name in d["names"]]
+        image_rows = np.r_[image_rows, np.stack(extra, axis=1)]
+    fuser.fit(torch.as_tensor(image_rows), torch.as_tensor(d["val_maps"].reshape(-1, k)), hallucinated)
     image = fuser.image_scores(torch.as_tensor(d["test_image"])).numpy()
     maps = fuser.pixel_scores(torch.as_tensor(d["test_maps"].reshape(-1, k))).numpy()
     return image, maps.reshape(d["test_maps"].shape[:-1])
+
+
+def _folds(root: Path, category: str, row: str, rule: str) -> dict[str, np.ndarray] | None:
+    """The cross-fitted training scores a rule calibrates with (None: validation parts only)."""
+    folds = fuser_config(rule).calibration_folds
+    return calibration_scores(root, category, row, folds) if folds else None
 
 
 def hanley_mcneil_se(a: float, n_pos: int, n_neg: int) -> float:
@@ -229,7 +264,7 @@ def compare(roots: list[Path], rules: list[str]) -> list[list]:
                               for j in range(d["test_image"].shape[1])]
                 roles = hallucinated_columns(root, row, d)
                 fid = fidelity_of(root, category, row) if any(roles) else None
-                per_rule = [_per_defect(*fused(d, r, roles, fid), d) for r in rules]
+                per_rule = [_per_defect(*fused(d, r, roles, fid, _folds(root, category, row, r)), d) for r in rules]
                 n_good = int((d["defects"] == "good").sum())
                 for defect in per_stream[0]:
                     best_i = max(s[defect][0] for s in per_stream)
@@ -306,13 +341,34 @@ def detail(table: list[list], rules: list[str]) -> list[str]:
     return lines
 
 
+def calibration_table(roots: list[Path], folds: int) -> list[str]:
+    """Markdown: per dataset, category and real sensor, the mean and std of its image scores on the
+    validation parts, on the training parts cross-fitted in ``folds`` folds, and on the good test parts."""
+    lines = ["| data | category | sensor | validation: n, mean, std | cross-fitted training: n, mean, std | "
+             "good test: n, mean, std |", "|---|---|---|---|---|---|"]
+    for root in roots:
+        for category in list_categories(root):
+            d = stream_scores(root, category, "dual")
+            cross = calibration_scores(root, category, "dual", folds)
+            good = d["defects"] == "good"
+            for j, name in enumerate(str(n) for n in d["names"]):
+                cells = [f"{len(x)}, {x.mean():.3f}, {x.std():.3f}"
+                         for x in (d["val_image"][:, j], cross[name], d["test_image"][good, j])]
+                lines.append(f"| {root.name} | {category} | {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data", type=Path, nargs="+")
-    p.add_argument("--rules", default="sum,calibrated_max", help="fusers, e.g. sum,calibrated_max:zscore")
+    p.add_argument("--rules", default="sum,calibrated_max",
+                   help="fusers, e.g. sum,calibrated_max:zscore ('' with --calibration: that table only)")
     p.add_argument("--write", action="store_true", help="publish to docs/benchmarks.md")
     p.add_argument("--detail", action="store_true", help="print every case")
     p.add_argument("--describe", default="", help="how the datasets were made, for the published section")
+    p.add_argument("--calibration", type=int, default=0, metavar="FOLDS",
+                   help="also print the real sensors' image-score moments on validation, cross-fitted "
+                        "training (in FOLDS folds) and good test parts")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="detector config override (as cmdiad's --set, e.g. rgb.aggregation=per_stage); "
                         "not with --write, which publishes the default preset")
@@ -322,12 +378,17 @@ def main() -> None:
     _SETS.extend(args.set)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(2)
-    rules = args.rules.split(",")
-    table = compare(args.data, rules)
-    lines = [*summary(table, rules), "", *per_row(table, rules)]
-    print("\n".join(lines))
-    if args.detail:
-        print("\n".join(detail(table, rules)))
+    rules = [r for r in args.rules.split(",") if r]
+    if args.write and not rules:
+        p.error("--write publishes the rules' table; name --rules")
+    if rules:
+        table = compare(args.data, rules)
+        lines = [*summary(table, rules), "", *per_row(table, rules)]
+        print("\n".join(lines))
+        if args.detail:
+            print("\n".join(detail(table, rules)))
+    if args.calibration:
+        print("\n".join(calibration_table(args.data, args.calibration)))
     if args.write:
         body = ["## Fusion never hurts", "", f"Command: `{command_line()}` (default preset; datasets made with "
                 f"`cmdiad synth`). {machine_description()}.", "", args.describe, "",
