@@ -271,8 +271,8 @@ class FusionConfig:
     """``fit_on = "validation"``: the training parts are also scored, in this many folds, each
     against banks of the real sensors built without it, and those scores join the validation
     parts' in the image-level calibration of the real sensors (a few validation parts give a
-    noisy spread); 0 (or fewer than this many training parts): validation parts only. Costs this
-    many extra bank builds per real sensor."""
+    noisy spread); 0 (or fewer than this many training parts, or a row with one stream):
+    validation parts only. Costs this many extra bank builds per real sensor."""
 
     def __post_init__(self) -> None:
         _check(self.kind in ("ocsvm", "sum", "calibrated_max", "gated"),

@@ -57,12 +57,15 @@ def test_each_training_part_is_scored_by_banks_built_without_it(tiny_dataset: Pa
     assert mtfi.fuser.image_weights[2, 1] == pytest.approx(student_t_gate(3.0, len(val)))
 
 
-def test_more_folds_than_training_parts_calibrate_on_validation_alone(tiny_dataset: Path) -> None:
+def test_more_folds_than_training_parts_or_one_stream_calibrate_on_validation_alone(tiny_dataset: Path) -> None:
     train, val = list_records(tiny_dataset, "ring", "train"), list_records(tiny_dataset, "ring", "validation")
     encoder = build_encoder(_config(0), device="cpu")
     weights = []
     for folds in (0, len(train) + 1):
-        det = Detector(_config(folds, "xyz", "xyz"), encoder)
+        det = Detector(_config(folds), encoder)
         det.fit(train, validation=val)
         weights.append(det.fuser.image_weights)
     np.testing.assert_array_equal(*weights)
+    shared: dict = {}  # one stream: calibrating it cannot change its ranking, so no fold is built
+    Detector(_config(3, "xyz", "xyz"), encoder, shared_banks=shared).fit(train, validation=val)
+    assert shared and not any(k[0] == "folds" for k in shared)

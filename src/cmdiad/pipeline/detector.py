@@ -355,10 +355,10 @@ class Detector:
     def _crossfit_image_scores(self, usable, mean_std, progress=None) -> dict[str, torch.Tensor]:
         """Image scores ``(N,)`` of the training parts ``usable`` per real stream, part ``i`` scored
         against the stream's bank built without fold ``i mod folds`` (``fusion.calibration_folds``):
-        good parts that no bank has seen, for the fusion's calibration. Empty when off, or with
-        fewer training parts than folds."""
+        good parts that no bank has seen, for the fusion's calibration. Empty when off, with fewer
+        training parts than folds, or with one stream (calibrating it cannot change its ranking)."""
         folds = self.config.fusion.calibration_folds
-        if folds < 2 or len(usable) < folds:
+        if folds < 2 or len(usable) < folds or len(self.streams) < 2:
             return {}
         fold_of = np.arange(len(usable)) % folds
 
