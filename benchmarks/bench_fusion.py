@@ -41,7 +41,7 @@ from cmdiad.pipeline.persist import build_encoder  # noqa: E402
 from cmdiad.pipeline.presets import preset  # noqa: E402
 from cmdiad.pipeline.runs import PooledDistiller, category_splits, pooled_distillers  # noqa: E402
 from cmdiad.pipeline.streams import parse_row, streams_for  # noqa: E402
-from cmdiad.scoring.fusion import build_fuser  # noqa: E402
+from cmdiad.scoring.fusion import build_fuser, with_partial_rows  # noqa: E402
 
 ROWS = ("dual", "f2f_xyz", "f2i_xyz", "i2f_xyz", "f2f_rgb", "f2i_rgb", "i2f_rgb")
 CACHE = Path(__file__).resolve().parent / ".fusion_cache"
@@ -223,11 +223,7 @@ def fused(d: dict, rule: str, hallucinated: list[bool], fid: dict | None,
     cfg = fuser_config(rule)
     fuser = build_fuser(earned_fusion_config(cfg, fid) if any(hallucinated) else cfg)
     k = d["val_image"].shape[1]
-    image_rows = d["val_image"]
-    if folds:
-        m = len(next(iter(folds.values())))
-        extra = [folds.get(str(name), np.full(m, np.nan)) for name in d["names"]]
-        image_rows = np.r_[image_rows, np.stack(extra, axis=1)]
+    image_rows = with_partial_rows(d["val_image"], [str(n) for n in d["names"]], folds or {})
     fuser.fit(torch.as_tensor(image_rows), torch.as_tensor(d["val_maps"].reshape(-1, k)), hallucinated)
     image = fuser.image_scores(torch.as_tensor(d["test_image"])).numpy()
     maps = fuser.pixel_scores(torch.as_tensor(d["test_maps"].reshape(-1, k))).numpy()

@@ -39,7 +39,7 @@ from cmdiad.pipeline.mtfi import (
     train_hallucinator,
 )
 from cmdiad.pipeline.streams import Stream, needed_modalities
-from cmdiad.scoring.fusion import Fuser
+from cmdiad.scoring.fusion import Fuser, with_partial_rows
 from cmdiad.types import PatchFeatures, SampleRecord, Scores
 
 log = logging.getLogger(__name__)
@@ -393,10 +393,9 @@ class Detector:
         parts for some streams (NaN in the other columns: calibrated on what each column has)."""
         image_rows, maps = self.core.columns(per)
         n, pixel_rows = image_rows.shape[0], maps.reshape(-1, maps.shape[-1])
-        if crossfit:
-            m = len(next(iter(crossfit.values())))
-            extra = [crossfit.get(s.name, torch.full((m,), float("nan"))) for s in self.core.streams]
-            image_rows = torch.cat([image_rows, torch.stack(extra, dim=1).to(image_rows.dtype)])
+        names = [s.name for s in self.core.streams]
+        extra = {k: v.numpy() for k, v in (crossfit or {}).items()}
+        image_rows = torch.as_tensor(with_partial_rows(image_rows.detach().cpu().numpy(), names, extra))
         budget = self.config.fusion.max_pixel_rows
         if pixel_rows.shape[0] > budget:
             rng = np.random.default_rng(self.config.fusion.seed)

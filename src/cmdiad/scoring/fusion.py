@@ -26,7 +26,7 @@ fusers use each column's scores, the linear ones the rows that are complete.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,16 @@ def _as_numpy(rows: torch.Tensor | np.ndarray, partial: bool = False) -> np.ndar
 def complete_rows(rows: np.ndarray) -> np.ndarray:
     """The rows ``(M, K)`` of ``rows`` ``(N, K)`` that have a score in every column."""
     return rows[~np.isnan(rows).any(axis=1)]
+
+
+def with_partial_rows(rows: np.ndarray, names: Sequence[str], extra: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Image rows ``(N, K)`` of the streams ``names``, followed by ``M`` rows of the scores ``(M,)``
+    that ``extra`` holds for some of them (NaN in the other columns)."""
+    if not extra:
+        return rows
+    m = len(next(iter(extra.values())))
+    more = np.stack([np.asarray(extra[n], dtype=np.float64) if n in extra else np.full(m, np.nan) for n in names], 1)
+    return np.concatenate([np.asarray(rows, dtype=np.float64), more])
 
 
 def normalised_sum_weights(rows: np.ndarray) -> np.ndarray:
