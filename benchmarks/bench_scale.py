@@ -204,8 +204,15 @@ def make_data(root: Path, size: int, counts: dict[str, int]) -> Path:
     return path
 
 
+_SETS: list[str] = []  # --set KEY=VALUE overrides of the default preset's detector config (as cmdiad's)
+
+
 def experiment_config(name: str, rows, extra: dict):
+    from cmdiad.cli import _apply_sets
+
     data = C.merge({}, preset(name))
+    if name == "default":
+        _apply_sets(data, _SETS, lambda key: "detector." + key)
     for key, value in extra.items():
         C.set_path(data, key, value)
     C.set_path(data, "rows", list(rows))
@@ -303,7 +310,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--out", type=Path, default=_common.DOC)
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="default-preset detector override (as cmdiad's --set, e.g. fusion.calibration_folds=0); "
+                        "not without --no-write, which would publish it as the default")
     args = p.parse_args(argv)
+    if args.set and not args.no_write:
+        p.error("--set measures a switched preset; add --no-write")
+    _SETS.extend(args.set)
     torch.set_num_threads(args.threads)
     load_before = _common.load_average()
     counts = QUICK if args.quick else FULL
