@@ -1,0 +1,261 @@
+"""Can any label-free fusion rule keep an MTFI row at its better stream on every defect type?
+
+For the six MTFI rows of every category, compares the default fusion with other rules that use
+only good validation parts, per defect type, against the better of the row's two streams (the
+real main sensor and its hallucinated partner) and against the main sensor alone (what a user
+had before adding the distiller). Pixel rules act on the maps calibrated as the ``gated`` fuser
+calibrates them (median and 0.999 quantile of the validation parts' pixels); image rules are
+``gated`` fuser settings. Stream scores come from ``bench_fusion``'s cache (the same fits).
+
+    python benchmarks/bench_mtfi_rules.py DATA [DATA ...] [--stride 2] [--write]
+
+P-AUROC is computed on every ``stride``-th pixel in each direction (``--stride 1``: all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_fusion as bf  # noqa: E402
+from _common import DOC, command_line, machine_description, publish  # noqa: E402
+
+from cmdiad.io.mvtec3d import list_categories  # noqa: E402
+from cmdiad.metrics.classification import auroc  # noqa: E402
+from cmdiad.metrics.segmentation import evaluate  # noqa: E402
+
+MTFI = tuple(r for r in bf.ROWS if r != "dual")
+DEFAULT = "gated:calibration_folds=5"
+log = logging.getLogger("bench_mtfi_rules")
+
+
+def _tail_surprise(val: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """``-log10`` of each test value's survival among the validation values (K columns), the
+    tail beyond the 0.99 quantile extrapolated as exponential (as ``field_max_spread`` assumes)."""
+    out = np.empty(test.shape)
+    for k in range(val.shape[1]):
+        v = np.sort(val[:, k])
+        q99, q999 = np.quantile(v, [0.99, 0.999])
+        b = max((q999 - q99) / np.log(10), 1e-12)
+        t = test[..., k]
+        sf = np.maximum((len(v) - np.searchsorted(v, t, side="right")) / len(v), 1 / len(v))
+        out[..., k] = -np.log10(np.where(t > q99, 0.01 * np.exp(-(t - q99) / b), sf))
+    return out
+
+
+def _image_z(d: dict) -> np.ndarray:
+    """Test image scores (N, 2) as z-scores of the validation parts' (for per-image rules)."""
+    v = d["val_image"]
+    return (d["test_image"] - v.mean(0)) / np.maximum(v.std(0), 1e-12)
+
+
+def _pick(z: np.ndarray, d: dict) -> np.ndarray:
+    """Per test image, the calibrated map of the stream whose image score is more surprising."""
+    iz = _image_z(d)
+    return np.where((iz[:, 1] > iz[:, 0])[:, None, None], z[..., 1], z[..., 0])
+
+
+def _mix(z: np.ndarray, d: dict) -> np.ndarray:
+    """Per test image, the calibrated maps mixed with a logistic weight of their image-score surprise."""
+    iz = _image_z(d)
+    w = (1 / (1 + np.exp(iz[:, 0] - iz[:, 1])))[:, None, None]
+    return (1 - w) * z[..., 0] + w * z[..., 1]
+
+
+# Each pixel rule: (calibrated test maps (N, H, W, 2), their tail surprise (same shape), the offset
+# the default gives the hallucinated map, the cached row) -> fused maps (N, H, W).
+PixelRule = Callable[[np.ndarray, np.ndarray, float, dict], np.ndarray]
+PIXEL_RULES: dict[str, PixelRule] = {
+    "max, no offset": lambda z, s, off, d: z.max(-1),
+    "max, hallucinated +1 (if r2 > 0)": lambda z, s, off, d: np.maximum(z[..., 0], z[..., 1] + 2 * off),
+    "main + hallucinated above its median": lambda z, s, off, d: z[..., 0] + np.maximum(z[..., 1], 0),
+    "main + hallucinated above its q0.999": lambda z, s, off, d: z[..., 0] + np.maximum(z[..., 1] - 1, 0),
+    "hallucinated + main above its q0.999": lambda z, s, off, d: z[..., 1] + np.maximum(z[..., 0] - 1, 0),
+    "sum": lambda z, s, off, d: z.sum(-1),
+    "Fisher (sum of -log10 tail p)": lambda z, s, off, d: s.sum(-1),
+    "per image: the map of the more surprised stream": lambda z, s, off, d: _pick(z, d),
+    "per image: logistic mix by image surprise": lambda z, s, off, d: _mix(z, d),
+}
+"""Candidate pixel rules beside the default (the detector's own fuser)."""
+
+IMAGE_RULES: dict[str, str] = {
+    **{f"gate {g:g} (not widened)": f"{DEFAULT};image_gate={g};gate_correction=none" for g in (0.0, 1.0, 2.0, 3.0)},
+    "max": f"{DEFAULT};image_combine=max",
+}
+"""Candidate image rules beside the default, as bench_fusion rule strings."""
+
+
+def _per_defect(values: np.ndarray, truth: np.ndarray, d: dict, what: str) -> dict[str, float]:
+    good = d["defects"] == "good"
+    out = {}
+    for defect in sorted(set(d["defects"].tolist()) - {"good"}):
+        keep = good | (d["defects"] == defect)
+        out[defect] = auroc(values[keep].reshape(-1), truth[keep].reshape(-1), what)
+    return out
+
+
+def compare(roots: list[Path], stride: int) -> list[dict]:
+    """One dict per (dataset, category, MTFI row, defect): streams' and every rule's I and P."""
+    cases = []
+    for root in roots:
+        for category in list_categories(root):
+            for row in MTFI:
+                log.info("%s %s %s", root.name, category, row)
+                d = bf.stream_scores(root, category, row)
+                roles = bf.hallucinated_columns(root, row, d)
+                fid = bf.fidelity_of(root, category, row)
+                folds = bf._folds(root, category, row, DEFAULT)
+                image, maps = bf.fused(d, DEFAULT, roles, fid, folds)
+                sub = (slice(None), slice(None, None, stride), slice(None, None, stride))
+                masks = d["masks"][sub]
+                val = d["val_maps"][sub].reshape(-1, 2).astype(np.float64)
+                test = d["test_maps"][sub].astype(np.float64)
+                centre = np.median(val, axis=0)
+                z = (test - centre) / (np.quantile(val, 0.999, axis=0) - centre)
+                off = bf.earned_fusion_config(bf.fuser_config(DEFAULT), fid).pixel_offset
+                image_by = {
+                    "default": image,
+                    **{name: bf.fused(d, rule, roles, fid, folds)[0] for name, rule in IMAGE_RULES.items()},
+                }
+                surprise = _tail_surprise(val, test)
+                pixel_by = {"default": maps[sub], **{name: f(z, surprise, off, d) for name, f in PIXEL_RULES.items()}}
+                lab = d["labels"]
+                streams_i = [_per_defect(d["test_image"][:, j], lab, d, "image") for j in range(2)]
+                streams_p = [_per_defect(test[..., j], masks, d, "pixel") for j in range(2)]
+                rules_i = {n: _per_defect(v, lab, d, "image") for n, v in image_by.items()}
+                rules_p = {n: _per_defect(v, masks, d, "pixel") for n, v in pixel_by.items()}
+                for defect in streams_i[0]:
+                    cases.append({
+                        "data": root.name, "category": category, "row": row, "defect": defect,
+                        "n_good": int((d["defects"] == "good").sum()), "n_defect": int((d["defects"] == defect).sum()),
+                        "main": (streams_i[0][defect], streams_p[0][defect]),
+                        "hallucinated": (streams_i[1][defect], streams_p[1][defect]),
+                        "I": {n: r[defect] for n, r in rules_i.items()},
+                        "P": {n: r[defect] for n, r in rules_p.items()},
+                    })  # fmt: skip
+    return cases
+
+
+def table(cases: list[dict], level: str) -> list[str]:
+    """Markdown: per rule and dataset, shortfalls against the better stream and against the main sensor."""
+    j, margin = (0, 0.02) if level == "I" else (1, 0.01)
+    lines = [
+        f"| {level} rule | data | cases < better stream - {margin} | informative ones | mean - better stream "
+        f"| worst | mean - main sensor | cases < main sensor - {margin} |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rule in cases[0][level]:
+        for data in sorted({c["data"] for c in cases}):
+            part = [c for c in cases if c["data"] == data]
+            best = np.array([max(c["main"][j], c["hallucinated"][j]) for c in part])
+            main = np.array([c["main"][j] for c in part])
+            fused = np.array([c[level][rule] for c in part])
+            inf = np.array([bf.informative(b, c["n_defect"], c["n_good"]) for b, c in zip(best, part, strict=True)])
+            short = fused - best
+            lines.append(
+                f"| {rule} | {data} | {(short < -margin).sum()}/{len(part)} | "
+                f"{(short[inf] < -margin).sum()}/{inf.sum()} | {short.mean():+.4f} | {short.min():+.3f} | "
+                f"{(fused - main).mean():+.4f} | {(fused - main < -margin).sum()} |"
+            )
+    return lines
+
+
+def _records(root: Path) -> dict[tuple[str, str], tuple[dict, dict]]:
+    """``{(category, row): (overall metrics, {defect: (I, P)})}`` with the default fusion, every row
+    and the two single banks (an MTFI row's main column is that sensor's bank alone), full resolution."""
+    out = {}
+    for category in list_categories(root):
+        for row in bf.ROWS:
+            d = bf.stream_scores(root, category, row)
+            roles = bf.hallucinated_columns(root, row, d)
+            fid = bf.fidelity_of(root, category, row) if any(roles) else None
+            views = {row: bf.fused(d, DEFAULT, roles, fid, bf._folds(root, category, row, DEFAULT))}
+            if row in ("f2f_xyz", "f2f_rgb"):
+                views[row.split("_")[1]] = (d["test_image"][:, 0], d["test_maps"][..., 0])
+            for name, (image, maps) in views.items():
+                per = {
+                    k: (i, _per_defect(maps, d["masks"], d, "pixel")[k])
+                    for k, i in _per_defect(image, d["labels"], d, "image").items()
+                }
+                out[(category, name)] = (evaluate(image, d["labels"], maps, d["masks"]), per)
+    return out
+
+
+def _category_means(rec: dict, cats: list[str]) -> tuple[dict, dict]:
+    """Means over categories: ``{row: {metric: value}}`` and ``{row: {defect: (I, P)}}``."""
+    rows = sorted({row for _, row in rec})
+    overall = {r: {k: float(np.mean([rec[(c, r)][0][k] for c in cats])) for k in rec[(cats[0], r)][0]} for r in rows}
+    per = {r: {t: tuple(float(np.mean([rec[(c, r)][1][t][j] for c in cats])) for j in (0, 1))
+               for t in rec[(cats[0], r)][1]} for r in rows}  # fmt: skip
+    return overall, per
+
+
+def criteria(roots: list[Path]) -> list[str]:
+    """Markdown: issue #10's second criterion per dataset (default fusion, full resolution)."""
+    lines = ["| data | row | I-AUROC | P-AUROC | AUPRO@30% | >= its single bank on all three | P-AUROC gap to dual "
+             "closed: bump, dent | defect types below its single bank (I or P, 3 decimals) |",
+             "|---|---|---:|---:|---:|---|---|---|"]  # fmt: skip
+    keys = ("i_auroc", "p_auroc", "aupro_30")
+    for root in roots:
+        mean, per = _category_means(_records(root), list_categories(root))
+        for row in ("xyz", "rgb", "dual", *MTFI):
+            cells = " | ".join(f"{mean[row][k]:.3f}" for k in keys)
+            if row not in MTFI:
+                lines.append(f"| {root.name} | {row} | {cells} | | | |")
+                continue
+            single = row.split("_")[-1]
+            above = "yes" if all(mean[row][k] >= mean[single][k] for k in keys) else "no"
+            gap = ", ".join(f"{(per[row][t][1] - per[single][t][1]) / (per['dual'][t][1] - per[single][t][1]):.0%}"
+                            for t in ("bump", "dent")) if single == "rgb" else ""  # fmt: skip
+            below = [f"{t} {'IP'[j]} {per[row][t][j]:.3f} < {per[single][t][j]:.3f}" for t in sorted(per[row])
+                     for j in (0, 1) if round(per[row][t][j], 3) < round(per[single][t][j], 3)]  # fmt: skip
+            lines.append(f"| {root.name} | {row} | {cells} | {above} | {gap} | {'; '.join(below) or 'none'} |")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("data", type=Path, nargs="+")
+    p.add_argument("--stride", type=int, default=2, help="P-AUROC on every STRIDE-th pixel per direction")
+    p.add_argument("--write", action="store_true", help="publish to docs/benchmarks.md")
+    args = p.parse_args()
+    if args.stride < 1:
+        p.error("--stride must be >= 1")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(2)
+    cases = compare(args.data, args.stride)
+    lines = [*table(cases, "I"), "", *table(cases, "P"), "", *criteria(args.data)]
+    print("\n".join(lines))
+    if args.write:
+        body = [
+            "## MTFI fusion: label-free rules compared",
+            "",
+            f"Command: `{command_line()}` (stream scores from `bench_fusion.py`'s cache; the datasets of "
+            f"'Fusion never hurts'). {machine_description()}.",
+            "",
+            "Per (dataset, category, MTFI row, defect type), each rule's fused I-AUROC or P-AUROC minus the "
+            "better of the row's two streams (informative: as in 'Fusion never hurts') and minus the main "
+            "sensor alone. `default` is the detector's own fusion (`gated`, 5 calibration folds; pixels: "
+            "the maximum of the calibrated maps, the hallucinated one raised by 0.5 when its fidelity "
+            f"r2 > 0). P-AUROC on the pixels of a grid of stride {args.stride} in each direction. "
+            "The last table is issue #10's "
+            "second criterion with the default fusion, at full resolution: the mean over categories of each "
+            "row, whether an MTFI row is at least the bank of its main sensor on all three metrics, the share "
+            "of the RGB bank's P-AUROC gap to the dual bank that an RGB-main row closes on bumps and dents, "
+            "and the defect types where it falls below that bank.",
+            "",
+            *lines,
+        ]
+        publish("\n".join(body), DOC)
+
+
+if __name__ == "__main__":
+    main()

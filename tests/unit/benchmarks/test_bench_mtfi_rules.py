@@ -1,0 +1,42 @@
+"""bench_mtfi_rules: the tail surprise of a value among good ones, and how shortfalls are counted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+import bench_mtfi_rules as bmr  # noqa: E402
+
+
+def test_tail_surprise_is_the_empirical_survival_then_an_exponential_tail() -> None:
+    val = np.linspace(0.0, 1.0, 10_001)[:, None]
+    test = np.array([-1.0, 0.5, 0.995, 0.9995, 1.5, 3.0])[:, None]
+    s = bmr._tail_surprise(val, test)[:, 0]
+    assert s[0] == 0.0  # below every good value: survival 1
+    assert abs(s[1] - np.log10(2)) < 1e-3  # the median: survival 1/2
+    assert np.all(np.diff(s) > 0)
+    # beyond q0.99 the survival decays by 10x per (q0.999 - q0.99) = 0.009: 1.5 is 0.51 past q0.99
+    assert abs(s[4] - (2 + 0.51 / 0.009)) < 0.1
+    assert np.isfinite(s).all()
+
+
+def _case(data: str, main: float, hal: float, fused: dict[str, float]) -> dict:
+    return {"data": data, "category": "c", "row": "f2f_rgb", "defect": "bump", "n_good": 12, "n_defect": 6,
+            "main": (main, main), "hallucinated": (hal, hal), "I": fused, "P": fused}  # fmt: skip
+
+
+def test_table_counts_shortfalls_against_the_better_stream_and_the_main_sensor() -> None:
+    cases = [
+        _case("s", 1.0, 0.6, {"default": 1.0, "other": 0.95}),  # main informative: other falls 0.05 short
+        _case("s", 0.55, 0.6, {"default": 0.55, "other": 0.6}),  # near chance: default 0.05 short, not informative
+    ]
+    lines = bmr.table(cases, "I")
+    default = next(line for line in lines if line.startswith("| default |"))
+    other = next(line for line in lines if line.startswith("| other |"))
+    assert default.split(" | ")[2:4] == ["1/2", "0/1"]  # one case short, none of the informative ones
+    assert other.split(" | ")[2:4] == ["1/2", "1/1"]
+    assert default.rstrip(" |").endswith("| 0")  # never below the main sensor
+    assert other.rstrip(" |").endswith("| 1")  # once below the main sensor (1.0 -> 0.95)
