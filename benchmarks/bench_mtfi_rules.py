@@ -7,7 +7,7 @@ had before adding the distiller). Pixel rules act on the maps calibrated as the 
 calibrates them (median and 0.999 quantile of the validation parts' pixels); image rules are
 ``gated`` fuser settings. Stream scores come from ``bench_fusion``'s cache (the same fits).
 
-    python benchmarks/bench_mtfi_rules.py DATA [DATA ...] [--stride 2] [--write]
+    python benchmarks/bench_mtfi_rules.py DATA [DATA ...] [--stride 2] [--detail] [--write]
 
 P-AUROC is computed on every ``stride``-th pixel in each direction (``--stride 1``: all).
 """
@@ -168,6 +168,20 @@ def table(cases: list[dict], level: str) -> list[str]:
     return lines
 
 
+def detail(cases: list[dict]) -> list[str]:
+    """Markdown: every case where the default falls short of the better stream (I by 0.02, P by
+    0.01), with both streams' values, so which stream was the better one can be read off."""
+    lines = ["| data | category | row | defect | level | main sensor | hallucinated | default |",
+             "|---|---|---|---|---|---:|---:|---:|"]  # fmt: skip
+    for c in cases:
+        for j, level, margin in ((0, "I", 0.02), (1, "P", 0.01)):
+            main, hal, fused = c["main"][j], c["hallucinated"][j], c[level]["default"]
+            if fused < max(main, hal) - margin:
+                lines.append(f"| {c['data']} | {c['category']} | {c['row']} | {c['defect']} | {level} | "
+                             f"{main:.3f} | {hal:.3f} | {fused:.3f} |")  # fmt: skip
+    return lines
+
+
 def _records(root: Path) -> dict[tuple[str, str], tuple[dict, dict]]:
     """``{(category, row): (overall metrics, {defect: (I, P)})}`` with the default fusion, every row
     and the two single banks (an MTFI row's main column is that sensor's bank alone), full resolution."""
@@ -226,6 +240,7 @@ def main() -> None:
     p.add_argument("data", type=Path, nargs="+")
     p.add_argument("--stride", type=int, default=2, help="P-AUROC on every STRIDE-th pixel per direction")
     p.add_argument("--write", action="store_true", help="publish to docs/benchmarks.md")
+    p.add_argument("--detail", action="store_true", help="also print every case the default falls short on")
     args = p.parse_args()
     if args.stride < 1:
         p.error("--stride must be >= 1")
@@ -234,6 +249,8 @@ def main() -> None:
     cases = compare(args.data, args.stride)
     lines = [*table(cases, "I"), "", *table(cases, "P"), "", *criteria(args.data)]
     print("\n".join(lines))
+    if args.detail:
+        print("\n".join(["", *detail(cases)]))
     if args.write:
         body = [
             "## MTFI fusion: label-free rules compared",

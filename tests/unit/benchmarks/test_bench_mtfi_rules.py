@@ -40,3 +40,11 @@ def test_table_counts_shortfalls_against_the_better_stream_and_the_main_sensor()
     assert other.split(" | ")[2:4] == ["1/2", "1/1"]
     assert default.rstrip(" |").endswith("| 0")  # never below the main sensor
     assert other.rstrip(" |").endswith("| 1")  # once below the main sensor (1.0 -> 0.95)
+
+
+def test_detail_lists_the_cases_the_default_falls_short_on_with_both_streams() -> None:
+    cases = [_case("s", 1.0, 0.6, {"default": 1.0}), _case("s", 0.55, 0.9, {"default": 0.85})]
+    rows = bmr.detail(cases)[2:]
+    assert len(rows) == 2  # the second case, at image (0.05 short) and pixel level (0.05 short)
+    assert rows[0] == "| s | c | f2f_rgb | bump | I | 0.550 | 0.900 | 0.850 |"
+    assert rows[1].split(" | ")[4] == "P"
