@@ -176,16 +176,20 @@ def fidelity_of(root: Path, category: str, row: str) -> dict | None:
     return fid
 
 
-def _per_defect(image: np.ndarray, maps: np.ndarray, d: dict) -> dict[str, tuple[float, float]]:
-    """``{defect: (I-AUROC good vs defect, P-AUROC over good + defect pixels)}``."""
+def per_defect_auroc(values: np.ndarray, truth: np.ndarray, d: dict, what: str) -> dict[str, float]:
+    """``{defect: AUROC of values against truth over test/good + that defect}`` (``what``: image or pixel)."""
     out = {}
     good = d["defects"] == "good"
     for defect in sorted(set(d["defects"].tolist()) - {"good"}):
         keep = good | (d["defects"] == defect)
-        i = auroc(image[keep], d["labels"][keep], "image")
-        p = auroc(maps[keep].reshape(-1), d["masks"][keep].reshape(-1), "pixel")
-        out[defect] = (i, p)
+        out[defect] = auroc(values[keep].reshape(-1), truth[keep].reshape(-1), what)
     return out
+
+
+def _per_defect(image: np.ndarray, maps: np.ndarray, d: dict) -> dict[str, tuple[float, float]]:
+    """``{defect: (I-AUROC good vs defect, P-AUROC over good + defect pixels)}``."""
+    i, p = per_defect_auroc(image, d["labels"], d, "image"), per_defect_auroc(maps, d["masks"], d, "pixel")
+    return {defect: (i[defect], p[defect]) for defect in i}
 
 
 def fuser_config(rule: str) -> FusionConfig:

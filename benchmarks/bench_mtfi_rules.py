@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fusion as bf  # noqa: E402
 from _common import DOC, command_line, machine_description, publish  # noqa: E402
 
+from cmdiad.config import FusionConfig  # noqa: E402
 from cmdiad.io.mvtec3d import list_categories  # noqa: E402
-from cmdiad.metrics.classification import auroc  # noqa: E402
 from cmdiad.metrics.segmentation import evaluate  # noqa: E402
+from cmdiad.scoring.fusion import calibration_constants  # noqa: E402
 
 MTFI = tuple(r for r in bf.ROWS if r != "dual")
 DEFAULT = "gated:calibration_folds=5"
@@ -93,15 +94,6 @@ IMAGE_RULES: dict[str, str] = {
 """Candidate image rules beside the default, as bench_fusion rule strings."""
 
 
-def _per_defect(values: np.ndarray, truth: np.ndarray, d: dict, what: str) -> dict[str, float]:
-    good = d["defects"] == "good"
-    out = {}
-    for defect in sorted(set(d["defects"].tolist()) - {"good"}):
-        keep = good | (d["defects"] == defect)
-        out[defect] = auroc(values[keep].reshape(-1), truth[keep].reshape(-1), what)
-    return out
-
-
 def compare(roots: list[Path], stride: int) -> list[dict]:
     """One dict per (dataset, category, MTFI row, defect): streams' and every rule's I and P."""
     cases = []
@@ -118,8 +110,8 @@ def compare(roots: list[Path], stride: int) -> list[dict]:
                 masks = d["masks"][sub]
                 val = d["val_maps"][sub].reshape(-1, 2).astype(np.float64)
                 test = d["test_maps"][sub].astype(np.float64)
-                centre = np.median(val, axis=0)
-                z = (test - centre) / (np.quantile(val, 0.999, axis=0) - centre)
+                centre, spread = calibration_constants(val, "quantile", FusionConfig().calibration_quantile)
+                z = (test - centre) / spread
                 off = bf.earned_fusion_config(bf.fuser_config(DEFAULT), fid).pixel_offset
                 image_by = {
                     "default": image,
@@ -128,10 +120,10 @@ def compare(roots: list[Path], stride: int) -> list[dict]:
                 surprise = _tail_surprise(val, test)
                 pixel_by = {"default": maps[sub], **{name: f(z, surprise, off, d) for name, f in PIXEL_RULES.items()}}
                 lab = d["labels"]
-                streams_i = [_per_defect(d["test_image"][:, j], lab, d, "image") for j in range(2)]
-                streams_p = [_per_defect(test[..., j], masks, d, "pixel") for j in range(2)]
-                rules_i = {n: _per_defect(v, lab, d, "image") for n, v in image_by.items()}
-                rules_p = {n: _per_defect(v, masks, d, "pixel") for n, v in pixel_by.items()}
+                streams_i = [bf.per_defect_auroc(d["test_image"][:, j], lab, d, "image") for j in range(2)]
+                streams_p = [bf.per_defect_auroc(test[..., j], masks, d, "pixel") for j in range(2)]
+                rules_i = {n: bf.per_defect_auroc(v, lab, d, "image") for n, v in image_by.items()}
+                rules_p = {n: bf.per_defect_auroc(v, masks, d, "pixel") for n, v in pixel_by.items()}
                 for defect in streams_i[0]:
                     cases.append({
                         "data": root.name, "category": category, "row": row, "defect": defect,
@@ -195,11 +187,7 @@ def _records(root: Path) -> dict[tuple[str, str], tuple[dict, dict]]:
             if row in ("f2f_xyz", "f2f_rgb"):
                 views[row.split("_")[1]] = (d["test_image"][:, 0], d["test_maps"][..., 0])
             for name, (image, maps) in views.items():
-                per = {
-                    k: (i, _per_defect(maps, d["masks"], d, "pixel")[k])
-                    for k, i in _per_defect(image, d["labels"], d, "image").items()
-                }
-                out[(category, name)] = (evaluate(image, d["labels"], maps, d["masks"]), per)
+                out[(category, name)] = (evaluate(image, d["labels"], maps, d["masks"]), bf._per_defect(image, maps, d))
     return out
 
 
