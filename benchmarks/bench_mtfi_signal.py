@@ -43,13 +43,15 @@ from cmdiad.config import FusionConfig  # noqa: E402
 from cmdiad.io.mvtec3d import list_categories  # noqa: E402
 from cmdiad.metrics.classification import auroc  # noqa: E402
 from cmdiad.pipeline.detector import Detector  # noqa: E402
+from cmdiad.pipeline.mtfi import PIXEL_OFFSETS, best_choice  # noqa: E402
 from cmdiad.pipeline.runs import category_splits  # noqa: E402
 from cmdiad.pipeline.streams import parse_row  # noqa: E402
 from cmdiad.scoring.fusion import calibration_constants  # noqa: E402
 
 MAIN_ONLY = float("-inf")
-CANDIDATES = (MAIN_ONLY, 0.0, 0.5, 1.0)
-"""Offsets tried for the hallucinated map (calibrated units); ``MAIN_ONLY`` leaves it out."""
+CANDIDATES = (MAIN_ONLY, *PIXEL_OFFSETS)
+"""Offsets tried for the hallucinated map (calibrated units); ``MAIN_ONLY`` leaves it out (the
+settings ``cmdiad.pipeline.mtfi.pixel_fusion_candidates`` gives a fit with labelled parts)."""
 FAMILIES = {"appearance": ("appearance", "displacement"), "shading": ("shading", "displacement")}
 """Synthetic rule name -> (camera anomaly, scan anomaly)."""
 log = logging.getLogger("bench_mtfi_signal")
@@ -62,13 +64,6 @@ def offset_name(offset: float) -> str:
 def fuse(z: np.ndarray, offset: float) -> np.ndarray:
     """Calibrated maps ``(..., 2)`` (main, hallucinated) fused with the hallucinated one raised by ``offset``."""
     return z[..., 0] if offset == MAIN_ONLY else np.maximum(z[..., 0], z[..., 1] + offset)
-
-
-def pick(scores: dict[float, float], default: float) -> float:
-    """The offset with the highest score, to 3 decimals; ties go to ``default``, then the smaller offset."""
-    best = max(round(v, 3) for v in scores.values())
-    tied = [o for o, v in scores.items() if round(v, 3) == best]
-    return default if default in tied else min(tied)
 
 
 def blob_mask(fg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -184,10 +179,10 @@ def compare(roots: list[Path], variants: int, stride: int) -> tuple[list[dict], 
                 streams = [bf.per_defect_auroc(test[..., j], masks, d, "pixel") for j in range(2)]
                 streams_i = [bf.per_defect_auroc(d["test_image"][:, j], d["labels"], d, "image") for j in order]
                 chosen = {"default": default,
-                          "oracle": pick({o: float(np.mean(list(r.values()))) for o, r in by.items()}, default)}
+                          "oracle": best_choice({o: float(np.mean(list(r.values()))) for o, r in by.items()}, default)}
                 synth = synthetic_scores(root, category, row, variants, stride)
                 for rule, scores in synth.items():
-                    chosen[f"synthetic: {rule}"] = pick(scores, default)
+                    chosen[f"synthetic: {rule}"] = best_choice(scores, default)
                 choices.append({"data": root.name, "category": category, "row": row, "chosen": chosen,
                                 "synthetic": synth})
                 for defect in streams[0]:

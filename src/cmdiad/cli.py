@@ -175,7 +175,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         h, _, w = args.size.partition("x")
         kwargs["image_size"] = (int(h), int(w or h))
     for name, field in (("train", "train"), ("validation", "validation"), ("test_good", "test_good"),
-                        ("test_defect", "test_per_defect")):
+                        ("test_defect", "test_per_defect"), ("validation_defect", "validation_per_defect")):
         value = getattr(args, name)
         if value is not None:
             kwargs[field] = value
@@ -236,6 +236,9 @@ def _print_record(r: dict[str, Any]) -> None:
     print(f"  {r['category']:>14} {row_name(r['method'], r['main']):<8} n={r.get('num_test')}{left}  "
           f"I-AUROC {r['i_auroc']:.4f}  P-AUROC {r['p_auroc']:.4f}  AUPRO@30% {r['aupro_30']:.4f}  "
           f"AUPRO@1% {r['aupro_1']:.4f}{fit}")
+    if chosen := r.get("pixel_fusion"):
+        print(f"  {'':>14} {'':<8}   pixel fusion: {chosen['chosen']} (label-free: {chosen['label_free']}), "
+              f"chosen on {chosen['labelled_parts']} labelled validation parts")
     for defect, m in sorted((r.get("per_defect") or {}).items()):
         values = "  ".join(f"{k} {m[k]:.4f}" for k in ("i_auroc", "p_auroc", "aupro_30", "aupro_1"))
         print(f"  {'':>14} {'':<8}   {defect:<12} n={m['num_test']}  {values}")
@@ -325,6 +328,9 @@ def _add_synth(sub) -> None:
     s.add_argument("--test-good", dest="test_good", type=int, help="good test samples per category (default: 12)")
     s.add_argument("--test-defect", dest="test_defect", type=int,
                    help="test samples per category and defect type (default: 6)")
+    s.add_argument("--validation-defect", dest="validation_defect", type=int,
+                   help="labelled defective validation samples per category and defect type, with masks "
+                        "(default: 0; they choose an MTFI row's pixel fusion, fusion.labelled_choice)")
     s.add_argument("--seed", type=int, default=0, help="seed of the whole dataset")
     s.add_argument("--quiet", action="store_true", help="print nothing (no progress bar, no summary)")
     s.set_defaults(func=cmd_synth)

@@ -57,7 +57,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         samples = getattr(det, "threshold_samples", None)
         print(f"fitted {method} ({main} main) on {report.num_train} samples in {report.fit_seconds:.1f} s; "
               f"threshold {det.threshold:.5g} at FRR {args.frr} set by {samples} good "
-              f"{'validation' if val else 'training'} samples")
+              f"{'validation' if any(r.label == 0 for r in val) else 'training'} samples")
+        if chosen := report.pixel_fusion:
+            print(f"pixel fusion: {chosen['chosen']} (label-free: {chosen['label_free']}), chosen on "
+                  f"{chosen['labelled_parts']} labelled validation parts")
         note = threshold_warning(samples, args.frr)
         if note:
             print(f"warning: {note}", file=sys.stderr)

@@ -248,7 +248,9 @@ class FusionConfig:
     """``gated`` fuser, image scores: ``gated`` (the real sensors' maximum plus the hallucinated
     streams' excess over ``image_gate``) or ``max`` (as ``calibrated_max``)."""
     pixel_combine: str = "max"
-    """``gated`` fuser, anomaly-map pixels: ``gated`` or ``max``."""
+    """``gated`` fuser, anomaly-map pixels: ``gated``, ``max`` or ``real`` (the real sensors' maps
+    only: a hallucinated map is left out; what a fit may choose from labelled parts,
+    ``labelled_choice``)."""
     image_gate: float = 3.0
     """``gated``: calibrated image score above which a hallucinated stream counts (3 good-sample std),
     before ``gate_correction``."""
@@ -267,6 +269,12 @@ class FusionConfig:
     distribution, from the number of samples the calibration saw (6 samples: 6.5 for a gate of 3;
     20: 3.6; many: 3), or ``none``."""
 
+    labelled_choice: bool = True
+    """``gated`` fuser of an MTFI row, when the validation split holds labelled defective parts
+    (``validation/<defect>/`` with masks): the fit tries the hallucinated map left out
+    (``pixel_combine = "real"``) and raised by 0, 0.5 and 1 calibrated units under the maximum, and
+    keeps the one with the best mean P-AUROC over those parts' defect types (good pixels: the
+    validation good parts; ties go to the label-free setting). False: always the label-free setting."""
     calibration_folds: int = 0
     """``fit_on = "validation"``: the training parts are also scored, in this many folds, each
     against banks of the real sensors built without it, and those scores join the validation
@@ -277,8 +285,10 @@ class FusionConfig:
     def __post_init__(self) -> None:
         _check(self.kind in ("ocsvm", "sum", "calibrated_max", "gated"),
                f"unknown fusion kind {self.kind!r}; use one of: ocsvm, sum, calibrated_max, gated")
-        for what, combine in (("image", self.image_combine), ("pixel", self.pixel_combine)):
-            _check(combine in ("gated", "max"), f"unknown {what}_combine {combine!r}; use gated or max")
+        _check(self.image_combine in ("gated", "max"),
+               f"unknown image_combine {self.image_combine!r}; use gated or max")
+        _check(self.pixel_combine in ("gated", "max", "real"),
+               f"unknown pixel_combine {self.pixel_combine!r}; use gated, max or real")
         _check(self.image_gate >= 0 and self.pixel_gate >= 0, "image_gate and pixel_gate must be >= 0")
         _check(math.isfinite(self.pixel_offset), "pixel_offset must be a finite number")
         _check(self.gate_correction in ("student_t", "none"),

@@ -4,11 +4,14 @@ Layout (also produced by :mod:`cmdiad.io.eyecandies` and :mod:`cmdiad.synthetic`
 
     <root>/<category>/{train,validation}/good/{rgb/<stem>.png, xyz/<stem>.tiff}
     <root>/<category>/test/<good|defect>/{rgb/<stem>.png, xyz/<stem>.tiff, gt/<stem>.png}
+    <root>/<category>/validation/<defect>/{rgb/<stem>.png, xyz/<stem>.tiff, gt/<stem>.png}  (optional)
     <root>/<category>/class_ids.json   (optional: grey value -> defect name)
 
 Files are paired by stem, never by sorted position. A sample missing its rgb or its xyz file is
 still a record (that path is ``None``): incomplete modalities are expected. Ground-truth masks of
-train/validation samples are ignored, as in the reference loaders.
+good train/validation samples are ignored, as in the reference loaders. Labelled defective
+validation parts (not in MVTec 3D-AD; a user's own) need their masks, as test parts do; they are
+never trained on (see ``FusionConfig.labelled_choice``). Training parts must all be good.
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ def list_records(
             dropped with an info log. ``None`` keeps every record.
 
     Raises:
-        DatasetError: Missing category, a mask without rgb/xyz, a defective test sample without
-            its mask, or no training samples when ``split == "train"``.
+        DatasetError: Missing category, a mask without rgb/xyz, a defective test or validation
+            sample without its mask, a training folder other than ``good``, or no training
+            samples when ``split == "train"``.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -64,6 +68,10 @@ def list_records(
         raise DatasetError(cat_dir, "category folder not found" + categories_hint(root))
     split_dir = cat_dir / split
     defects = sorted(p for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
+    if split == "train" and any(d.name != "good" for d in defects):
+        bad = next(d for d in defects if d.name != "good")
+        raise DatasetError(bad, "training parts must be good: only train/good is read; move labelled "
+                           "defective parts to validation/<defect>/ (with masks) or test/")
     records = [r for d in defects for r in _defect_records(category, split, d)]
     if split == "train" and not records:
         raise DatasetError(split_dir, f"category {category!r} has no training samples")
@@ -73,16 +81,17 @@ def list_records(
 def _defect_records(category: str, split: str, folder: Path) -> list[SampleRecord]:
     rgb = _files_by_stem(folder / "rgb", "rgb")
     xyz = _files_by_stem(folder / "xyz", "xyz")
-    gt = _files_by_stem(folder / "gt", "gt") if split == "test" else {}
+    labelled = split == "test" or (split == "validation" and folder.name != "good")
+    gt = _files_by_stem(folder / "gt", "gt") if labelled else {}
     stems = sorted(set(rgb) | set(xyz))
     for stem, path in gt.items():
         if stem not in rgb and stem not in xyz:
             raise DatasetError(path, "ground-truth mask has no rgb or xyz counterpart")
     if folder.name != "good":
-        for stem in stems if split == "test" else []:
+        for stem in stems if labelled else []:
             if stem not in gt:
                 raise DatasetError(
-                    folder / "gt" / f"{stem}.png", f"defective test sample {stem!r} has no mask"
+                    folder / "gt" / f"{stem}.png", f"defective {split} sample {stem!r} has no mask"
                 )
     return [SampleRecord(category, split, folder.name, s, rgb.get(s), xyz.get(s), gt.get(s)) for s in stems]
 

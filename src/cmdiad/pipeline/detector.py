@@ -26,6 +26,7 @@ from cmdiad.distill.train import TrainReport
 from cmdiad.errors import DatasetError
 from cmdiad.memory.bank import MemoryBank, SplitBank, new_bank
 from cmdiad.memory.moments import RunningMoments
+from cmdiad.metrics.classification import auroc
 from cmdiad.pipeline.core import DetectorCore, FusionState, StreamScores
 from cmdiad.pipeline.encoder import Encoder, Progress, staged
 from cmdiad.pipeline.mtfi import (
@@ -33,9 +34,11 @@ from cmdiad.pipeline.mtfi import (
     Design,
     Hallucinator,
     PairedData,
+    choose_pixel_fusion,
     design,
     earned_fusion_config,
     fidelity,
+    pixel_fusion_candidates,
     train_hallucinator,
 )
 from cmdiad.pipeline.streams import Stream, needed_modalities
@@ -59,6 +62,10 @@ class FitReport:
     distill: TrainReport | None = None
     fidelity: dict[str, float] | None = None
     """Hallucinated vs real target features on held-out good samples (:func:`~cmdiad.pipeline.mtfi.fidelity`)."""
+    pixel_fusion: dict[str, Any] = field(default_factory=dict)
+    """An MTFI row's pixel fusion chosen on labelled validation parts: ``chosen``, ``label_free``
+    (what the fit had without them), ``labelled_parts`` and the candidates' ``p_auroc``; empty
+    when there were none (``Detector._choose_pixel_fusion``)."""
 
 
 def paired_subset(records: Sequence[SampleRecord], fraction: float, seed: int) -> list[SampleRecord]:
@@ -153,8 +160,11 @@ class Detector:
         Args:
             train: Good training samples; the main-modality bank uses every sample that has the
                 main modality, the distiller the samples that have both.
-            validation: Good samples for the threshold; training scores are used when empty.
-            threshold_frr: Target false-reject rate on ``validation``.
+            validation: Good samples for the threshold and the fusion's calibration (training
+                scores are used when empty). Labelled defective ones among them (label 1, with
+                masks) are never calibrated on: for an MTFI row they choose how its hallucinated
+                anomaly map enters the fusion (``fusion.labelled_choice``).
+            threshold_frr: Target false-reject rate on the good ``validation`` samples.
             progress: Optional ``progress(stage, done, total)``.
         """
         t0 = time.perf_counter()
@@ -169,6 +179,8 @@ class Detector:
         if self.core.hallucinated is not None and not self._pretrained:
             report.num_paired, report.distill = self.train_distiller(train, progress)
         mean_std = self._standardization(train, usable)
+        labelled = [r for r in validation if r.label == 1 and set(self.modalities) <= r.modalities]
+        validation = [r for r in validation if r.label == 0]
         held_out = [r for r in validation if set(self.modalities) <= r.modalities]
         on_validation = self.config.fusion.fit_on == "validation" and bool(held_out)
         # Fusion fitted on training samples searches them again: a hallucinated stream keeps its
@@ -186,7 +198,10 @@ class Detector:
             self.core.fusion = FusionState(earned_fusion_config(self.config.fusion, report.fidelity))
         if on_validation:
             crossfit = self._crossfit_image_scores(usable, mean_std, progress)
-            self._fit_fusion(self.stream_scores(held_out, staged(progress, "validation scores")), crossfit)
+            per = self.stream_scores(held_out, staged(progress, "validation scores"))
+            self._fit_fusion(per, crossfit)
+            if labelled and self.core.hallucinated is not None and self.config.fusion.labelled_choice:
+                report.pixel_fusion = self._choose_pixel_fusion(per, crossfit, labelled, progress)
         else:
             if self.config.fusion.fit_on == "validation":
                 log.warning("no validation samples: fusion fitted on training samples (their own banks)")
@@ -387,10 +402,12 @@ class Detector:
         return {k: (torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts])) for k in parts[0]}
 
     def _fit_fusion(
-        self, per: dict[str, tuple[torch.Tensor, torch.Tensor]], crossfit: dict[str, torch.Tensor] | None = None
+        self, per: dict[str, tuple[torch.Tensor, torch.Tensor]], crossfit: dict[str, torch.Tensor] | None = None,
+        state: FusionState | None = None,
     ) -> None:
-        """Fit the fuser on per-stream scores ``per``, plus ``crossfit`` image scores of training
-        parts for some streams (NaN in the other columns: calibrated on what each column has)."""
+        """Fit the fuser (``state``, else the core's) on per-stream scores ``per``, plus ``crossfit``
+        image scores of training parts for some streams (NaN in the other columns: calibrated on
+        what each column has)."""
         image_rows, maps = self.core.columns(per)
         n, pixel_rows = image_rows.shape[0], maps.reshape(-1, maps.shape[-1])
         names = [s.name for s in self.core.streams]
@@ -400,9 +417,40 @@ class Detector:
         if pixel_rows.shape[0] > budget:
             rng = np.random.default_rng(self.config.fusion.seed)
             pixel_rows = pixel_rows[torch.as_tensor(rng.choice(pixel_rows.shape[0], budget, replace=False))]
-        self.core.fusion.fit(image_rows, pixel_rows, [s.hallucinated for s in self.core.streams])
+        (state or self.core.fusion).fit(image_rows, pixel_rows, [s.hallucinated for s in self.core.streams])
         log.info("fusion fitted on %d samples (image level: %d more cross-fitted training parts), %d pixel rows",
                  n, image_rows.shape[0] - n, pixel_rows.shape[0])
+
+    def _choose_pixel_fusion(self, per: StreamScores, crossfit: dict[str, torch.Tensor] | None,
+                             labelled: Sequence[SampleRecord], progress: Progress | None) -> dict[str, Any]:
+        """Set the MTFI row's pixel fusion to the candidate (:func:`pixel_fusion_candidates`) that
+        :func:`choose_pixel_fusion` keeps from its P-AUROC per defect type of the ``labelled`` parts,
+        good pixels from the validation scores ``per``; returns what was tried and chosen (for the
+        fit report: ``p_auroc`` per candidate and defect type)."""
+        if self.config.fusion.kind != "gated":
+            log.info("labelled validation parts ignored: fusion kind %r has no pixel choice", self.config.fusion.kind)
+            return {}
+        defective = self.stream_scores(labelled, staged(progress, "labelled validation scores"))
+        masks = self.encoder.masks(labelled).numpy()
+        defects = np.array([r.defect for r in labelled])
+        current = self.core.fusion.fuser.config
+        states, scores = {}, {}
+        for name, cfg in pixel_fusion_candidates(current).items():
+            states[name] = self.core.fusion if cfg == current else FusionState(cfg)
+            if states[name] is not self.core.fusion:
+                self._fit_fusion(per, crossfit, states[name])
+            good = states[name].pixel_scores(self.core.columns(per)[1].reshape(-1, len(self.streams))).numpy()
+            bad = states[name].pixel_scores(self.core.columns(defective)[1].reshape(-1, len(self.streams)))
+            bad = bad.numpy().reshape(masks.shape)
+            scores[name] = {t: auroc(np.concatenate([good, bad[defects == t].ravel()]),
+                                     np.concatenate([np.zeros(good.size, bool), masks[defects == t].ravel()]), "pixel")
+                            for t in sorted(set(defects.tolist()))}
+        default = next(n for n, c in pixel_fusion_candidates(current).items() if c == current)
+        chosen = choose_pixel_fusion(scores, default)
+        self.core.fusion = states[chosen]
+        log.info("pixel fusion %r chosen on %d labelled validation parts (label-free: %r; mean P-AUROC %s)", chosen,
+                 len(labelled), default, ", ".join(f"{n} {np.mean(list(v.values())):.3f}" for n, v in scores.items()))
+        return {"chosen": chosen, "label_free": default, "labelled_parts": len(labelled), "p_auroc": scores}
 
     def _score_bank_only(
         self, s: Stream, pf: PatchFeatures, progress: Progress | None = None, bank: MemoryBank | SplitBank | None = None

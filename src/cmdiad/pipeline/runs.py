@@ -37,6 +37,8 @@ def category_splits(
 ) -> tuple[list, list, list]:
     """``(train, validation, test)`` records of a category.
 
+    The validation records include labelled defective parts where the dataset has any
+    (``validation/<defect>/``); ``with_validation`` adds only the good ones to training.
     With ``skip_bad``, every sample is read once up front and unreadable or malformed ones
     are dropped with a warning (``data.skip_bad_samples``); otherwise the first bad file
     stops the run with an error naming it.
@@ -46,8 +48,17 @@ def category_splits(
         splits = [[r for r in recs if load_sample(r, skip_bad=True) is not None] for recs in splits]
     train, val, test = splits
     if with_validation:
-        train = train + val
+        train = train + [r for r in val if r.label == 0]
     return train, val, test
+
+
+def split_counts(splits: tuple[list, list, list]) -> dict[str, int]:
+    """Samples per split; labelled defective validation parts (which choose, never train) on their own."""
+    counts = dict(zip(("train", "validation", "test"), map(len, splits), strict=True))
+    if labelled := sum(r.label for r in splits[1]):
+        counts["validation"] -= labelled
+        counts["validation_labelled"] = labelled
+    return counts
 
 
 def usable_test(test: Sequence[SampleRecord], modalities: Sequence[str], where: str) -> list[SampleRecord]:
@@ -124,8 +135,10 @@ def run_row(
                               arrays["defects"], cfg.metrics.aupro_mode, where=f"{row}/{category}")
     extract_ms = sum(encoder.ms_per_sample.get(m, 0.0) for m in modalities)
     fidelity = {f"fidelity_{k}": v for k, v in (fit.fidelity or {}).items() if k != "patches"}
+    chosen = {"pixel_fusion": fit.pixel_fusion} if fit.pixel_fusion else {}  # from labelled validation parts
     return plain({"method": method, "main": main, "category": category, "num_left_out": len(test) - len(usable),
-                  **metrics, **fidelity, "fit_seconds": fit.fit_seconds, "ms_per_sample": score_ms + extract_ms})
+                  **metrics, **fidelity, **chosen, "fit_seconds": fit.fit_seconds,
+                  "ms_per_sample": score_ms + extract_ms})
 
 
 @dataclass
@@ -291,7 +304,7 @@ def _run_categories(
     for category in categories:
         splits = category_splits(root, category, with_validation=data.train_with_validation,
                                  skip_bad=data.skip_bad_samples)
-        info["samples"][category] = dict(zip(("train", "validation", "test"), map(len, splits), strict=True))
+        info["samples"][category] = split_counts(splits)
         atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
         if all((row, category) in done for row in rows):
             records += [done[(row, category)] for row in rows]

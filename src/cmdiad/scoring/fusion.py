@@ -245,7 +245,8 @@ class GatedFuser(CalibratedMaxFuser):
     for a good part" in every stream), then fused as ``max_real z + sum_hal max(0, z - gate)``:
     the maximum over the real sensors' columns, plus each hallucinated column's excess over
     ``gate`` = ``FusionConfig.image_gate`` / ``pixel_gate`` in calibrated units (``combine`` =
-    ``gated``), or the maximum over every column (``combine`` = ``max``). A ``zscore`` or
+    ``gated``), the maximum over every column (``combine`` = ``max``), or, for pixels, the
+    maximum over the real columns alone (``combine`` = ``real``). A ``zscore`` or
     ``zscore_tail``-calibrated level's gate is widened for the few samples its mean and spread come from
     (:func:`student_t_gate`, ``FusionConfig.gate_correction``): 3 std of 6 validation parts are
     exceeded by about 3 % of good parts, not 0.13 %. With two real sensors
@@ -303,6 +304,8 @@ class GatedFuser(CalibratedMaxFuser):
             return z.amax(dim=1)
         gated = w[3] > 0.5
         real = z.masked_fill(gated, float("-inf")).amax(dim=1)
+        if combine == "real":
+            return real
         excess = ((z - w[2]).clamp(min=0) * gated.to(z.dtype)).sum(dim=1)
         return real + excess
 

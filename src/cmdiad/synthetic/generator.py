@@ -57,6 +57,9 @@ class SynthConfig:
     """Good test samples per category."""
     test_per_defect: int = 6
     """Test samples per category and defect type."""
+    validation_per_defect: int = 0
+    """Labelled defective validation samples (``validation/<defect>/`` with masks) per category and
+    defect type; every other sample is the same whatever this is."""
     seed: int = 0
     """Seed of the whole dataset."""
     depth_noise: float = 1e-4
@@ -78,7 +81,8 @@ class SynthConfig:
             )
         if len(self.image_size) != 2 or min(self.image_size) < 16:
             raise ValueError("image_size must be (H, W) with both sides >= 16")
-        if min(self.train, self.validation, self.test_good, self.test_per_defect) < 0 or self.train < 1:
+        counts = (self.train, self.validation, self.test_good, self.test_per_defect, self.validation_per_defect)
+        if min(counts) < 0 or self.train < 1:
             raise ValueError("sample counts must be >= 0 and train >= 1")
         if min(self.depth_noise, self.rgb_noise, self.dropout_rate, self.max_tilt) < 0:
             raise ValueError("noise levels must be >= 0")
@@ -238,6 +242,7 @@ def _plan(cfg: SynthConfig) -> list[tuple[str, str, str, int]]:
             ("test", "good", cfg.test_good),
         ]
         groups += [("test", d, cfg.test_per_defect) for d in cfg.defects]
+        groups += [("validation", d, cfg.validation_per_defect) for d in cfg.defects]
         plan += [(cat, split, d, i) for split, d, n in groups for i in range(n)]
     return plan
 
@@ -286,7 +291,7 @@ def _write_sample(folder: Path, stem: str, category: str, cfg: SynthConfig, seed
     rgb, xyz, mask = render_sample(category, cfg, seed, defect)
     write_rgb(folder / "rgb" / f"{stem}.png", rgb)
     write_xyz(folder / "xyz" / f"{stem}.tiff", xyz)
-    if folder.parent.name == "test":
+    if folder.parent.name == "test" or defect is not None:  # labelled validation parts have masks too
         grey = 0 if defect is None else 255 - cfg.defects.index(defect)
         write_mask(folder / "gt" / f"{stem}.png", mask.astype(np.uint8) * grey)
 

@@ -183,3 +183,19 @@ def test_skip_bad_warns_and_skips(root: Path, caplog) -> None:
     assert str(recs[0].xyz_path) in caplog.text
     with pytest.raises(DatasetError):
         list(iter_samples(recs))
+
+
+def test_labelled_validation_part_without_mask(root: Path) -> None:
+    folder = root / "tile" / "validation" / "crack"
+    shutil.copytree(root / "tile" / "test" / "crack", folder)
+    recs = list_records(root, "tile", "validation")
+    assert [r.label for r in recs] == [1, 1] and all(r.gt_path is not None for r in recs)
+    (folder / "gt" / "000.png").unlink()
+    check(lambda: list_records(root, "tile", "validation"), folder / "gt" / "000.png",
+          "defective validation sample '000' has no mask")
+
+
+def test_training_folder_other_than_good(root: Path) -> None:
+    folder = root / "tile" / "train" / "crack"
+    shutil.copytree(root / "tile" / "test" / "crack", folder)
+    check(lambda: list_records(root, "tile", "train"), folder, "training parts must be good")

@@ -107,3 +107,22 @@ def test_default_dataset_generates_quickly(tmp_path) -> None:
     total = sum(sum(c.values()) for c in summary["counts"].values())
     assert seen[-1] == (total, total) and total == 3 * (30 + 6 + 12 + 6 * len(DEFECT_TYPES))
     assert elapsed < 30
+
+
+def test_labelled_validation_parts_leave_every_other_sample_as_it_was(tmp_path) -> None:
+    small = SynthConfig(categories=("ring",), image_size=(32, 32), train=2, validation=1, test_good=1,
+                        test_per_defect=1, defects=("bump", "stain"))
+    generate_dataset(tmp_path / "plain", small)
+    summary = generate_dataset(tmp_path / "lab", SynthConfig(**{**small.__dict__, "validation_per_defect": 2}))
+    assert summary["counts"]["ring"]["validation/bump"] == 2
+    val = list_records(tmp_path / "lab", "ring", "validation")
+    labelled = [r for r in val if r.label]
+    assert sorted(r.defect for r in labelled) == ["bump", "bump", "stain", "stain"]
+    assert all(load_sample(r).mask.any() for r in labelled)  # masks written, and not empty
+    for split in ("train", "validation", "test"):
+        plain = [r for r in list_records(tmp_path / "plain", "ring", split)]
+        same = [r for r in list_records(tmp_path / "lab", "ring", split) if r.label == 0 or split == "test"]
+        assert len(plain) == len(same)
+        for a, b in zip(plain, same, strict=True):
+            assert a.rgb_path.read_bytes() == b.rgb_path.read_bytes()
+            assert a.xyz_path.read_bytes() == b.xyz_path.read_bytes()
