@@ -117,3 +117,20 @@ def test_the_best_mean_over_defect_types_wins_and_ties_keep_the_label_free_setti
     assert best_choice({"a": 0.5, "b": 0.6, "c": 0.6}, "a") == "b"  # the first of equals
     assert best_choice({"a": 0.5, "b": 0.505}, "a", margin=0.01) == "a"
     assert best_choice({"a": 0.5, "b": 0.51}, "a", margin=0.01) == "b"
+
+
+def test_labelled_parts_whose_masks_are_empty_are_ignored_with_a_warning(
+        labelled_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "copy"
+    shutil.copytree(labelled_dataset, root)
+    for gt in (root / "ring" / "validation").glob("*/gt/*.png"):
+        Image.fromarray(np.zeros(np.asarray(Image.open(gt)).shape, np.uint8)).save(gt)
+    train, val, _ = category_splits(root, "ring", with_validation=False)
+    det = Detector(_config("f2f", "xyz"), build_encoder(_config("f2f", "xyz"), device="cpu"))
+    with caplog.at_level("WARNING"):
+        assert det.fit(train, validation=val).pixel_fusion == {}
+    assert "mark no defect pixel" in caplog.text

@@ -430,9 +430,13 @@ class Detector:
         if self.config.fusion.kind != "gated":
             log.info("labelled validation parts ignored: fusion kind %r has no pixel choice", self.config.fusion.kind)
             return {}
-        defective = self.stream_scores(labelled, staged(progress, "labelled validation scores"))
         masks = self.encoder.masks(labelled).numpy()
         defects = np.array([r.defect for r in labelled])
+        types = sorted(t for t in set(defects.tolist()) if masks[defects == t].any())
+        if not types:
+            log.warning("labelled validation parts ignored: their masks mark no defect pixel")
+            return {}
+        defective = self.stream_scores(labelled, staged(progress, "labelled validation scores"))
         current = self.core.fusion.fuser.config
         states, scores = {}, {}
         for name, cfg in pixel_fusion_candidates(current).items():
@@ -444,7 +448,7 @@ class Detector:
             bad = bad.numpy().reshape(masks.shape)
             scores[name] = {t: auroc(np.concatenate([good, bad[defects == t].ravel()]),
                                      np.concatenate([np.zeros(good.size, bool), masks[defects == t].ravel()]), "pixel")
-                            for t in sorted(set(defects.tolist()))}
+                            for t in types}
         default = next(n for n, c in pixel_fusion_candidates(current).items() if c == current)
         chosen = choose_pixel_fusion(scores, default)
         self.core.fusion = states[chosen]
