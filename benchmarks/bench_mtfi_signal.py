@@ -157,6 +157,23 @@ def synthetic_scores(root: Path, category: str, row: str, variants: int, stride:
     return out
 
 
+def calibrated(root: Path, category: str, row: str, stride: int) -> dict:
+    """A row's cached scores (``bench_fusion``) on a grid of ``stride``: the cache ``d``, the column
+    ``order`` (main, hallucinated), the ``default`` offset, validation and test maps ``z_val`` /
+    ``z`` ``(N, h, w, 2)`` calibrated as the gated fuser calibrates pixels, the test ``masks``, and
+    the grid's slices ``sub``."""
+    d = bf.stream_scores(root, category, row)
+    roles = bf.hallucinated_columns(root, row, d)
+    order = [roles.index(False), roles.index(True)]
+    default = bf.earned_fusion_config(bf.fuser_config(bmr.DEFAULT), bf.fidelity_of(root, category, row)).pixel_offset
+    sub = (slice(None), slice(None, None, stride), slice(None, None, stride))
+    val = d["val_maps"][sub][..., order].astype(np.float64)
+    test = d["test_maps"][sub][..., order].astype(np.float64)
+    centre, spread = calibration_constants(val.reshape(-1, 2), "quantile", FusionConfig().calibration_quantile)
+    return {"d": d, "order": order, "default": default, "z_val": (val - centre) / spread,
+            "z": (test - centre) / spread, "masks": d["masks"][sub], "sub": sub}
+
+
 def compare(roots: list[Path], variants: int, stride: int) -> tuple[list[dict], list[dict]]:
     """Per-defect cases (as ``bench_mtfi_rules.compare``) with one P rule per choice, and per-row choices."""
     cases, choices = [], []
@@ -164,17 +181,9 @@ def compare(roots: list[Path], variants: int, stride: int) -> tuple[list[dict], 
         for category in list_categories(root):
             for row in bmr.MTFI:
                 log.info("%s %s %s", root.name, category, row)
-                d = bf.stream_scores(root, category, row)
-                roles = bf.hallucinated_columns(root, row, d)
-                order = [roles.index(False), roles.index(True)]
-                fid = bf.fidelity_of(root, category, row)
-                default = bf.earned_fusion_config(bf.fuser_config(bmr.DEFAULT), fid).pixel_offset
-                sub = (slice(None), slice(None, None, stride), slice(None, None, stride))
-                masks = d["masks"][sub]
-                val = d["val_maps"][sub][..., order].reshape(-1, 2).astype(np.float64)
-                test = d["test_maps"][sub][..., order].astype(np.float64)
-                centre, spread = calibration_constants(val, "quantile", FusionConfig().calibration_quantile)
-                z = (test - centre) / spread
+                c = calibrated(root, category, row, stride)
+                d, order, default, z, masks = c["d"], c["order"], c["default"], c["z"], c["masks"]
+                test = d["test_maps"][c["sub"]][..., order].astype(np.float64)
                 by = {o: bf.per_defect_auroc(fuse(z, o), masks, d, "pixel") for o in CANDIDATES}
                 streams = [bf.per_defect_auroc(test[..., j], masks, d, "pixel") for j in range(2)]
                 streams_i = [bf.per_defect_auroc(d["test_image"][:, j], d["labels"], d, "image") for j in order]

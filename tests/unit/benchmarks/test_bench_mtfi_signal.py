@@ -85,7 +85,9 @@ def test_labelled_choice_follows_the_stream_that_localises_the_labelled_defects(
     masks[:, 4:8, 4:8] = True
     z[:, 4:8, 4:8, seeing] += 1.5  # only one stream sees the defect
     defects = np.array(["bump"] * 4)
-    chosen = bml.choose(z_val, z, masks, defects, np.arange(2), default=0.5)
+    per = bml.labelled_scores(z_val, z, masks, defects, np.arange(2))
+    assert set(per) == set(bms.CANDIDATES) and all(set(r) == {"bump"} for r in per.values())
+    chosen = bml.choose(per, 0.5, "library")
     if seeing == 0:
         assert chosen == bms.MAIN_ONLY  # the hallucinated map only adds false alarms
     else:
