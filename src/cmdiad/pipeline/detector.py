@@ -436,20 +436,23 @@ class Detector:
         if not types:
             log.warning("labelled validation parts ignored: their masks mark no defect pixel")
             return {}
-        defective = self.stream_scores(labelled, staged(progress, "labelled validation scores"))
+        k = len(self.streams)
+        good_rows = self.core.columns(per)[1].reshape(-1, k)
+        bad_rows = self.core.columns(self.stream_scores(labelled, staged(progress, "labelled validation scores")))[1]
+        bad_rows = bad_rows.reshape(-1, k)
         current = self.core.fusion.fuser.config
+        candidates = pixel_fusion_candidates(current)
         states, scores = {}, {}
-        for name, cfg in pixel_fusion_candidates(current).items():
+        for name, cfg in candidates.items():
             states[name] = self.core.fusion if cfg == current else FusionState(cfg)
             if states[name] is not self.core.fusion:
                 self._fit_fusion(per, crossfit, states[name])
-            good = states[name].pixel_scores(self.core.columns(per)[1].reshape(-1, len(self.streams))).numpy()
-            bad = states[name].pixel_scores(self.core.columns(defective)[1].reshape(-1, len(self.streams)))
-            bad = bad.numpy().reshape(masks.shape)
+            good = states[name].pixel_scores(good_rows).numpy()
+            bad = states[name].pixel_scores(bad_rows).numpy().reshape(masks.shape)
             scores[name] = {t: auroc(np.concatenate([good, bad[defects == t].ravel()]),
                                      np.concatenate([np.zeros(good.size, bool), masks[defects == t].ravel()]), "pixel")
                             for t in types}
-        default = next(n for n, c in pixel_fusion_candidates(current).items() if c == current)
+        default = next(n for n, c in candidates.items() if c == current)
         chosen = choose_pixel_fusion(scores, default)
         self.core.fusion = states[chosen]
         log.info("pixel fusion %r chosen on %d labelled validation parts (label-free: %r; mean P-AUROC %s)", chosen,
