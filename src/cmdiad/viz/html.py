@@ -297,9 +297,29 @@ def run_info_html(info: Mapping[str, Any] | None) -> str:
     samples = info.get("samples") or {}
     if samples:
         splits = ("train", "validation", "test")
+        if any("validation_labelled" in counts for counts in samples.values()):
+            splits = ("train", "validation", "validation_labelled", "test")
         table = [[c, *(str(counts.get(s, "")) for s in splits)] for c, counts in sorted(samples.items())]
         parts.append("<h3>Samples per split</h3>" + html_table(["Category", *splits], table))
     return "".join(parts)
+
+
+def _pixel_fusion_html(records: Sequence[Mapping[str, Any]]) -> str:
+    """Per MTFI row and category, the pixel fusion its fit chose on labelled validation parts
+    (``fusion.labelled_choice``), with each setting's mean P-AUROC over their defect types."""
+    chosen = [r for r in records if r.get("pixel_fusion")]
+    if not chosen:
+        return ""
+    names = list(chosen[0]["pixel_fusion"]["p_auroc"])
+    rows = [[row_label(row_name(r)), str(r["category"]), r["pixel_fusion"]["chosen"], r["pixel_fusion"]["label_free"],
+             r["pixel_fusion"]["labelled_parts"],
+             *(float(np.mean(list(r["pixel_fusion"]["p_auroc"][n].values()))) for n in names)]
+            for r in sorted(chosen, key=lambda r: (ordered_rows(records).index(row_name(r)), str(r["category"])))]
+    note = ("<p>How each MTFI row's hallucinated anomaly map enters its pixel fusion, chosen on the labelled "
+            "defective validation parts: the setting with the best mean P-AUROC over their defect types "
+            "(good pixels: the good validation parts).</p>")
+    header = ["Row", "Category", "Chosen", "Label-free", "Labelled parts", *(f"P-AUROC: {n}" for n in names)]
+    return "<h2>Pixel fusion chosen on labelled parts</h2>" + note + html_table(header, rows)
 
 
 def _recommendation_html(records: Sequence[Mapping[str, Any]]) -> str:
@@ -352,7 +372,8 @@ def write_html_report(
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>"
-        f"{run_info_html(run_info)}{_tables_html(records)}{_timings_html(records)}{provenance}"
+        f"{run_info_html(run_info)}{_tables_html(records)}{_pixel_fusion_html(records)}{_timings_html(records)}"
+        f"{provenance}"
         f"{''.join(sections)}{_recommendation_html(records)}</body></html>\n"
     )
     path = Path(out_dir) / "report.html"

@@ -155,3 +155,18 @@ def test_report_shows_run_metadata_plots_colour_bar_and_per_defect_tables(tmp_pa
     assert text.index("<h2>Timing</h2>") > text.index("<h3>AUPRO@1% per defect type</h3>")
     detail = text[text.index("<h3>bagel</h3>"):]  # the row's own per-category, per-type table
     assert "<th>Defect type</th>" in detail and "<td>crack</td><td>4</td><td>0.750</td>" in detail
+
+
+def test_report_shows_the_pixel_fusion_chosen_on_labelled_parts(tmp_path) -> None:
+    records = _records()
+    assert "Pixel fusion chosen" not in write_html_report(tmp_path, records, tmp_path / "raw").read_text()
+    records[2]["pixel_fusion"] = {  # f2f rgb, bagel
+        "chosen": "main sensor only", "label_free": "maximum, offset 0.5", "labelled_parts": 5,
+        "p_auroc": {"main sensor only": {"bump": 0.9, "stain": 0.8},
+                    "maximum, offset 0.5": {"bump": 0.7, "stain": 0.8}}}
+    info = {"samples": {"bagel": {"train": 10, "validation": 2, "validation_labelled": 5, "test": 8}}}
+    text = write_html_report(tmp_path, records, tmp_path / "raw", run_info=info).read_text()
+    section = text[text.index("<h2>Pixel fusion chosen on labelled parts</h2>"):text.index("<h2>Timing</h2>")]
+    assert "<td>main sensor only</td><td>maximum, offset 0.5</td><td>5</td><td>0.850</td><td>0.750</td>" in section
+    assert "<th>P-AUROC: main sensor only</th>" in section and "<td>bagel</td>" in section
+    assert "<th>validation_labelled</th>" in text and "<td>5</td>" in text
