@@ -21,7 +21,6 @@ against the main sensor's bank of the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ from bench_mtfi_signal import CANDIDATES, calibrated, fuse  # noqa: E402
 from cmdiad.io.mvtec3d import list_categories  # noqa: E402
 from cmdiad.metrics.classification import auroc  # noqa: E402
 from cmdiad.pipeline.mtfi import best_choice, choose_pixel_fusion  # noqa: E402
+from cmdiad.viz.report import load_records, row_name  # noqa: E402
 
 log = logging.getLogger("bench_mtfi_labelled")
 
@@ -141,11 +141,8 @@ def table(rows: list[dict], draws: int) -> list[str]:
 
 
 def _records(run: Path) -> dict[tuple[str, str], dict]:
-    return {(f"{r['method']}_{r['main']}" if r["method"] in MTFI_METHODS else r["method"], r["category"]): r
-            for r in json.loads((run / "results.json").read_text())}
-
-
-MTFI_METHODS = ("f2f", "f2i", "i2f")
+    """``{(row, category): record}`` of an experiment output's results."""
+    return {(row_name(r), r["category"]): r for r in load_records(run)}
 
 
 def compare_runs(free: Path, labelled: Path) -> list[str]:

@@ -311,10 +311,11 @@ def _pixel_fusion_html(records: Sequence[Mapping[str, Any]]) -> str:
     if not chosen:
         return ""
     names = list(chosen[0]["pixel_fusion"]["p_auroc"])
+    order = ordered_rows(records)
     rows = [[row_label(row_name(r)), str(r["category"]), r["pixel_fusion"]["chosen"], r["pixel_fusion"]["label_free"],
              r["pixel_fusion"]["labelled_parts"],
              *(float(np.mean(list(r["pixel_fusion"]["p_auroc"][n].values()))) for n in names)]
-            for r in sorted(chosen, key=lambda r: (ordered_rows(records).index(row_name(r)), str(r["category"])))]
+            for r in sorted(chosen, key=lambda r: (order.index(row_name(r)), str(r["category"])))]
     note = ("<p>How each MTFI row's hallucinated anomaly map enters its pixel fusion, chosen on the labelled "
             "defective validation parts: the setting with the best mean P-AUROC over their defect types "
             "(good pixels: the good validation parts).</p>")
