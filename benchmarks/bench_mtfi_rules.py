@@ -75,6 +75,8 @@ def _mix(z: np.ndarray, d: dict) -> np.ndarray:
 # the default gives the hallucinated map, the cached row) -> fused maps (N, H, W).
 PixelRule = Callable[[np.ndarray, np.ndarray, float, dict], np.ndarray]
 PIXEL_RULES: dict[str, PixelRule] = {
+    "default without the fidelity floor (r2 <= -1 kept, no offset)":
+        lambda z, s, off, d: np.maximum(z[..., 0], z[..., 1] + off),
     "max, no offset": lambda z, s, off, d: z.max(-1),
     "max, hallucinated +1 (if r2 > 0)": lambda z, s, off, d: np.maximum(z[..., 0], z[..., 1] + 2 * off),
     "main + hallucinated above its median": lambda z, s, off, d: z[..., 0] + np.maximum(z[..., 1], 0),
@@ -250,7 +252,8 @@ def main() -> None:
             "better of the row's two streams (informative: as in 'Fusion never hurts') and minus the main "
             "sensor alone. `default` is the detector's own fusion (`gated`, 5 calibration folds; pixels: "
             "the maximum of the calibrated maps, the hallucinated one raised by 0.5 when its fidelity "
-            f"r2 > 0). P-AUROC on the pixels of a grid of stride {args.stride} in each direction. "
+            "r2 > 0 and left out when r2 <= -1). "
+            f"P-AUROC on the pixels of a grid of stride {args.stride} in each direction. "
             "The last table is issue #10's "
             "second criterion with the default fusion, at full resolution: the mean over categories of each "
             "row, whether an MTFI row is at least the bank of its main sensor on all three metrics, the share "

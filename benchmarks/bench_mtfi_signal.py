@@ -61,6 +61,12 @@ def offset_name(offset: float) -> str:
     return "main only" if offset == MAIN_ONLY else f"{offset:g}"
 
 
+def label_free_offset(cfg: FusionConfig) -> float:
+    """The candidate a fit's label-free pixel setting ``cfg`` is: ``MAIN_ONLY`` when it leaves the
+    hallucinated map out (fidelity r2 at or below ``fidelity_floor``), else its offset."""
+    return MAIN_ONLY if cfg.pixel_combine == "real" else cfg.pixel_offset
+
+
 def fuse(z: np.ndarray, offset: float) -> np.ndarray:
     """Calibrated maps ``(..., 2)`` (main, hallucinated) fused with the hallucinated one raised by ``offset``."""
     return z[..., 0] if offset == MAIN_ONLY else np.maximum(z[..., 0], z[..., 1] + offset)
@@ -165,7 +171,8 @@ def calibrated(root: Path, category: str, row: str, stride: int) -> dict:
     d = bf.stream_scores(root, category, row)
     roles = bf.hallucinated_columns(root, row, d)
     order = [roles.index(False), roles.index(True)]
-    default = bf.earned_fusion_config(bf.fuser_config(bmr.DEFAULT), bf.fidelity_of(root, category, row)).pixel_offset
+    fid = bf.fidelity_of(root, category, row)
+    default = label_free_offset(bf.earned_fusion_config(bf.fuser_config(bmr.DEFAULT), fid))
     sub = (slice(None), slice(None, None, stride), slice(None, None, stride))
     val = d["val_maps"][sub][..., order].astype(np.float64)
     test = d["test_maps"][sub][..., order].astype(np.float64)

@@ -262,6 +262,12 @@ class FusionConfig:
     """``gated``, anomaly-map pixels: calibrated units added to a hallucinated stream's map before
     the streams are combined (its calibrated centre moves down by this many spreads), when its
     hallucination explains the real features of held-out parts (fidelity ``r2 > 0``); 0 otherwise."""
+    fidelity_floor: float = -1.0
+    """``gated``, anomaly-map pixels of an MTFI row: a hallucinated map whose fidelity on held-out
+    parts is ``r2 <= fidelity_floor`` is left out (``pixel_combine = "real"``). At -1 the
+    hallucination is no closer to a part's real features than another good part's features are:
+    it carries nothing about that part. Image scores keep it behind their gate. Any value below
+    the lowest r2 a hallucination shows (e.g. -1e9) keeps every map."""
 
     gate_correction: str = "student_t"
     """``gated``, ``zscore``-calibrated levels: ``student_t`` widens the gate to the prediction bound
@@ -291,6 +297,7 @@ class FusionConfig:
                f"unknown pixel_combine {self.pixel_combine!r}; use gated, max or real")
         _check(self.image_gate >= 0 and self.pixel_gate >= 0, "image_gate and pixel_gate must be >= 0")
         _check(math.isfinite(self.pixel_offset), "pixel_offset must be a finite number")
+        _check(math.isfinite(self.fidelity_floor), "fidelity_floor must be a finite number")
         _check(self.gate_correction in ("student_t", "none"),
                f"unknown gate_correction {self.gate_correction!r}; use student_t or none")
         for what, mode in (("image", self.image_calibration), ("pixel", self.pixel_calibration)):

@@ -107,12 +107,23 @@ def earned_fusion_config(fusion: FusionConfig, fid: dict[str, float] | None) -> 
     """The fusion settings of a row whose hallucinated stream measured fidelity ``fid``
     (:func:`fidelity` on held-out parts; None when none had both modalities).
 
-    ``pixel_offset`` is kept only when the hallucination explains the real target features
-    better than their mean patch does (``r2 > 0``), and is 0 otherwise: raising a hallucinated
-    map lets its moderate responses win against the main sensor's, which pays only where those
-    responses carry the target modality's evidence (docs/method.md, "An offset for hallucinated maps").
+    Three bands of ``r2`` (docs/method.md, "An offset for hallucinated maps"):
+
+    - ``r2 > 0``: the hallucination explains the real target features better than their mean
+      patch does, which a hallucination unrelated to the part cannot (its ``r2`` is
+      ``-E|h - mean|^2 / Var <= 0``): ``pixel_offset`` is kept, so the map's moderate responses
+      can win against the main sensor's good-pixel tail.
+    - ``fidelity_floor < r2 <= 0`` (or unmeasured): the map enters the pixel maximum as it is
+      (offset 0), where a map that carries nothing only adds one more good-part draw.
+    - ``r2 <= fidelity_floor`` (-1: no closer to the part's real features than another good
+      part's): the map is left out of the pixels (``pixel_combine = "real"``); image scores keep
+      it behind their gate.
     """
     r2 = (fid or {}).get("r2", float("nan"))
+    if r2 <= fusion.fidelity_floor:
+        log.info("hallucination r2 %.3f on held-out parts (<= %g): its map is left out of the pixels",
+                 r2, fusion.fidelity_floor)
+        return replace(fusion, pixel_combine="real", pixel_offset=0.0)
     if fusion.pixel_offset == 0 or r2 > 0:
         return fusion
     log.info("hallucination r2 %s on held-out parts: no pixel_offset for its map", f"{r2:.3f}")

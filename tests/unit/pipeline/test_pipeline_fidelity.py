@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -59,3 +60,31 @@ def test_the_pixel_offset_is_earned_by_a_hallucination_that_explains_the_real_fe
     assert earned_fusion_config(cfg, {"r2": 0.3, "cosine": 0.8}) is cfg
     for fid in ({"r2": -0.2}, {"r2": 0.0}, {"r2": float("nan")}, None):  # worse than the mean, or unmeasured
         assert earned_fusion_config(cfg, fid) == FusionConfig(kind="gated", pixel_offset=0.0)
+
+
+def test_a_hallucination_no_closer_than_another_good_part_is_left_out_of_the_pixels() -> None:
+    from cmdiad.config import FusionConfig
+    from cmdiad.pipeline.mtfi import earned_fusion_config
+
+    cfg = FusionConfig(kind="gated", pixel_offset=0.5)
+    left_out = FusionConfig(kind="gated", pixel_offset=0.0, pixel_combine="real")
+    for r2 in (-1.0, -1.04, -5.0):
+        assert earned_fusion_config(cfg, {"r2": r2}) == left_out
+    assert earned_fusion_config(cfg, {"r2": -0.99}) == FusionConfig(kind="gated", pixel_offset=0.0)
+    lower = FusionConfig(kind="gated", fidelity_floor=-1e9)  # the floor switched off: in the maximum, no offset
+    assert earned_fusion_config(lower, {"r2": -5.0}) == replace(lower, pixel_offset=0.0)
+
+
+def test_the_r2_bands_separate_unrelated_hallucinations_from_informative_ones() -> None:
+    """An unrelated hallucination h has r2 = -E|h - mean|^2 / Var: at most 0 however it is scaled,
+    -1 when it is another good part's features (the floor), and only a related one gets above 0."""
+    g = torch.Generator().manual_seed(3)
+    real = torch.randn(40, 6, 5, 5, generator=g) * torch.linspace(0.5, 2.0, 6)[None, :, None, None] + 1.0
+    other = real[torch.randperm(40, generator=g)]  # another good part's features, patch for patch
+    assert math.isclose(fidelity(_pf(other), _pf(real))["r2"], -1.0, abs_tol=0.15)
+    mean = real.mean(dim=(0, 2, 3), keepdim=True)
+    for shrink in (0.1, 0.5, 0.9):  # unrelated, and closer to the mean patch than real features are
+        r2 = fidelity(_pf(mean + shrink * (other - mean)), _pf(real))["r2"]
+        assert -1.0 < r2 <= 0.05 and math.isclose(r2, -shrink**2, abs_tol=0.15)
+    related = real + 0.5 * (other - mean)
+    assert fidelity(_pf(related), _pf(real))["r2"] > 0.5
