@@ -239,6 +239,9 @@ def _print_record(r: dict[str, Any]) -> None:
     if chosen := r.get("pixel_fusion"):
         print(f"  {'':>14} {'':<8}   pixel fusion: {chosen['chosen']} (label-free: {chosen['label_free']}), "
               f"chosen on {chosen['labelled_parts']} labelled validation parts")
+    elif r.get("pixel_setting") == "main sensor only":
+        print(f"  {'':>14} {'':<8}   pixel fusion: main sensor only (hallucination fidelity r2 "
+              f"{r.get('fidelity_r2', float('nan')):.2f} on validation parts)")
     for defect, m in sorted((r.get("per_defect") or {}).items()):
         values = "  ".join(f"{k} {m[k]:.4f}" for k in ("i_auroc", "p_auroc", "aupro_30", "aupro_1"))
         print(f"  {'':>14} {'':<8}   {defect:<12} n={m['num_test']}  {values}")

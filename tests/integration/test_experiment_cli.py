@@ -44,6 +44,12 @@ def test_every_output_exists(experiment_dir: Path) -> None:
         assert all(0.0 <= r[k] <= 1.0 for k in ("i_auroc", "p_auroc", "aupro_30", "aupro_1"))
         assert set(r["per_defect"]) == {"bump", "crack", "dent", "hole", "stain"}
         assert all(m["num_test"] == 2 for m in r["per_defect"].values())
+        if r["method"] in ("f2f", "f2i", "i2f"):  # how the hallucinated map entered the pixels, from its fidelity
+            r2 = r["fidelity_r2"]
+            offset = 0.5 if r2 > 0 else 0
+            assert r["pixel_setting"] == ("main sensor only" if r2 <= -1 else f"maximum, offset {offset:g}"), r
+        else:
+            assert "pixel_setting" not in r
     timings = json.loads((experiment_dir / "timings.json").read_text())
     assert len(timings) == len(records) and all(t["fit_seconds"] > 0 for t in timings)
     html = (experiment_dir / "report.html").read_text()

@@ -11,7 +11,7 @@ import torch
 from cmdiad.config import DataConfig, DetectorConfig, FusionConfig, replace
 from cmdiad.io.mvtec3d import list_records
 from cmdiad.metrics.classification import auroc
-from cmdiad.pipeline.detector import Detector
+from cmdiad.pipeline.detector import Detector, FitReport
 from cmdiad.pipeline.persist import build_encoder
 from cmdiad.synthetic.generator import SynthConfig, generate_dataset
 from cmdiad.types import PatchFeatures
@@ -54,9 +54,9 @@ def _per_defect(image, maps, test, masks) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _check_against_xyz(det: Detector, root: Path, holds: bool) -> dict:
+def _check_against_xyz(det: Detector, root: Path, holds: bool) -> FitReport:
     """Fit ``det`` on the ring category; whether its fused result is within 0.02 (image) / 0.01 (pixel)
-    of its xyz stream on every defect type must be ``holds``. Returns the fit's hallucination fidelity."""
+    of its xyz stream on every defect type must be ``holds``. Returns the fit's report."""
     report = det.fit(list_records(root, "ring", "train"), validation=list_records(root, "ring", "validation"))
     test = list_records(root, "ring", "test")
     scores = det.score(test)
@@ -66,7 +66,7 @@ def _check_against_xyz(det: Detector, root: Path, holds: bool) -> dict:
     ok = all(fused[d][0] >= best[d][0] - 0.02 and fused[d][1] >= best[d][1] - 0.01 for d in best)
     assert min(best[d][1] for d in best) > 0.8, best  # the xyz stream does see these defects
     assert ok == holds, {"best stream": best, "fused": fused}
-    return report.fidelity
+    return report
 
 
 @pytest.mark.slow
@@ -109,7 +109,7 @@ class _NoiseDistiller(torch.nn.Module):
     ({"kind": "gated", "pixel_combine": "gated", "pixel_gate": 0.0, "fidelity_floor": -1e9}, False),
 ])
 def test_mtfi_row_with_a_noise_hallucination_is_as_good_as_its_real_sensor(geometry_set: Path, fusion, holds) -> None:
-    from cmdiad.pipeline.mtfi import Hallucinator
+    from cmdiad.pipeline.mtfi import Hallucinator, pixel_setting
 
     cfg = DetectorConfig(method="f2f", main="xyz", data=DataConfig(image_size=(96, 96)),
                          fusion=FusionConfig(fit_on="validation", **fusion))
@@ -118,8 +118,9 @@ def test_mtfi_row_with_a_noise_hallucination_is_as_good_as_its_real_sensor(geome
     noise = Hallucinator("f2f", _NoiseDistiller(rgb.out_channels), "rgb", rgb)
     det = Detector(cfg, encoder, hallucinator=noise)
     assert [s.name for s in det.streams] == ["xyz", "rgb_from_xyz"]
-    r2 = _check_against_xyz(det, geometry_set, holds)["r2"]
+    report = _check_against_xyz(det, geometry_set, holds)
     if det.fuser.kind == "gated":  # noise explains nothing of the real features: no offset raises its map
-        assert r2 < -1 and cfg.fusion.pixel_offset > 0 and det.fuser.config.pixel_offset == 0.0
+        assert report.fidelity["r2"] < -1 and cfg.fusion.pixel_offset > 0 and det.fuser.config.pixel_offset == 0.0
         left_out = cfg.fusion.fidelity_floor >= -1
         assert (det.fuser.config.pixel_combine == "real") == left_out
+        assert report.pixel_setting == ("main sensor only" if left_out else pixel_setting(det.fuser.config))

@@ -79,7 +79,7 @@ def test_labelled_parts_choose_the_pixel_fusion_and_never_train_or_calibrate(lab
     for name in expected:
         assert choice["p_auroc"][name] == pytest.approx(expected[name], abs=1e-6)
     assert choice["chosen"] == choose_pixel_fusion(expected, choice["label_free"])
-    assert det.fuser.config == candidates[choice["chosen"]]
+    assert det.fuser.config == candidates[choice["chosen"]] and report.pixel_setting == choice["chosen"]
 
     # the chosen fusion is what the saved model scores with
     save_detector(det, tmp_path / "model")

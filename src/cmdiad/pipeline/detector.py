@@ -39,6 +39,7 @@ from cmdiad.pipeline.mtfi import (
     earned_fusion_config,
     fidelity,
     pixel_fusion_candidates,
+    pixel_setting,
     train_hallucinator,
 )
 from cmdiad.pipeline.streams import Stream, needed_modalities
@@ -66,6 +67,10 @@ class FitReport:
     """An MTFI row's pixel fusion chosen on labelled validation parts: ``chosen``, ``label_free``
     (what the fit had without them), ``labelled_parts`` and the candidates' ``p_auroc``; empty
     when there were none (``Detector._choose_pixel_fusion``)."""
+    pixel_setting: str = ""
+    """How the fitted ``gated`` fuser of an MTFI row takes the hallucinated map into the anomaly map
+    (:func:`~cmdiad.pipeline.mtfi.pixel_setting`: from its fidelity, or chosen on labelled parts);
+    empty for other rows and fusers."""
 
 
 def paired_subset(records: Sequence[SampleRecord], fraction: float, seed: int) -> list[SampleRecord]:
@@ -209,6 +214,8 @@ class Detector:
             self._fit_fusion({s.name: self._training_scores(s, usable, kept.get(s.name),
                                                             staged(progress, f"bank search {s.name}"))
                               for s in self.streams})
+        if self.core.hallucinated is not None and self.config.fusion.kind == "gated":
+            report.pixel_setting = pixel_setting(self.core.fusion.fuser.config)
         self._calibrate(held_out or usable, threshold_frr, progress)
         report.fit_seconds = time.perf_counter() - t0 + self._reused_seconds
         return report

@@ -147,11 +147,23 @@ def pixel_fusion_candidates(fusion: FusionConfig) -> dict[str, FusionConfig]:
     defect type) cases on three generated sets, against 8 to 10 for the label-free setting
     (``benchmarks/bench_mtfi_signal.py``); which one depends on the row and category.
     """
-    out = {"main sensor only": replace(fusion, pixel_combine="real")}
-    out |= {f"maximum, offset {o:g}": replace(fusion, pixel_combine="max", pixel_offset=o) for o in PIXEL_OFFSETS}
+    tried = [replace(fusion, pixel_combine="real")]
+    tried += [replace(fusion, pixel_combine="max", pixel_offset=o) for o in PIXEL_OFFSETS]
+    out = {pixel_setting(c): c for c in tried}
     if fusion not in out.values():
         out["label-free setting"] = fusion
     return out
+
+
+def pixel_setting(fusion: FusionConfig) -> str:
+    """How a ``gated`` fuser's pixels take an MTFI row's hallucinated map, in words (the names of
+    :func:`pixel_fusion_candidates`): ``main sensor only`` (left out), ``maximum, offset B``, or
+    ``added above gate G, offset B`` (``pixel_combine = "gated"``)."""
+    if fusion.pixel_combine == "real":
+        return "main sensor only"
+    if fusion.pixel_combine == "max":
+        return f"maximum, offset {fusion.pixel_offset:g}"
+    return f"added above gate {fusion.pixel_gate:g}, offset {fusion.pixel_offset:g}"
 
 
 def best_choice(scores: Mapping[K, float], default: K, margin: float = 0.0) -> K:

@@ -136,6 +136,8 @@ def run_row(
     extract_ms = sum(encoder.ms_per_sample.get(m, 0.0) for m in modalities)
     fidelity = {f"fidelity_{k}": v for k, v in (fit.fidelity or {}).items() if k != "patches"}
     chosen = {"pixel_fusion": fit.pixel_fusion} if fit.pixel_fusion else {}  # from labelled validation parts
+    if fit.pixel_setting:
+        chosen["pixel_setting"] = fit.pixel_setting
     return plain({"method": method, "main": main, "category": category, "num_left_out": len(test) - len(usable),
                   **metrics, **fidelity, **chosen, "fit_seconds": fit.fit_seconds,
                   "ms_per_sample": score_ms + extract_ms})
