@@ -71,12 +71,14 @@ def _mix(z: np.ndarray, d: dict) -> np.ndarray:
     return (1 - w) * z[..., 0] + w * z[..., 1]
 
 
+FLOORLESS = "default without the fidelity floor (r2 <= -1 kept, no offset)"
+"""The pixel rule the detector had before ``fusion.fidelity_floor``: every hallucinated map in the maximum."""
+
 # Each pixel rule: (calibrated test maps (N, H, W, 2), their tail surprise (same shape), the offset
 # the default gives the hallucinated map, the cached row) -> fused maps (N, H, W).
 PixelRule = Callable[[np.ndarray, np.ndarray, float, dict], np.ndarray]
 PIXEL_RULES: dict[str, PixelRule] = {
-    "default without the fidelity floor (r2 <= -1 kept, no offset)":
-        lambda z, s, off, d: np.maximum(z[..., 0], z[..., 1] + off),
+    FLOORLESS: lambda z, s, off, d: np.maximum(z[..., 0], z[..., 1] + off),
     "max, no offset": lambda z, s, off, d: z.max(-1),
     "max, hallucinated +1 (if r2 > 0)": lambda z, s, off, d: np.maximum(z[..., 0], z[..., 1] + 2 * off),
     "main + hallucinated above its median": lambda z, s, off, d: z[..., 0] + np.maximum(z[..., 1], 0),
@@ -163,16 +165,18 @@ def table(cases: list[dict], level: str) -> list[str]:
 
 
 def detail(cases: list[dict]) -> list[str]:
-    """Markdown: every case where the default falls short of the better stream (I by 0.02, P by
-    0.01), with both streams' values, so which stream was the better one can be read off."""
-    lines = ["| data | category | row | defect | level | main sensor | hallucinated | default |",
-             "|---|---|---|---|---|---:|---:|---:|"]  # fmt: skip
+    """Markdown: every case where the default, or the default without the fidelity floor, falls short
+    of the better stream (I by 0.02, P by 0.01), with both streams' values, so which stream was the
+    better one can be read off (the floor changes pixels only)."""
+    lines = ["| data | category | row | defect | level | main sensor | hallucinated | default | without the floor |",
+             "|---|---|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
     for c in cases:
         for j, level, margin in ((0, "I", 0.02), (1, "P", 0.01)):
             main, hal, fused = c["main"][j], c["hallucinated"][j], c[level]["default"]
-            if fused < max(main, hal) - margin:
+            floorless = c[level].get(FLOORLESS, fused)
+            if min(fused, floorless) < max(main, hal) - margin:
                 lines.append(f"| {c['data']} | {c['category']} | {c['row']} | {c['defect']} | {level} | "
-                             f"{main:.3f} | {hal:.3f} | {fused:.3f} |")  # fmt: skip
+                             f"{main:.3f} | {hal:.3f} | {fused:.3f} | {floorless:.3f} |")  # fmt: skip
     return lines
 
 

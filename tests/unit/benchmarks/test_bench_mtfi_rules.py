@@ -42,9 +42,11 @@ def test_table_counts_shortfalls_against_the_better_stream_and_the_main_sensor()
     assert other.rstrip(" |").endswith("| 1")  # once below the main sensor (1.0 -> 0.95)
 
 
-def test_detail_lists_the_cases_the_default_falls_short_on_with_both_streams() -> None:
-    cases = [_case("s", 1.0, 0.6, {"default": 1.0}), _case("s", 0.55, 0.9, {"default": 0.85})]
+def test_detail_lists_the_cases_the_default_or_the_floorless_rule_falls_short_on_with_both_streams() -> None:
+    fixed = _case("s", 0.9, 0.4, {"default": 0.9, bmr.FLOORLESS: 0.8}) | {"I": {"default": 0.9}}  # pixels only
+    cases = [_case("s", 1.0, 0.6, {"default": 1.0}), _case("s", 0.55, 0.9, {"default": 0.85}), fixed]
     rows = bmr.detail(cases)[2:]
-    assert len(rows) == 2  # the second case, at image (0.05 short) and pixel level (0.05 short)
-    assert rows[0] == "| s | c | f2f_rgb | bump | I | 0.550 | 0.900 | 0.850 |"
+    assert len(rows) == 3  # the second case at image and pixel level (0.05 short), the third at pixel level
+    assert rows[0] == "| s | c | f2f_rgb | bump | I | 0.550 | 0.900 | 0.850 | 0.850 |"
     assert rows[1].split(" | ")[4] == "P"
+    assert rows[2] == "| s | c | f2f_rgb | bump | P | 0.900 | 0.400 | 0.900 | 0.800 |"

@@ -26,6 +26,13 @@ def _foreground(h: int = 64, w: int = 64) -> np.ndarray:
     return fg
 
 
+def test_the_label_free_offset_of_a_left_out_map_is_main_only() -> None:
+    from cmdiad.config import FusionConfig
+
+    assert bms.label_free_offset(FusionConfig(kind="gated", pixel_offset=0.5)) == 0.5
+    assert bms.label_free_offset(FusionConfig(kind="gated", pixel_combine="real")) == bms.MAIN_ONLY
+
+
 def test_blob_mask_lies_in_the_foreground_and_covers_a_few_percent() -> None:
     fg = _foreground()
     m = bms.blob_mask(fg, np.random.default_rng(0))
