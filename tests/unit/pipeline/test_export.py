@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from cmdiad.config import CoresetConfig, DataConfig, DetectorConfig, DistillConfig, MemoryConfig, RGBFeatureConfig
+from cmdiad.config import (
+    CoresetConfig,
+    DataConfig,
+    DetectorConfig,
+    DistillConfig,
+    FusionConfig,
+    MemoryConfig,
+    RGBFeatureConfig,
+    replace,
+)
 from cmdiad.errors import ModelFileError
 from cmdiad.io.mvtec3d import list_records
 from cmdiad.pipeline.detector import Detector
@@ -75,6 +84,27 @@ def test_onnx_scores_match_the_detector(tiny_data: Path, tmp_path: Path, method:
     assert float((got.image_score - expected.image_score).abs().max()) <= 1e-4
     assert float((got.anomaly_map - expected.anomaly_map).abs().max()) <= 1e-4
     assert float(expected.image_score.std()) > 0  # the comparison is not between constants
+
+
+def test_onnx_leaves_out_a_hallucinated_map_the_fit_left_out(tiny_data: Path, tmp_path: Path) -> None:
+    # a fidelity floor no distiller reaches: the gated fuser's pixels take the camera's map alone
+    cfg = replace(_cfg("f2f", "rgb"), fusion=FusionConfig(kind="gated", fit_on="validation", fidelity_floor=0.999))
+    torch.manual_seed(0)
+    det = Detector(cfg, build_encoder(cfg, device="cpu", modalities=("rgb", "xyz")))
+    report = det.fit(list_records(tiny_data, "ring", "train"), validation=list_records(tiny_data, "ring", "validation"))
+    assert det.fuser.config.pixel_combine == "real" and report.pixel_setting == "main sensor only"
+    save_detector(det, tmp_path / "model")
+    loaded = load_detector(tmp_path / "model")
+    assert loaded.fuser.config.pixel_combine == "real"
+    test = list_records(tiny_data, "ring", "test")
+    expected = loaded.score(test)
+    got = load_onnx_model(export_onnx(loaded, tmp_path / "model.onnx")).score(test)
+    assert float((got.anomaly_map - expected.anomaly_map).abs().max()) <= 1e-4
+    assert float((got.image_score - expected.image_score).abs().max()) <= 1e-4
+    # the map is the camera stream's calibrated map: the hallucinated stream's own map does not move it
+    rgb = expected.per_modality["rgb"][1]
+    w = det.fuser.pixel_weights
+    torch.testing.assert_close(expected.anomaly_map, (rgb - float(w[0, 0])) / float(w[1, 0]), rtol=1e-4, atol=1e-4)
 
 
 def test_export_with_cold_map_caches_gives_the_same_compact_graph(tiny_data: Path, tmp_path: Path) -> None:
