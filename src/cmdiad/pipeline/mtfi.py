@@ -144,7 +144,7 @@ def pixel_fusion_candidates(fusion: FusionConfig) -> dict[str, FusionConfig]:
 
     Why these: with the test labels, one such setting per row keeps an MTFI row's P-AUROC within
     0.01 of its better stream on all but 1 to 3 of about 85 informative (dataset, category, row,
-    defect type) cases on three generated sets, against 8 to 10 for the label-free setting
+    defect type) cases on three generated sets, against 6 to 9 for the label-free setting
     (``benchmarks/bench_mtfi_signal.py``); which one depends on the row and category.
     """
     tried = [replace(fusion, pixel_combine="real")]
