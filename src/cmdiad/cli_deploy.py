@@ -61,6 +61,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if chosen := report.pixel_fusion:
             print(f"pixel fusion: {chosen['chosen']} (label-free: {chosen['label_free']}), chosen on "
                   f"{chosen['labelled_parts']} labelled validation parts")
+        elif report.pixel_setting == "main sensor only":
+            r2 = (report.fidelity or {}).get("r2", float("nan"))
+            print(f"pixel fusion: main sensor only (hallucination fidelity r2 {r2:.2f} on validation parts)")
         note = threshold_warning(samples, args.frr)
         if note:
             print(f"warning: {note}", file=sys.stderr)

@@ -136,3 +136,15 @@ def test_fusion_fit_on_validation_and_fallback(tiny_dataset: Path, caplog) -> No
         det.fit(train)
     assert "no validation samples" in caplog.text
     np.testing.assert_allclose(det.fuser.image_weights, weights["train"])
+
+
+def test_cli_fit_says_when_a_hallucinated_map_is_left_out(tiny_dataset: Path, tmp_path: Path, tiny_sets,
+                                                           capsys) -> None:
+    from cmdiad.pipeline.persist import load_detector
+
+    model = tmp_path / "model"
+    # a fidelity floor no distiller reaches: the map is left out of the pixels, and the fit says so
+    assert main(["fit", str(tiny_dataset), "--category", "ring", "--method", "f2f", "--main", "rgb", "--out",
+                 str(model), *tiny_sets, "--set", "fusion.fidelity_floor=0.999"]) == 0
+    assert "pixel fusion: main sensor only (hallucination fidelity r2" in capsys.readouterr().out
+    assert load_detector(model).fuser.config.pixel_combine == "real"

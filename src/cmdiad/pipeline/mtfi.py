@@ -107,7 +107,8 @@ def earned_fusion_config(fusion: FusionConfig, fid: dict[str, float] | None) -> 
     """The fusion settings of a row whose hallucinated stream measured fidelity ``fid``
     (:func:`fidelity` on held-out parts; None when none had both modalities).
 
-    Three bands of ``r2`` (docs/method.md, "An offset for hallucinated maps"):
+    Three bands of ``r2`` (docs/method.md, "An offset for hallucinated maps" and "A hallucinated
+    map that carries nothing about the part"):
 
     - ``r2 > 0``: the hallucination explains the real target features better than their mean
       patch does, which a hallucination unrelated to the part cannot (its ``r2`` is
@@ -140,7 +141,8 @@ def pixel_fusion_candidates(fusion: FusionConfig) -> dict[str, FusionConfig]:
     """The ways an MTFI row's hallucinated anomaly map may enter the ``gated`` fuser's pixels,
     tried on labelled validation parts (``FusionConfig.labelled_choice``), by name, in order:
     left out (``pixel_combine = "real"``), then the maximum with the map raised by each of
-    ``PIXEL_OFFSETS``. ``fusion`` (the fit's label-free setting) is one of them, or is added last.
+    ``PIXEL_OFFSETS``. ``fusion`` (the fit's label-free setting) is one of them, or is added last;
+    each is named by :func:`pixel_setting`.
 
     Why these: with the test labels, one such setting per row keeps an MTFI row's P-AUROC within
     0.01 of its better stream on all but 1 to 3 of about 85 informative (dataset, category, row,
@@ -151,7 +153,7 @@ def pixel_fusion_candidates(fusion: FusionConfig) -> dict[str, FusionConfig]:
     tried += [replace(fusion, pixel_combine="max", pixel_offset=o) for o in PIXEL_OFFSETS]
     out = {pixel_setting(c): c for c in tried}
     if fusion not in out.values():
-        out["label-free setting"] = fusion
+        out[pixel_setting(fusion)] = fusion
     return out
 
 
