@@ -109,7 +109,8 @@ class _NoiseDistiller(torch.nn.Module):
     ({"kind": "gated", "pixel_combine": "gated", "pixel_gate": 0.0, "fidelity_floor": -1e9}, False),
 ])
 def test_mtfi_row_with_a_noise_hallucination_is_as_good_as_its_real_sensor(geometry_set: Path, fusion, holds) -> None:
-    from cmdiad.pipeline.mtfi import Hallucinator, pixel_setting
+    from cmdiad.pipeline.mtfi import Hallucinator
+    from cmdiad.scoring.fusion import pixel_setting
 
     cfg = DetectorConfig(method="f2f", main="xyz", data=DataConfig(image_size=(96, 96)),
                          fusion=FusionConfig(fit_on="validation", **fusion))

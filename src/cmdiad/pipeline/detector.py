@@ -39,7 +39,6 @@ from cmdiad.pipeline.mtfi import (
     earned_fusion_config,
     fidelity,
     pixel_fusion_candidates,
-    pixel_setting,
     train_hallucinator,
 )
 from cmdiad.pipeline.streams import Stream, needed_modalities
@@ -69,7 +68,7 @@ class FitReport:
     when there were none (``Detector._choose_pixel_fusion``)."""
     pixel_setting: str = ""
     """How the fitted ``gated`` fuser of an MTFI row takes the hallucinated map into the anomaly map
-    (:func:`~cmdiad.pipeline.mtfi.pixel_setting`: from its fidelity, or chosen on labelled parts);
+    (:attr:`~cmdiad.scoring.fusion.Fuser.pixel_setting`: from its fidelity, or chosen on labelled parts);
     empty for other rows and fusers."""
 
 
@@ -214,8 +213,8 @@ class Detector:
             self._fit_fusion({s.name: self._training_scores(s, usable, kept.get(s.name),
                                                             staged(progress, f"bank search {s.name}"))
                               for s in self.streams})
-        if self.core.hallucinated is not None and self.config.fusion.kind == "gated":
-            report.pixel_setting = pixel_setting(self.core.fusion.fuser.config)
+        if self.core.hallucinated is not None:
+            report.pixel_setting = self.core.fusion.fuser.pixel_setting
         self._calibrate(held_out or usable, threshold_frr, progress)
         report.fit_seconds = time.perf_counter() - t0 + self._reused_seconds
         return report
@@ -434,7 +433,7 @@ class Detector:
         :func:`choose_pixel_fusion` keeps from its P-AUROC per defect type of the ``labelled`` parts,
         good pixels from the validation scores ``per``; returns what was tried and chosen (for the
         fit report: ``p_auroc`` per candidate and defect type)."""
-        if self.config.fusion.kind != "gated":
+        if not self.core.fusion.fuser.pixel_setting:
             log.info("labelled validation parts ignored: fusion kind %r has no pixel choice", self.config.fusion.kind)
             return {}
         masks = self.encoder.masks(labelled).numpy()

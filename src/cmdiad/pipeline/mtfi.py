@@ -41,6 +41,7 @@ from cmdiad.distill.train import (
 from cmdiad.errors import ModelFileError
 from cmdiad.features.base import FeatureExtractor, image_view, to_grid
 from cmdiad.pipeline.streams import OTHER
+from cmdiad.scoring.fusion import pixel_setting
 from cmdiad.types import PatchFeatures
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def pixel_fusion_candidates(fusion: FusionConfig) -> dict[str, FusionConfig]:
     tried on labelled validation parts (``FusionConfig.labelled_choice``), by name, in order:
     left out (``pixel_combine = "real"``), then the maximum with the map raised by each of
     ``PIXEL_OFFSETS``. ``fusion`` (the fit's label-free setting) is one of them, or is added last;
-    each is named by :func:`pixel_setting`.
+    each is named by :func:`cmdiad.scoring.fusion.pixel_setting`.
 
     Why these: with the test labels, one such setting per row keeps an MTFI row's P-AUROC within
     0.01 of its better stream on all but 1 to 3 of about 85 informative (dataset, category, row,
@@ -155,17 +156,6 @@ def pixel_fusion_candidates(fusion: FusionConfig) -> dict[str, FusionConfig]:
     if fusion not in out.values():
         out[pixel_setting(fusion)] = fusion
     return out
-
-
-def pixel_setting(fusion: FusionConfig) -> str:
-    """How a ``gated`` fuser's pixels take an MTFI row's hallucinated map, in words (the names of
-    :func:`pixel_fusion_candidates`): ``main sensor only`` (left out), ``maximum, offset B``, or
-    ``added above gate G, offset B`` (``pixel_combine = "gated"``)."""
-    if fusion.pixel_combine == "real":
-        return "main sensor only"
-    if fusion.pixel_combine == "max":
-        return f"maximum, offset {fusion.pixel_offset:g}"
-    return f"added above gate {fusion.pixel_gate:g}, offset {fusion.pixel_offset:g}"
 
 
 def best_choice(scores: Mapping[K, float], default: K, margin: float = 0.0) -> K:

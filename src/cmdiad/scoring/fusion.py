@@ -88,6 +88,12 @@ class Fuser:
         self.image_weights: np.ndarray | None = None
         self.pixel_weights: np.ndarray | None = None
 
+    @property
+    def pixel_setting(self) -> str:
+        """How this fuser's anomaly maps take a hallucinated stream's map, in words, where its
+        config sets that (:func:`pixel_setting`); empty for fusers whose config has no such choice."""
+        return ""
+
     def fit(
         self, image_rows: torch.Tensor | np.ndarray, pixel_rows: torch.Tensor | np.ndarray,
         hallucinated: Sequence[bool] | None = None,
@@ -269,6 +275,10 @@ class GatedFuser(CalibratedMaxFuser):
 
     kind = "gated"
 
+    @property
+    def pixel_setting(self) -> str:
+        return pixel_setting(self.config)
+
     def _fit_weights(self, rows: np.ndarray, what: str, hallucinated: np.ndarray, pixels: np.ndarray) -> np.ndarray:
         constants = super()._fit_weights(rows, what, hallucinated, pixels)
         gate = self.config.image_gate if what == "image" else self.config.pixel_gate
@@ -311,6 +321,17 @@ class GatedFuser(CalibratedMaxFuser):
 
     def load_arrays(self, image_weights: np.ndarray, pixel_weights: np.ndarray) -> None:
         self.image_weights, self.pixel_weights = _with_flags(image_weights), _with_flags(pixel_weights)
+
+
+def pixel_setting(fusion: FusionConfig) -> str:
+    """How a ``gated`` fuser's pixels take an MTFI row's hallucinated map, in words (the names of
+    :func:`cmdiad.pipeline.mtfi.pixel_fusion_candidates`): ``main sensor only`` (left out),
+    ``maximum, offset B``, or ``added above gate G, offset B`` (``pixel_combine = "gated"``)."""
+    if fusion.pixel_combine == "real":
+        return "main sensor only"
+    if fusion.pixel_combine == "max":
+        return f"maximum, offset {fusion.pixel_offset:g}"
+    return f"added above gate {fusion.pixel_gate:g}, offset {fusion.pixel_offset:g}"
 
 
 def _with_flags(weights: np.ndarray) -> np.ndarray:

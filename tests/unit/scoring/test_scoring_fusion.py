@@ -362,3 +362,14 @@ def test_image_rows_with_missing_scores_calibrate_each_column_on_its_own_scores(
                             pix)
     with pytest.raises(ValueError, match="NaN or infinite"):
         GatedFuser(cfg).fit(torch.from_numpy(val), torch.full((10, 2), float("nan")))
+
+
+def test_only_the_gated_fuser_names_how_its_pixels_take_a_hallucinated_map() -> None:
+    from cmdiad.scoring.fusion import build_fuser, pixel_setting
+
+    for kind in ("sum", "ocsvm", "calibrated_max"):
+        assert build_fuser(FusionConfig(kind=kind)).pixel_setting == ""
+    assert build_fuser(FusionConfig(kind="gated")).pixel_setting == "maximum, offset 0.5"
+    assert pixel_setting(FusionConfig(kind="gated", pixel_combine="real")) == "main sensor only"
+    assert pixel_setting(FusionConfig(kind="gated", pixel_combine="gated", pixel_gate=0.0, pixel_offset=0.0)) == (
+        "added above gate 0, offset 0")
