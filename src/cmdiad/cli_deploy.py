@@ -58,12 +58,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(f"fitted {method} ({main} main) on {report.num_train} samples in {report.fit_seconds:.1f} s; "
               f"threshold {det.threshold:.5g} at FRR {args.frr} set by {samples} good "
               f"{'validation' if any(r.label == 0 for r in val) else 'training'} samples")
-        if chosen := report.pixel_fusion:
-            print(f"pixel fusion: {chosen['chosen']} (label-free: {chosen['label_free']}), chosen on "
-                  f"{chosen['labelled_parts']} labelled validation parts")
-        elif report.pixel_setting == "main sensor only":
-            r2 = (report.fidelity or {}).get("r2", float("nan"))
-            print(f"pixel fusion: main sensor only (hallucination fidelity r2 {r2:.2f} on validation parts)")
+        if line := cli.pixel_fusion_line(report.pixel_fusion, report.pixel_setting, (report.fidelity or {}).get("r2")):
+            print(line)
         note = threshold_warning(samples, args.frr)
         if note:
             print(f"warning: {note}", file=sys.stderr)

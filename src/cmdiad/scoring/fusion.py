@@ -323,12 +323,16 @@ class GatedFuser(CalibratedMaxFuser):
         self.image_weights, self.pixel_weights = _with_flags(image_weights), _with_flags(pixel_weights)
 
 
+LEFT_OUT = "main sensor only"
+"""The :func:`pixel_setting` of a fuser whose anomaly maps leave the hallucinated map out."""
+
+
 def pixel_setting(fusion: FusionConfig) -> str:
     """How a ``gated`` fuser's pixels take an MTFI row's hallucinated map, in words (the names of
     :func:`cmdiad.pipeline.mtfi.pixel_fusion_candidates`): ``main sensor only`` (left out),
     ``maximum, offset B``, or ``added above gate G, offset B`` (``pixel_combine = "gated"``)."""
     if fusion.pixel_combine == "real":
-        return "main sensor only"
+        return LEFT_OUT
     if fusion.pixel_combine == "max":
         return f"maximum, offset {fusion.pixel_offset:g}"
     return f"added above gate {fusion.pixel_gate:g}, offset {fusion.pixel_offset:g}"
