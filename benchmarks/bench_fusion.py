@@ -158,11 +158,12 @@ def _fidelity_path(root: Path, category: str, row: str, cfg: ExperimentConfig) -
 
 def fidelity_of(root: Path, category: str, row: str) -> dict | None:
     """The row's hallucination fidelity on the category's validation samples, as its fit measures
-    it (cached beside the scores; measured from the pooled distiller for a cache written before)."""
+    it (cached beside the scores; measured again from the pooled distiller for a cache written
+    before, or before ``r2_se``)."""
     cfg = _config(root)
     path = _fidelity_path(root, category, row, cfg)
-    if path.is_file():
-        return json.loads(path.read_text())
+    if path.is_file() and "r2_se" in (cached := json.loads(path.read_text())):
+        return cached
     pooled = _pooled(root, cfg, row)
     if pooled is None:
         raise FileNotFoundError(f"{path} is missing; delete the row's cached scores to refit it")

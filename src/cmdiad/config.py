@@ -264,10 +264,15 @@ class FusionConfig:
     hallucination explains the real features of held-out parts (fidelity ``r2 > 0``); 0 otherwise."""
     fidelity_floor: float = -1.0
     """``gated``, anomaly-map pixels of an MTFI row: a hallucinated map whose fidelity on held-out
-    parts is ``r2 <= fidelity_floor`` is left out (``pixel_combine = "real"``). At -1 the
-    hallucination is no closer to a part's real features than another good part's features are:
-    it carries nothing about that part. Image scores keep it behind their gate. Any value below
-    the lowest r2 a hallucination shows (e.g. -1e9) keeps every map."""
+    parts is below ``fidelity_floor`` by more than ``fidelity_floor_se`` jackknife standard errors
+    (``r2 + fidelity_floor_se * r2_se <= fidelity_floor``) is left out (``pixel_combine =
+    "real"``). At -1 the hallucination is no closer to a part's real features than another good
+    part's features are: it carries nothing about that part. Image scores keep it behind their
+    gate. Any value below the lowest r2 a hallucination shows (e.g. -1e9) keeps every map."""
+    fidelity_floor_se: float = 2.0
+    """How many jackknife standard errors of ``r2`` over the held-out parts (their scatter) ``r2``
+    must lie below ``fidelity_floor`` for the map to be left out: a map whose ``r2`` is within
+    that scatter of the floor stays in the pixel maximum. 0: the floor alone decides."""
 
     gate_correction: str = "student_t"
     """``gated``, ``zscore``-calibrated levels: ``student_t`` widens the gate to the prediction bound
@@ -298,6 +303,8 @@ class FusionConfig:
         _check(self.image_gate >= 0 and self.pixel_gate >= 0, "image_gate and pixel_gate must be >= 0")
         _check(math.isfinite(self.pixel_offset), "pixel_offset must be a finite number")
         _check(math.isfinite(self.fidelity_floor), "fidelity_floor must be a finite number")
+        _check(math.isfinite(self.fidelity_floor_se) and self.fidelity_floor_se >= 0,
+               "fidelity_floor_se must be a finite number >= 0")
         _check(self.gate_correction in ("student_t", "none"),
                f"unknown gate_correction {self.gate_correction!r}; use student_t or none")
         for what, mode in (("image", self.image_calibration), ("pixel", self.pixel_calibration)):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -117,14 +118,20 @@ def earned_fusion_config(fusion: FusionConfig, fid: dict[str, float] | None) -> 
       can win against the main sensor's good-pixel tail.
     - ``fidelity_floor < r2 <= 0`` (or unmeasured): the map enters the pixel maximum as it is
       (offset 0), where a map that carries nothing only adds one more good-part draw.
-    - ``r2 <= fidelity_floor`` (-1: no closer to the part's real features than another good
-      part's): the map is left out of the pixels (``pixel_combine = "real"``); image scores keep
-      it behind their gate.
+    - ``r2`` below ``fidelity_floor`` (-1: no closer to the part's real features than another good
+      part's) by more than its own scatter over the held-out parts (``r2 + fidelity_floor_se *
+      r2_se <= fidelity_floor``, ``r2_se`` the jackknife standard error; 0 when unmeasured): the
+      map is left out of the pixels (``pixel_combine = "real"``); image scores keep it behind
+      their gate. A map within its scatter of the floor stays in the maximum: leaving out a map
+      that localises costs far more than keeping one more good-part draw.
     """
-    r2 = (fid or {}).get("r2", float("nan"))
-    if r2 <= fusion.fidelity_floor:
-        log.info("hallucination r2 %.3f on held-out parts (<= %g): its map is left out of the pixels",
-                 r2, fusion.fidelity_floor)
+    fid = fid or {}
+    r2 = fid.get("r2", float("nan"))
+    se = fid.get("r2_se", float("nan"))
+    bound = r2 + fusion.fidelity_floor_se * (se if math.isfinite(se) else 0.0)
+    if bound <= fusion.fidelity_floor:
+        log.info("hallucination r2 %.3f (jackknife se %.3f) on held-out parts, below %g: its map is left out "
+                 "of the pixels", r2, se, fusion.fidelity_floor)
         return replace(fusion, pixel_combine="real", pixel_offset=0.0)
     if fusion.pixel_offset == 0 or r2 > 0:
         return fusion
@@ -406,16 +413,41 @@ def fidelity(hallucinated: PatchFeatures, real: PatchFeatures) -> dict[str, floa
         over all valid patches; ``r2``: the fraction of the real features' variation around their
         mean patch that the hallucination explains, ``1 - ||hallucinated - real||^2 / ||real -
         mean||^2`` (1: exact; 0: no better than predicting the mean patch everywhere; negative:
-        worse); ``patches``: how many patches were compared.
+        worse); ``r2_se``: the jackknife standard error of ``r2`` over the samples (each left out
+        in turn; NaN with fewer than two samples), how far ``r2`` could move with other parts;
+        ``patches``: how many patches were compared.
     """
     real = to_grid(real, hallucinated.grid)
     keep = hallucinated.valid & real.valid
     h = hallucinated.features.permute(0, 2, 3, 1)[keep].double()
     r = real.features.permute(0, 2, 3, 1)[keep].double()
     if h.shape[0] == 0:
-        return {"cosine": float("nan"), "rel_l2": float("nan"), "r2": float("nan"), "patches": 0}
+        return {"cosine": float("nan"), "rel_l2": float("nan"), "r2": float("nan"), "r2_se": float("nan"),
+                "patches": 0}
     cosine = torch.nn.functional.cosine_similarity(h, r, dim=1, eps=1e-12).mean()
     err = (h - r).square().sum()
     rel = err.sqrt() / r.norm().clamp_min(1e-12)
     r2 = 1.0 - err / (r - r.mean(dim=0)).square().sum().clamp_min(1e-24)
-    return {"cosine": float(cosine), "rel_l2": float(rel), "r2": float(r2), "patches": int(h.shape[0])}
+    sample = torch.arange(keep.shape[0]).view(-1, 1, 1).expand_as(keep)[keep]
+    return {"cosine": float(cosine), "rel_l2": float(rel), "r2": float(r2), "r2_se": _jackknife_r2_se(h, r, sample),
+            "patches": int(h.shape[0])}
+
+
+def _jackknife_r2_se(h: torch.Tensor, r: torch.Tensor, sample: torch.Tensor) -> float:
+    """Jackknife standard error of :func:`fidelity`'s ``r2`` over samples: ``r2`` again with each
+    sample's patches left out (the mean patch recomputed too), from per-sample sums."""
+    n = int(sample.max()) + 1
+    count = torch.zeros(n, dtype=r.dtype).index_add_(0, sample, torch.ones_like(sample, dtype=r.dtype))
+    total = torch.zeros(n, r.shape[1], dtype=r.dtype).index_add_(0, sample, r)
+    square = torch.zeros(n, dtype=r.dtype).index_add_(0, sample, r.square().sum(dim=1))
+    error = torch.zeros(n, dtype=r.dtype).index_add_(0, sample, (h - r).square().sum(dim=1))
+    seen = count > 0
+    count, total, square, error = count[seen], total[seen], square[seen], error[seen]
+    m = int(count.shape[0])
+    if m < 2:
+        return float("nan")
+    rest = count.sum() - count
+    spread = (square.sum() - square) - (total.sum(dim=0) - total).square().sum(dim=1) / rest
+    loo = 1.0 - (error.sum() - error) / spread.clamp_min(1e-24)
+    return float(((m - 1) / m * (loo - loo.mean()).square().sum()).sqrt())
+

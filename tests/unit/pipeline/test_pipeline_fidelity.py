@@ -88,3 +88,35 @@ def test_the_r2_bands_separate_unrelated_hallucinations_from_informative_ones() 
         assert -1.0 < r2 <= 0.05 and math.isclose(r2, -shrink**2, abs_tol=0.15)
     related = real + 0.5 * (other - mean)
     assert fidelity(_pf(related), _pf(real))["r2"] > 0.5
+
+
+def test_r2_se_is_the_jackknife_over_samples_of_r2() -> None:
+    """Each sample left out in turn, r2 measured again on the rest (its mean patch too)."""
+    g = torch.Generator().manual_seed(5)
+    real = torch.randn(5, 3, 4, 4, generator=g) + 1.0
+    hallucinated = real + torch.randn(5, 3, 4, 4, generator=g) * torch.linspace(0.2, 1.5, 5)[:, None, None, None]
+    valid = torch.rand(5, 4, 4, generator=g) > 0.2
+    out = fidelity(_pf(hallucinated), _pf(real, valid))
+    keep = [i for i in range(5) if valid[i].any()]
+    loo = [fidelity(_pf(hallucinated[[j for j in keep if j != i]]), _pf(real[[j for j in keep if j != i]],
+                                                                          valid[[j for j in keep if j != i]]))["r2"]
+           for i in keep]
+    m = len(loo)
+    mean = sum(loo) / m
+    assert math.isclose(out["r2_se"], math.sqrt((m - 1) / m * sum((x - mean) ** 2 for x in loo)), rel_tol=1e-9)
+    assert out["r2_se"] > 0
+    assert math.isnan(fidelity(_pf(hallucinated[:1]), _pf(real[:1]))["r2_se"])  # one sample: no scatter
+
+
+def test_a_map_within_its_scatter_of_the_floor_stays_in_the_maximum() -> None:
+    from cmdiad.config import FusionConfig
+    from cmdiad.pipeline.mtfi import earned_fusion_config
+
+    cfg = FusionConfig(kind="gated", pixel_offset=0.5)
+    kept = FusionConfig(kind="gated", pixel_offset=0.0)
+    left_out = FusionConfig(kind="gated", pixel_offset=0.0, pixel_combine="real")
+    assert earned_fusion_config(cfg, {"r2": -1.04, "r2_se": 0.04}) == kept  # -1.04 + 2 * 0.04 > -1
+    assert earned_fusion_config(cfg, {"r2": -1.5, "r2_se": 0.12}) == left_out
+    assert earned_fusion_config(cfg, {"r2": -1.04, "r2_se": float("nan")}) == left_out  # no scatter measured
+    strict = FusionConfig(kind="gated", pixel_offset=0.5, fidelity_floor_se=0.0)
+    assert earned_fusion_config(strict, {"r2": -1.04, "r2_se": 0.04}).pixel_combine == "real"
