@@ -63,7 +63,7 @@ def offset_name(offset: float) -> str:
 
 def label_free_offset(cfg: FusionConfig) -> float:
     """The candidate a fit's label-free pixel setting ``cfg`` is: ``MAIN_ONLY`` when it leaves the
-    hallucinated map out (fidelity r2 at or below ``fidelity_floor``), else its offset."""
+    hallucinated map out (fidelity r2 below ``fidelity_floor`` beyond its scatter), else its offset."""
     return MAIN_ONLY if cfg.pixel_combine == "real" else cfg.pixel_offset
 
 

@@ -42,11 +42,13 @@ def test_table_counts_shortfalls_against_the_better_stream_and_the_main_sensor()
     assert other.rstrip(" |").endswith("| 1")  # once below the main sensor (1.0 -> 0.95)
 
 
-def test_detail_lists_the_cases_the_default_or_the_floorless_rule_falls_short_on_with_both_streams() -> None:
+def test_detail_lists_the_cases_the_default_or_the_other_floor_rules_fall_short_on_with_both_streams() -> None:
     fixed = _case("s", 0.9, 0.4, {"default": 0.9, bmr.FLOORLESS: 0.8}) | {"I": {"default": 0.9}}  # pixels only
-    cases = [_case("s", 1.0, 0.6, {"default": 1.0}), _case("s", 0.55, 0.9, {"default": 0.85}), fixed]
+    margin = _case("s", 0.8, 0.9, {"default": 0.9, bmr.NO_MARGIN: 0.8, bmr.FLOORLESS: 0.9}) | {"I": {"default": 0.9}}
+    cases = [_case("s", 1.0, 0.6, {"default": 1.0}), _case("s", 0.55, 0.9, {"default": 0.85}), fixed, margin]
     rows = bmr.detail(cases)[2:]
-    assert len(rows) == 3  # the second case at image and pixel level (0.05 short), the third at pixel level
-    assert rows[0] == "| s | c | f2f_rgb | bump | I | 0.550 | 0.900 | 0.850 | 0.850 |"
+    assert len(rows) == 4  # the second case at image and pixel level (0.05 short), the others at pixel level
+    assert rows[0] == "| s | c | f2f_rgb | bump | I | 0.550 | 0.900 | 0.850 | 0.850 | 0.850 |"
     assert rows[1].split(" | ")[4] == "P"
-    assert rows[2] == "| s | c | f2f_rgb | bump | P | 0.900 | 0.400 | 0.900 | 0.800 |"
+    assert rows[2] == "| s | c | f2f_rgb | bump | P | 0.900 | 0.400 | 0.900 | 0.900 | 0.800 |"
+    assert rows[3] == "| s | c | f2f_rgb | bump | P | 0.800 | 0.900 | 0.900 | 0.800 | 0.900 |"
