@@ -428,7 +428,7 @@ def fidelity(hallucinated: PatchFeatures, real: PatchFeatures) -> dict[str, floa
     err = (h - r).square().sum()
     rel = err.sqrt() / r.norm().clamp_min(1e-12)
     r2 = 1.0 - err / (r - r.mean(dim=0)).square().sum().clamp_min(1e-24)
-    sample = torch.arange(keep.shape[0]).view(-1, 1, 1).expand_as(keep)[keep]
+    sample = torch.arange(keep.shape[0], device=keep.device).view(-1, 1, 1).expand_as(keep)[keep]
     return {"cosine": float(cosine), "rel_l2": float(rel), "r2": float(r2), "r2_se": _jackknife_r2_se(h, r, sample),
             "patches": int(h.shape[0])}
 
@@ -437,10 +437,10 @@ def _jackknife_r2_se(h: torch.Tensor, r: torch.Tensor, sample: torch.Tensor) -> 
     """Jackknife standard error of :func:`fidelity`'s ``r2`` over samples: ``r2`` again with each
     sample's patches left out (the mean patch recomputed too), from per-sample sums."""
     n = int(sample.max()) + 1
-    count = torch.zeros(n, dtype=r.dtype).index_add_(0, sample, torch.ones_like(sample, dtype=r.dtype))
-    total = torch.zeros(n, r.shape[1], dtype=r.dtype).index_add_(0, sample, r)
-    square = torch.zeros(n, dtype=r.dtype).index_add_(0, sample, r.square().sum(dim=1))
-    error = torch.zeros(n, dtype=r.dtype).index_add_(0, sample, (h - r).square().sum(dim=1))
+    count = r.new_zeros(n).index_add_(0, sample, torch.ones_like(sample, dtype=r.dtype))
+    total = r.new_zeros(n, r.shape[1]).index_add_(0, sample, r)
+    square = r.new_zeros(n).index_add_(0, sample, r.square().sum(dim=1))
+    error = r.new_zeros(n).index_add_(0, sample, (h - r).square().sum(dim=1))
     seen = count > 0
     count, total, square, error = count[seen], total[seen], square[seen], error[seen]
     m = int(count.shape[0])
