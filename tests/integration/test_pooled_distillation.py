@@ -43,6 +43,7 @@ def test_one_distiller_serves_every_category_and_a_resumed_run_reuses_it(
     records = json.loads((out / "results.json").read_text())
     assert {r["category"] for r in records} == {"ring", "tile"}
     assert all(-1.0 <= r["fidelity_cosine"] <= 1.0 and r["fidelity_rel_l2"] >= 0 for r in records)
+    assert all(r["fidelity_r2_se"] >= 0 for r in records)  # the jackknife over the validation parts
     # An interrupted run resumes with the saved distiller instead of training it again.
     (out / "raw" / "f2f_rgb" / "tile.npz").unlink()
     assert main(args) == 0
