@@ -177,6 +177,21 @@ def fidelity_of(root: Path, category: str, row: str) -> dict | None:
     return fid
 
 
+MAIN_ONLY = float("-inf")
+"""The pixel "offset" of a hallucinated map left out of the anomaly map (``pixel_combine = "real"``)."""
+
+
+def label_free_offset(cfg: FusionConfig) -> float:
+    """The candidate a fit's label-free pixel setting ``cfg`` is: ``MAIN_ONLY`` when it leaves the
+    hallucinated map out (fidelity r2 below ``fidelity_floor`` beyond its scatter), else its offset."""
+    return MAIN_ONLY if cfg.pixel_combine == "real" else cfg.pixel_offset
+
+
+def fuse(z: np.ndarray, offset: float) -> np.ndarray:
+    """Calibrated maps ``(..., 2)`` (main, hallucinated) fused with the hallucinated one raised by ``offset``."""
+    return z[..., 0] if offset == MAIN_ONLY else np.maximum(z[..., 0], z[..., 1] + offset)
+
+
 def per_defect_auroc(values: np.ndarray, truth: np.ndarray, d: dict, what: str) -> dict[str, float]:
     """``{defect: AUROC of values against truth over test/good + that defect}`` (``what``: image or pixel)."""
     out = {}

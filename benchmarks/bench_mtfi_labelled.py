@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fusion as bf  # noqa: E402
 import bench_mtfi_rules as bmr  # noqa: E402
 from _common import DOC, command_line, machine_description, publish  # noqa: E402
-from bench_mtfi_signal import CANDIDATES, calibrated, fuse  # noqa: E402
+from bench_mtfi_signal import CANDIDATES, calibrated  # noqa: E402
 
 from cmdiad.io.mvtec3d import list_categories  # noqa: E402
 from cmdiad.metrics.classification import auroc  # noqa: E402
@@ -53,8 +53,8 @@ def labelled_scores(z_val: np.ndarray, z: np.ndarray, masks: np.ndarray, defects
     zero = np.zeros(z_val.shape[:3], bool)
     out = {}
     for o in CANDIDATES:
-        good = fuse(z_val, o)
-        out[o] = {t: _p(np.concatenate([good, fuse(z[labelled[defects[labelled] == t]], o)]),
+        good = bf.fuse(z_val, o)
+        out[o] = {t: _p(np.concatenate([good, bf.fuse(z[labelled[defects[labelled] == t]], o)]),
                         np.concatenate([zero, masks[labelled[defects[labelled] == t]]]))
                   for t in sorted(set(defects[labelled].tolist()))}
     return out
@@ -109,7 +109,7 @@ def trials(roots: list[Path], ks: list[int], draws: int, stride: int) -> list[di
                         for t in sorted(set(defects[rest].tolist()) - {"good"}):
                             keep = np.concatenate([good, rest[defects[rest] == t]])
                             m = masks[keep]
-                            p = {o: _p(fuse(z[keep], o), m) for o in set(chosen.values())}
+                            p = {o: _p(bf.fuse(z[keep], o), m) for o in set(chosen.values())}
                             out.append({
                                 "data": root.name, "category": category, "row": row, "k": k, "draw": n,
                                 "defect": t, "n_good": len(good), "n_defect": len(keep) - len(good),

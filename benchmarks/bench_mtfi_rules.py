@@ -128,8 +128,7 @@ def compare(roots: list[Path], stride: int) -> list[dict]:
                 surprise = _tail_surprise(val, test)
                 pixel_by = {"default": maps[sub], **{name: f(z, surprise, off, d) for name, f in PIXEL_RULES.items()}}
                 strict = bf.earned_fusion_config(replace(bf.fuser_config(DEFAULT), fidelity_floor_se=0.0), fid)
-                pixel_by[NO_MARGIN] = (z[..., 0] if strict.pixel_combine == "real"
-                                       else np.maximum(z[..., 0], z[..., 1] + strict.pixel_offset))
+                pixel_by[NO_MARGIN] = bf.fuse(z, bf.label_free_offset(strict))
                 lab = d["labels"]
                 streams_i = [bf.per_defect_auroc(d["test_image"][:, j], lab, d, "image") for j in range(2)]
                 streams_p = [bf.per_defect_auroc(test[..., j], masks, d, "pixel") for j in range(2)]

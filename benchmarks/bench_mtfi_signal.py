@@ -48,9 +48,8 @@ from cmdiad.pipeline.runs import category_splits  # noqa: E402
 from cmdiad.pipeline.streams import parse_row  # noqa: E402
 from cmdiad.scoring.fusion import calibration_constants  # noqa: E402
 
-MAIN_ONLY = float("-inf")
-CANDIDATES = (MAIN_ONLY, *PIXEL_OFFSETS)
-"""Offsets tried for the hallucinated map (calibrated units); ``MAIN_ONLY`` leaves it out (the
+CANDIDATES = (bf.MAIN_ONLY, *PIXEL_OFFSETS)
+"""Offsets tried for the hallucinated map (calibrated units); ``bench_fusion.MAIN_ONLY`` leaves it out (the
 settings ``cmdiad.pipeline.mtfi.pixel_fusion_candidates`` gives a fit with labelled parts)."""
 FAMILIES = {"appearance": ("appearance", "displacement"), "shading": ("shading", "displacement")}
 """Synthetic rule name -> (camera anomaly, scan anomaly)."""
@@ -58,18 +57,7 @@ log = logging.getLogger("bench_mtfi_signal")
 
 
 def offset_name(offset: float) -> str:
-    return "main only" if offset == MAIN_ONLY else f"{offset:g}"
-
-
-def label_free_offset(cfg: FusionConfig) -> float:
-    """The candidate a fit's label-free pixel setting ``cfg`` is: ``MAIN_ONLY`` when it leaves the
-    hallucinated map out (fidelity r2 below ``fidelity_floor`` beyond its scatter), else its offset."""
-    return MAIN_ONLY if cfg.pixel_combine == "real" else cfg.pixel_offset
-
-
-def fuse(z: np.ndarray, offset: float) -> np.ndarray:
-    """Calibrated maps ``(..., 2)`` (main, hallucinated) fused with the hallucinated one raised by ``offset``."""
-    return z[..., 0] if offset == MAIN_ONLY else np.maximum(z[..., 0], z[..., 1] + offset)
+    return "main only" if offset == bf.MAIN_ONLY else f"{offset:g}"
 
 
 def blob_mask(fg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -159,7 +147,7 @@ def synthetic_scores(root: Path, category: str, row: str, variants: int, stride:
         z = (np.concatenate([val_maps, maps]) - centre) / spread
         masks = np.concatenate([np.zeros(val_maps.shape[:3], bool), np.stack([m for _, m in made])])
         sub = (slice(None), slice(None, None, stride), slice(None, None, stride))
-        out[rule] = {o: auroc(fuse(z, o)[sub].ravel(), masks[sub].ravel(), "pixel") for o in CANDIDATES}
+        out[rule] = {o: auroc(bf.fuse(z, o)[sub].ravel(), masks[sub].ravel(), "pixel") for o in CANDIDATES}
     return out
 
 
@@ -172,7 +160,7 @@ def calibrated(root: Path, category: str, row: str, stride: int) -> dict:
     roles = bf.hallucinated_columns(root, row, d)
     order = [roles.index(False), roles.index(True)]
     fid = bf.fidelity_of(root, category, row)
-    default = label_free_offset(bf.earned_fusion_config(bf.fuser_config(bmr.DEFAULT), fid))
+    default = bf.label_free_offset(bf.earned_fusion_config(bf.fuser_config(bmr.DEFAULT), fid))
     sub = (slice(None), slice(None, None, stride), slice(None, None, stride))
     val = d["val_maps"][sub][..., order].astype(np.float64)
     test = d["test_maps"][sub][..., order].astype(np.float64)
@@ -191,7 +179,7 @@ def compare(roots: list[Path], variants: int, stride: int) -> tuple[list[dict], 
                 c = calibrated(root, category, row, stride)
                 d, order, default, z, masks = c["d"], c["order"], c["default"], c["z"], c["masks"]
                 test = d["test_maps"][c["sub"]][..., order].astype(np.float64)
-                by = {o: bf.per_defect_auroc(fuse(z, o), masks, d, "pixel") for o in CANDIDATES}
+                by = {o: bf.per_defect_auroc(bf.fuse(z, o), masks, d, "pixel") for o in CANDIDATES}
                 streams = [bf.per_defect_auroc(test[..., j], masks, d, "pixel") for j in range(2)]
                 streams_i = [bf.per_defect_auroc(d["test_image"][:, j], d["labels"], d, "image") for j in order]
                 chosen = {"default": default,

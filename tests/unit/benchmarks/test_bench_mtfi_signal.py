@@ -10,14 +10,15 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+import bench_fusion as bf  # noqa: E402
 import bench_mtfi_signal as bms  # noqa: E402
 
 
 def test_fuse_raises_the_hallucinated_map_or_leaves_it_out() -> None:
     z = np.array([[1.0, 0.8], [0.0, -2.0]])  # (pixels, streams): main, hallucinated
-    assert np.array_equal(bms.fuse(z, bms.MAIN_ONLY), [1.0, 0.0])
-    assert np.allclose(bms.fuse(z, 0.5), [1.3, 0.0])
-    assert bms.offset_name(bms.MAIN_ONLY) == "main only" and bms.offset_name(0.5) == "0.5"
+    assert np.array_equal(bf.fuse(z, bf.MAIN_ONLY), [1.0, 0.0])
+    assert np.allclose(bf.fuse(z, 0.5), [1.3, 0.0])
+    assert bms.offset_name(bf.MAIN_ONLY) == "main only" and bms.offset_name(0.5) == "0.5"
 
 
 def _foreground(h: int = 64, w: int = 64) -> np.ndarray:
@@ -29,8 +30,8 @@ def _foreground(h: int = 64, w: int = 64) -> np.ndarray:
 def test_the_label_free_offset_of_a_left_out_map_is_main_only() -> None:
     from cmdiad.config import FusionConfig
 
-    assert bms.label_free_offset(FusionConfig(kind="gated", pixel_offset=0.5)) == 0.5
-    assert bms.label_free_offset(FusionConfig(kind="gated", pixel_combine="real")) == bms.MAIN_ONLY
+    assert bf.label_free_offset(FusionConfig(kind="gated", pixel_offset=0.5)) == 0.5
+    assert bf.label_free_offset(FusionConfig(kind="gated", pixel_combine="real")) == bf.MAIN_ONLY
 
 
 def test_blob_mask_lies_in_the_foreground_and_covers_a_few_percent() -> None:
@@ -96,6 +97,6 @@ def test_labelled_choice_follows_the_stream_that_localises_the_labelled_defects(
     assert set(per) == set(bms.CANDIDATES) and all(set(r) == {"bump"} for r in per.values())
     chosen = bml.choose(per, 0.5, "library")
     if seeing == 0:
-        assert chosen == bms.MAIN_ONLY  # the hallucinated map only adds false alarms
+        assert chosen == bf.MAIN_ONLY  # the hallucinated map only adds false alarms
     else:
         assert chosen >= 0.5  # raised, the hallucinated map's defect wins over the main map's noise
