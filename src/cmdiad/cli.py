@@ -228,18 +228,20 @@ def _print_tables(out: Path) -> None:
             print(f"\n{title} per defect type (mean over categories)\n{table}")
 
 
-def pixel_fusion_line(chosen: dict[str, Any] | None, setting: str, r2: float | None) -> str:
+def pixel_fusion_line(chosen: dict[str, Any] | None, setting: str, r2: float | None,
+                      r2_se: float | None = None) -> str:
     """What an MTFI fit did with its hallucinated map that a user should read: the setting its
     labelled validation parts ``chosen`` (a fit report's ``pixel_fusion``), or that the map was
-    left out (``setting``, with the hallucination's fidelity ``r2``); empty otherwise."""
+    left out (``setting``, with the hallucination's fidelity ``r2`` and its jackknife standard
+    error ``r2_se``, which decided it); empty otherwise."""
     from cmdiad.scoring.fusion import LEFT_OUT
 
     if chosen:
         return (f"pixel fusion: {chosen['chosen']} (label-free: {chosen['label_free']}), chosen on "
                 f"{chosen['labelled_parts']} labelled validation parts")
     if setting == LEFT_OUT:
-        r2 = float("nan") if r2 is None else r2
-        return f"pixel fusion: {LEFT_OUT} (hallucination fidelity r2 {r2:.2f} on validation parts)"
+        r2, se = (float("nan") if v is None else v for v in (r2, r2_se))
+        return f"pixel fusion: {LEFT_OUT} (hallucination fidelity r2 {r2:.2f}, se {se:.2f}, on validation parts)"
     return ""
 
 
@@ -251,7 +253,8 @@ def _print_record(r: dict[str, Any]) -> None:
     print(f"  {r['category']:>14} {row_name(r['method'], r['main']):<8} n={r.get('num_test')}{left}  "
           f"I-AUROC {r['i_auroc']:.4f}  P-AUROC {r['p_auroc']:.4f}  AUPRO@30% {r['aupro_30']:.4f}  "
           f"AUPRO@1% {r['aupro_1']:.4f}{fit}")
-    if line := pixel_fusion_line(r.get("pixel_fusion"), r.get("pixel_setting", ""), r.get("fidelity_r2")):
+    if line := pixel_fusion_line(r.get("pixel_fusion"), r.get("pixel_setting", ""), r.get("fidelity_r2"),
+                                 r.get("fidelity_r2_se")):
         print(f"  {'':>14} {'':<8}   {line}")
     for defect, m in sorted((r.get("per_defect") or {}).items()):
         values = "  ".join(f"{k} {m[k]:.4f}" for k in ("i_auroc", "p_auroc", "aupro_30", "aupro_1"))

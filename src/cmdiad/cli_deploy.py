@@ -58,7 +58,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(f"fitted {method} ({main} main) on {report.num_train} samples in {report.fit_seconds:.1f} s; "
               f"threshold {det.threshold:.5g} at FRR {args.frr} set by {samples} good "
               f"{'validation' if any(r.label == 0 for r in val) else 'training'} samples")
-        if line := cli.pixel_fusion_line(report.pixel_fusion, report.pixel_setting, (report.fidelity or {}).get("r2")):
+        fid = report.fidelity or {}
+        if line := cli.pixel_fusion_line(report.pixel_fusion, report.pixel_setting, fid.get("r2"), fid.get("r2_se")):
             print(line)
         note = threshold_warning(samples, args.frr)
         if note:

@@ -45,7 +45,7 @@ def test_pixel_fusion_line_names_the_labelled_choice_or_a_left_out_map() -> None
     chosen = {"chosen": "maximum, offset 1", "label_free": "maximum, offset 0.5", "labelled_parts": 5}
     assert pixel_fusion_line(chosen, "maximum, offset 1", 0.4) == (
         "pixel fusion: maximum, offset 1 (label-free: maximum, offset 0.5), chosen on 5 labelled validation parts")
-    assert pixel_fusion_line({}, "main sensor only", -4.217) == (
-        "pixel fusion: main sensor only (hallucination fidelity r2 -4.22 on validation parts)")
-    assert pixel_fusion_line(None, "main sensor only", None).endswith("r2 nan on validation parts)")
+    assert pixel_fusion_line({}, "main sensor only", -4.217, 0.153) == (
+        "pixel fusion: main sensor only (hallucination fidelity r2 -4.22, se 0.15, on validation parts)")
+    assert pixel_fusion_line(None, "main sensor only", None).endswith("r2 nan, se nan, on validation parts)")
     assert pixel_fusion_line(None, "maximum, offset 0.5", 0.9) == ""
