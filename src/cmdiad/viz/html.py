@@ -306,15 +306,21 @@ def run_info_html(info: Mapping[str, Any] | None) -> str:
 
 def _pixel_fusion_html(records: Sequence[Mapping[str, Any]]) -> str:
     """Per MTFI row and category, the pixel fusion its fit chose on labelled validation parts
-    (``fusion.labelled_choice``), with each setting's mean P-AUROC over their defect types."""
+    (``fusion.labelled_choice``), with each setting's mean P-AUROC over their defect types (n/a
+    for a setting that row did not try: a label-free setting outside the usual candidates is
+    tried only where it was the label-free one)."""
     chosen = [r for r in records if r.get("pixel_fusion")]
     if not chosen:
         return ""
-    names = list(chosen[0]["pixel_fusion"]["p_auroc"])
+    names = list(dict.fromkeys(n for r in chosen for n in r["pixel_fusion"]["p_auroc"]))
     order = ordered_rows(records)
+
+    def mean_p(r: Mapping[str, Any], name: str) -> float | None:
+        per_type = r["pixel_fusion"]["p_auroc"].get(name)
+        return None if per_type is None else float(np.mean(list(per_type.values())))
+
     rows = [[row_label(row_name(r)), str(r["category"]), r["pixel_fusion"]["chosen"], r["pixel_fusion"]["label_free"],
-             r["pixel_fusion"]["labelled_parts"],
-             *(float(np.mean(list(r["pixel_fusion"]["p_auroc"][n].values()))) for n in names)]
+             r["pixel_fusion"]["labelled_parts"], *(mean_p(r, n) for n in names)]
             for r in sorted(chosen, key=lambda r: (order.index(row_name(r)), str(r["category"])))]
     note = ("<p>How each MTFI row's hallucinated anomaly map enters its pixel fusion, chosen on the labelled "
             "defective validation parts: the setting with the best mean P-AUROC over their defect types "

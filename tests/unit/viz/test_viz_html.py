@@ -170,3 +170,18 @@ def test_report_shows_the_pixel_fusion_chosen_on_labelled_parts(tmp_path) -> Non
     assert "<td>main sensor only</td><td>maximum, offset 0.5</td><td>5</td><td>0.850</td><td>0.750</td>" in section
     assert "<th>P-AUROC: main sensor only</th>" in section and "<td>bagel</td>" in section
     assert "<th>validation_labelled</th>" in text and "<td>5</td>" in text
+
+
+def test_the_pixel_fusion_table_takes_every_setting_any_row_tried(tmp_path) -> None:
+    """A user's own label-free setting is a candidate only for rows where it was the label-free one."""
+    records = _records()
+    usual = {"main sensor only": {"bump": 0.9}, "maximum, offset 0": {"bump": 0.8}}
+    records[2]["pixel_fusion"] = {"chosen": "maximum, offset 0", "label_free": "maximum, offset 0",
+                                  "labelled_parts": 1, "p_auroc": usual}
+    records[3]["pixel_fusion"] = {"chosen": "maximum, offset 0.3", "label_free": "maximum, offset 0.3",
+                                  "labelled_parts": 1, "p_auroc": usual | {"maximum, offset 0.3": {"bump": 0.95}}}
+    text = write_html_report(tmp_path, records, tmp_path / "raw").read_text()
+    section = text[text.index("<h2>Pixel fusion chosen on labelled parts</h2>"):text.index("<h2>Timing</h2>")]
+    assert "<th>P-AUROC: maximum, offset 0.3</th>" in section
+    assert "<td>0.900</td><td>0.800</td><td>n/a</td>" in section  # the row that did not try it
+    assert "<td>0.900</td><td>0.800</td><td>0.950</td>" in section
