@@ -217,7 +217,16 @@ def cmd_convert_eyecandies(args: argparse.Namespace) -> int:
 
 
 def _print_tables(out: Path) -> None:
-    from cmdiad.viz.report import METRICS, defect_table, defect_types, format_markdown, load_records, metric_table
+    from cmdiad.viz.report import (
+        METRICS,
+        PLACEBO_NOTE,
+        PLACEBOS,
+        defect_table,
+        defect_types,
+        format_markdown,
+        load_records,
+        metric_table,
+    )
 
     records = load_records(out)
     for metric, title in METRICS.items():
@@ -226,6 +235,9 @@ def _print_tables(out: Path) -> None:
         for metric, title in METRICS.items():
             table = format_markdown(*defect_table(records, metric))
             print(f"\n{title} per defect type (mean over categories)\n{table}")
+        print(f"\nPer defect type, {PLACEBO_NOTE}.")
+        for metric, title in PLACEBOS.items():
+            print(f"\n{title} per defect type\n{format_markdown(*defect_table(records, metric))}")
 
 
 def pixel_fusion_line(chosen: dict[str, Any] | None, setting: str, r2: float | None,
@@ -258,7 +270,8 @@ def _print_record(r: dict[str, Any]) -> None:
         print(f"  {'':>14} {'':<8}   {line}")
     for defect, m in sorted((r.get("per_defect") or {}).items()):
         values = "  ".join(f"{k} {m[k]:.4f}" for k in ("i_auroc", "p_auroc", "aupro_30", "aupro_1"))
-        print(f"  {'':>14} {'':<8}   {defect:<12} n={m['num_test']}  {values}")
+        placebo = "  ".join(f"{k} {m[k]:.4f}" for k in ("p_auroc_placebo", "aupro_30_placebo") if k in m)
+        print(f"  {'':>14} {'':<8}   {defect:<12} n={m['num_test']}  {values}" + (f"  ({placebo})" if placebo else ""))
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:

@@ -78,6 +78,7 @@ def test_evaluate_cli_prints_per_defect_lines(experiment_dir: Path, capsys) -> N
     out = capsys.readouterr().out
     assert out.count("I-AUROC") == len(ALL_ROWS)
     assert out.count("crack") == len(ALL_ROWS) and "n=13" in out and "n=2" in out
+    assert out.count("p_auroc_placebo") == out.count(" n=") - len(ALL_ROWS)  # on every defect line
 
 
 def test_csv_is_flat_and_numeric(experiment_dir: Path) -> None:
@@ -90,6 +91,11 @@ def test_csv_is_flat_and_numeric(experiment_dir: Path) -> None:
         for k in ("num_test", "i_auroc", "p_auroc", "aupro_30", "aupro_1"):
             float(r[k])  # plain numbers, never "np.float64(...)"
         assert "np." not in ",".join(r.values())
+        placebo = [r[k] for k in ("p_auroc_placebo", "aupro_30_placebo", "aupro_1_placebo")]
+        if r["defect"] == "all":
+            assert placebo == ["", "", ""]
+        else:
+            assert all(0.0 <= float(v) <= 1.0 for v in placebo), r
 
 
 def test_paper_preset_without_weights_is_a_clear_error(tiny_dataset: Path, tmp_path: Path, capsys) -> None:

@@ -3,7 +3,9 @@
 A category's test set mixes several defect types (``SampleRecord.defect``). The overall record
 hides which of them a method misses, so each type is also scored on its own: the good test
 samples plus the samples of that type only. I-AUROC then ranks that type against good, P-AUROC
-uses the pixels of those samples, and AU-PRO the regions of that type.
+uses the pixels of those samples, and AU-PRO the regions of that type. Beside them, each type
+gets the placebo of its pixel metrics (:mod:`cmdiad.metrics.placebo`): what the map scores at
+that type's masks laid on the good parts, i.e. what its spatial prior alone gives.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import numpy as np
 import torch
 
 from cmdiad.metrics.classification import to_numpy
+from cmdiad.metrics.placebo import PLACEBO_KEYS, placebo_per_defect
 from cmdiad.metrics.segmentation import evaluate
 
 logger = logging.getLogger(__name__)
 
 GOOD = "good"
 METRIC_KEYS: tuple[str, ...] = ("i_auroc", "p_auroc", "aupro_30", "aupro_1")
+PER_DEFECT_KEYS: tuple[str, ...] = (*METRIC_KEYS, *PLACEBO_KEYS.values())
+"""The metrics of each defect type: :data:`METRIC_KEYS` and their placebos."""
 
 
 def evaluate_or_nan(
@@ -61,8 +66,9 @@ def evaluate_per_defect(
 
     Returns:
         ``{defect type: {"num_test": samples of that type, "i_auroc", "p_auroc", "aupro_30",
-        "aupro_1"}}`` for each type other than ``"good"``, sorted by name; metrics are NaN
-        where undefined (for instance without good test samples).
+        "aupro_1", "p_auroc_placebo", "aupro_30_placebo", "aupro_1_placebo"}}`` for each type
+        other than ``"good"``, sorted by name; metrics are NaN where undefined (for instance
+        without good test samples).
 
     Raises:
         ValueError: ``defects`` and ``image_scores`` differ in length.
@@ -73,12 +79,13 @@ def evaluate_per_defect(
     if kinds.shape != scores.shape:
         raise ValueError(f"defects {kinds.shape} and image scores {scores.shape} differ in shape")
     good = kinds == GOOD
+    placebo = placebo_per_defect(maps_np, masks_np, kinds, mode, good=GOOD)
     result: dict[str, dict[str, float | int]] = {}
     for kind in sorted(set(kinds.tolist()) - {GOOD}):
         take = good | (kinds == kind)
         metrics = evaluate_or_nan(scores[take], labels_np[take], maps_np[take], masks_np[take], mode,
                                   where=f"{where} {kind}".strip())
-        result[kind] = {"num_test": int(np.sum(kinds == kind)), **metrics}
+        result[kind] = {"num_test": int(np.sum(kinds == kind)), **metrics, **placebo[kind]}
     return result
 
 

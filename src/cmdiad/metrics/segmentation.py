@@ -61,45 +61,47 @@ def area_to_limit(fpr: np.ndarray, pro: np.ndarray, limit: float) -> float:
     return area / limit
 
 
-def exact_pro_curve(scores: np.ndarray, regions: np.ndarray, num_regions: int) -> tuple[np.ndarray, ...]:
-    """FPR and PRO at every distinct score, from (0, 0) to (1, 1).
+def region_weights(regions: np.ndarray, num_regions: int) -> np.ndarray:
+    """Each pixel's share of the mean region overlap: ``1 / (|region| · R)`` inside a region, 0 outside."""
+    sizes = np.bincount(regions, minlength=num_regions + 1).astype(np.float64)
+    return np.where(regions > 0, 1.0 / (sizes[regions] * num_regions), 0.0)
+
+
+def weighted_pro_curve(
+    scores: np.ndarray, negative: np.ndarray, overlap: np.ndarray, mode: str = "exact"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The FPR/PRO curve, FPR ascending, from each pixel's role.
+
+    A pixel counts in the false-positive rate where ``negative`` is set, and adds its ``overlap``
+    weight to the mean region overlap once it is detected (the weights sum to 1). The usual
+    curve has ``negative = regions == 0`` and :func:`region_weights`; the placebo of
+    :mod:`cmdiad.metrics.placebo` lets a good pixel be both.
 
     Args:
-        scores: ``(P,)`` float32 pixel scores.
-        regions: ``(P,)`` int32 region ids (0 = negative).
-        num_regions: ``R``.
-
-    Returns:
-        ``fpr`` and ``pro`` (T + 1,), FPR ascending.
+        scores: ``(P,)`` pixel scores.
+        negative: ``(P,)`` bool.
+        overlap: ``(P,)`` float64 weights.
+        mode: ``exact``: a point at every distinct score, from (0, 0) to (1, 1) (a pixel is
+            detected when its score is >= the threshold); ``official100``: see the module doc.
     """
+    if mode == "official100":
+        ok = np.sort(scores[negative])
+        positions = np.linspace(0, ok.size - 1, OFFICIAL_THRESHOLDS).astype(int)
+        order = np.argsort(scores, kind="stable")
+        # Overlap of the pixels strictly above each threshold: the total minus the part at or below it.
+        below = np.concatenate([[0.0], np.cumsum(overlap[order])])
+        at_or_below = below[np.searchsorted(scores[order], ok[positions], side="right")]
+        fpr = np.concatenate([[1.0], 1.0 - (positions + 1) / ok.size])
+        pro = np.concatenate([[1.0], np.clip(below[-1] - at_or_below, 0.0, 1.0)])
+        order = np.argsort(fpr, kind="stable")
+        return fpr[order], pro[order]
     order = np.argsort(-scores, kind="stable")
     sorted_scores = scores[order]
-    sorted_regions = regions[order]
-    del order
-    negatives = np.cumsum(sorted_regions == 0, dtype=np.int64)
-    sizes = np.bincount(regions, minlength=num_regions + 1).astype(np.float64)
-    # Each region pixel adds 1 / (|region| · R) to the mean overlap once it is detected.
-    weights = np.where(sorted_regions > 0, 1.0 / (sizes[sorted_regions] * num_regions), 0.0)
-    pro = np.cumsum(weights)
+    negatives = np.cumsum(negative[order], dtype=np.int64)
+    pro = np.cumsum(overlap[order])
     ends = np.append(np.flatnonzero(np.diff(sorted_scores) != 0), sorted_scores.size - 1)
     fpr = np.concatenate([[0.0], negatives[ends] / negatives[-1]])
     return fpr, np.concatenate([[0.0], np.minimum(pro[ends], 1.0)])
-
-
-def official_pro_curve(scores: np.ndarray, regions: np.ndarray, num_regions: int) -> tuple[np.ndarray, ...]:
-    """The reference's 100-threshold FPR/PRO points plus (1, 1), FPR ascending (see module doc)."""
-    ok = np.sort(scores[regions == 0])
-    positions = np.linspace(0, ok.size - 1, OFFICIAL_THRESHOLDS).astype(int)
-    pos_scores, pos_regions = scores[regions > 0], regions[regions > 0] - 1
-    sizes = np.bincount(pos_regions, minlength=num_regions).astype(np.float64)
-    pros = [
-        float(np.mean(np.bincount(pos_regions[pos_scores > ok[p]], minlength=num_regions) / sizes))
-        for p in positions
-    ]
-    fpr = np.concatenate([[1.0], 1.0 - (positions + 1) / ok.size])
-    pro = np.concatenate([[1.0], pros])
-    order = np.argsort(fpr, kind="stable")
-    return fpr[order], pro[order]
 
 
 def pro_curve(
@@ -119,8 +121,7 @@ def pro_curve(
     regions, count = label_regions(gt)
     if count == 0 or not np.any(regions == 0):
         raise ValueError(f"AU-PRO needs GT regions and negative pixels ({count} regions)")
-    curve = exact_pro_curve if mode == "exact" else official_pro_curve
-    return curve(scores, regions, count)
+    return weighted_pro_curve(scores, regions == 0, region_weights(regions, count), mode)
 
 
 def aupro(

@@ -26,6 +26,8 @@ from cmdiad.viz.heatmaps import colormap_table, depth_render, draw_contour, over
 from cmdiad.viz.plots import colour_bar, histogram_svg, roc_svg
 from cmdiad.viz.report import (
     METRICS,
+    PLACEBO_NOTE,
+    PLACEBOS,
     Cell,
     count_table,
     defect_count_table,
@@ -224,13 +226,13 @@ def defect_detail_html(record: Mapping[str, Any] | None) -> str:
     per = dict((record or {}).get("per_defect") or {})
     if not per:
         return ""
-    header = ["Defect type", "Test samples", *METRICS.values()]
+    header = ["Defect type", "Test samples", *METRICS.values(), *PLACEBOS.values()]
     rows: list[list[Cell]] = [
-        [kind, str(m.get("num_test")), *(None if m.get(k) is None else float(m[k]) for k in METRICS)]
+        [kind, str(m.get("num_test")), *(None if m.get(k) is None else float(m[k]) for k in (*METRICS, *PLACEBOS))]
         for kind, m in sorted(per.items())
     ]
     overall = [["all", str(record.get("num_test")), *(None if record.get(k) is None else float(record[k])
-                                                       for k in METRICS)]]
+                                                       for k in METRICS), *(None for _ in PLACEBOS)]]
     return html_table(header, overall + rows)
 
 
@@ -276,6 +278,9 @@ def _tables_html(records: Sequence[Mapping[str, Any]]) -> str:
                      "<h3>Test samples</h3>" + html_table(*defect_count_table(records)))
         parts += [f"<h3>{escape(label)} per defect type</h3>" + html_table(*defect_table(records, key))
                   for key, label in METRICS.items()]
+        parts.append(f"<p>The {escape(PLACEBO_NOTE)}.</p>")
+        parts += [f"<h3>{escape(label)} per defect type</h3>" + html_table(*defect_table(records, key))
+                  for key, label in PLACEBOS.items()]
     return "".join(parts)
 
 

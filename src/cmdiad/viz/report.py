@@ -30,6 +30,7 @@ import numpy as np
 
 from cmdiad.errors import DatasetError
 from cmdiad.io.atomic import atomic_write_text
+from cmdiad.metrics.placebo import PLACEBO_KEYS
 from cmdiad.metrics.reference import mean_over_categories
 from cmdiad.rows import ALL_ROWS
 from cmdiad.rows import row_name as _row_name
@@ -53,9 +54,15 @@ METRICS: dict[str, str] = {
     "aupro_30": "AUPRO@30%",
     "aupro_1": "AUPRO@1%",
 }
+PLACEBOS: dict[str, str] = {PLACEBO_KEYS[k]: f"{METRICS[k]} placebo" for k in PLACEBO_KEYS}
+"""Per defect type: a pixel metric of the good parts' maps under that type's masks (what the
+map's spatial prior alone scores, :mod:`cmdiad.metrics.placebo`)."""
+PLACEBO_NOTE = ("placebo: the good test parts' maps scored at that type's masks, i.e. what a map that "
+                "knows where the part is, and nothing of the defect, would get; a map sees a defect type "
+                "only as far as its metric exceeds this")
 TIMINGS: tuple[str, ...] = ("fit_seconds", "ms_per_sample")
 RECORD_KEYS: tuple[str, ...] = ("method", "main", "category", *METRICS, *TIMINGS)
-CSV_KEYS: tuple[str, ...] = ("row", "method", "main", "category", "defect", "num_test", *METRICS)
+CSV_KEYS: tuple[str, ...] = ("row", "method", "main", "category", "defect", "num_test", *METRICS, *PLACEBOS)
 PER_DEFECT = "per_defect"
 ALL_DEFECTS = "all"
 
@@ -339,7 +346,7 @@ def _csv_lines(record: Record) -> list[dict[str, Any]]:
     lines = [{**base, "defect": ALL_DEFECTS, "num_test": record.get("num_test"),
               **{k: record.get(k) for k in METRICS}}]
     for defect, values in sorted(dict(record.get(PER_DEFECT) or {}).items()):
-        lines.append({**base, "defect": defect, **{k: values.get(k) for k in ("num_test", *METRICS)}})
+        lines.append({**base, "defect": defect, **{k: values.get(k) for k in ("num_test", *METRICS, *PLACEBOS)}})
     return lines
 
 
@@ -347,13 +354,15 @@ def records_to_csv(records: Sequence[Record]) -> str:
     """Flat CSV text: one line per row, category and defect type (``"all"`` = the whole test set).
 
     Columns are :data:`CSV_KEYS`; values are plain numbers (``nan`` where undefined), no timings.
+    The placebo columns are per defect type only (empty on the ``"all"`` lines).
     """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(CSV_KEYS), lineterminator="\n")
     writer.writeheader()
     for record in records:
         for line in _csv_lines(record):
-            writer.writerow({k: _csv_number(v, "nan" if k in METRICS else "") for k, v in line.items()})
+            writer.writerow({k: _csv_number(v, "nan" if k in METRICS or k in PLACEBOS else "")
+                             for k, v in line.items()})
     return buffer.getvalue()
 
 
@@ -370,6 +379,9 @@ def results_markdown(records: Sequence[Record], *, config: Mapping[str, Any], co
                      + format_markdown(*defect_count_table(records)))
         for metric, label in METRICS.items():
             parts.append(f"## {label} per defect type (good vs that type, mean over categories)\n\n"
+                         + format_markdown(*defect_table(records, metric)))
+        for metric, label in PLACEBOS.items():
+            parts.append(f"## {label} per defect type (mean over categories; {PLACEBO_NOTE})\n\n"
                          + format_markdown(*defect_table(records, metric)))
     provenance = f"## Command\n\n```\n{command}\n```\n\n" if command else (
         "The command, dataset, machine and versions are in run.json; timings in timings.md.\n\n")

@@ -232,3 +232,17 @@ def test_results_md_has_counts_and_per_defect_tables_but_no_timing(tmp_path) -> 
     assert "## Test samples per row" in md and "| Single xyz bank | 5 | 5 |" in md
     assert "## AUPRO@1% per defect type" in md and "| Method | crack |" in md
     assert "fit" not in md.lower() and "ms" not in md.split("## Config")[0]
+
+
+def test_placebo_columns_and_tables_are_per_defect_type_and_absent_ones_read_nan(tmp_path) -> None:
+    new = _with_defects("xyz", "xyz", "a", {"crack": {"num_test": 2, "value": 0.9}})
+    new["per_defect"]["crack"].update(p_auroc_placebo=0.75, aupro_30_placebo=0.3, aupro_1_placebo=0.01)
+    old = _with_defects("rgb", "rgb", "a", {"crack": {"num_test": 2, "value": 0.8}})  # written before placebos
+    write_results(tmp_path, [new, old], config={})
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text())))
+    assert [(r["row"], r["defect"], r["p_auroc_placebo"]) for r in rows] == [
+        ("xyz", "all", ""), ("xyz", "crack", "0.75"), ("rgb", "all", ""), ("rgb", "crack", "nan")]
+    md = (tmp_path / "results.md").read_text()
+    section = md.split("## P-AUROC placebo per defect type")[1].split("##")[0]
+    assert "| Single xyz bank | 0.750 |" in section and "| Single RGB bank | n/a |" in section
+    assert "## AUPRO@30% placebo per defect type" in md
