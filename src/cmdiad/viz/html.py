@@ -342,8 +342,11 @@ def _recommendation_html(records: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return ""
     note = ("<p>Per category and set of sensors a line could run at inference, the row with the highest "
-            "mean of I-AUROC, P-AUROC and AUPRO@30%, its I-AUROC per defect type (test/good against that "
-            "type) and its time per sample.</p>")
+            "mean of I-AUROC and of P-AUROC and AUPRO@30% above their placebo (each pixel metric minus what "
+            "the map's spatial prior alone scores, averaged over the defect types; the raw metrics where a "
+            "record has no placebo), with its raw metrics, its I-AUROC and P-AUROC above placebo per defect "
+            "type (test/good against that type) and its time per sample. A map that only lifts the whole "
+            "part gains raw pixel metrics without finding a defect; above placebo it gains nothing.</p>")
     return f"<h2>Which sensors to deploy</h2>{note}" + html_table(header, rows)
 
 

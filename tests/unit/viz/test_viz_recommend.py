@@ -19,10 +19,30 @@ def test_best_row_per_sensor_set_with_per_defect_numbers_and_time() -> None:
     header, rows = recommendation_table(records)
     assert header[1] == "Sensors at inference" and len(rows) == 4
     ring = {r[1]: r for r in rows if r[0] == "Ring"}
-    assert ring["RGB camera only"][2] == "MTFI I2F (RGB main)" and ring["RGB camera only"][7] == 12.0
+    assert ring["RGB camera only"][2] == "MTFI I2F (RGB main)" and ring["RGB camera only"][8] == 12.0
+    assert ring["RGB camera only"][7] is None  # records without placebos: the raw metrics rank
     assert ring["3D scanner only"][2] == "Single xyz bank"
     assert ring["RGB + 3D"][2] == "Dual bank" and ring["RGB + 3D"][6] == "bump 0.050, stain 0.950"
     assert [r[1] for r in rows if r[0] == "Tile"] == ["RGB camera only"]
     html = _recommendation_html(records)
     assert "Which sensors to deploy" in html and "MTFI I2F (RGB main)" in html
     assert _recommendation_html([]) == ""
+
+
+def _with_placebo(method: str, score: float, pixel: float, placebo: float) -> dict:
+    rec = {"method": method, "main": "rgb", "category": "ring", "i_auroc": score, "p_auroc": pixel,
+           "aupro_30": pixel, "ms_per_sample": 10.0, "per_defect": {}}
+    for kind in ("bump", "stain"):
+        rec["per_defect"][kind] = {"i_auroc": score, "p_auroc": pixel, "aupro_30": pixel,
+                                   "p_auroc_placebo": placebo, "aupro_30_placebo": placebo}
+    return rec
+
+
+def test_a_row_whose_pixel_gain_is_its_spatial_prior_does_not_win() -> None:
+    bank = _with_placebo("rgb", 0.80, 0.75, 0.60)  # localises: 0.15 above its placebo
+    prior = _with_placebo("i2f", 0.80, 0.85, 0.84)  # higher raw pixel metrics, all of it prior
+    rows = recommendation_table([prior, bank])[1]
+    assert rows[0][2] == "Single RGB bank" and rows[0][7] == "bump +0.150, stain +0.150"
+    # One candidate without placebos: the raw metrics rank all of them, and the prior wins again.
+    del bank["per_defect"]["bump"]["p_auroc_placebo"]
+    assert recommendation_table([prior, bank])[1][0][2] == "MTFI I2F (RGB main)"
