@@ -342,11 +342,12 @@ def _recommendation_html(records: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return ""
     note = ("<p>Per category and set of sensors a line could run at inference, the row with the highest "
-            "mean of I-AUROC and of P-AUROC and AUPRO@30% above their placebo (each pixel metric minus what "
-            "the map's spatial prior alone scores, averaged over the defect types; the raw metrics where a "
-            "record has no placebo), with its raw metrics, its I-AUROC and P-AUROC above placebo per defect "
-            "type (test/good against that type) and its time per sample. A map that only lifts the whole "
-            "part gains raw pixel metrics without finding a defect; above placebo it gains nothing.</p>")
+            "mean of I-AUROC and of the skill of P-AUROC and AUPRO@30% over their placebo, averaged over the "
+            "defect types: (metric - placebo) / (1 - placebo), the placebo being what the map's spatial prior "
+            "alone scores, so 0 means the map only knows where the part is and 1 that it is perfect (the raw "
+            "metrics rank where a record has no placebo). Shown with its raw metrics, its I-AUROC and P-AUROC "
+            "skill per defect type (test/good against that type) and its time per sample. A map that only "
+            "lifts the whole part gains raw pixel metrics without finding a defect, and no skill.</p>")
     return f"<h2>Which sensors to deploy</h2>{note}" + html_table(header, rows)
 
 

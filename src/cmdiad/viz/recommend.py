@@ -2,14 +2,17 @@
 
 A row needs at inference what its ``main`` says: ``rgb`` (camera only), ``xyz`` (3D scanner
 only) or ``both`` (the dual bank). For each category and sensor set the recommended row is the
-one with the highest mean of I-AUROC and of P-AUROC and AUPRO@30% *above their placebo*: each
-pixel metric minus what the map's spatial prior alone scores (:mod:`cmdiad.metrics.placebo`),
-averaged over the defect types. A map that only lifts the whole part (as a hallucinated map
-under the pixel maximum does) gains raw pixel metrics without finding a defect, and must not
-win the recommendation by it. Where a candidate lacks placebos (records written before them),
-the raw overall metrics rank, as before. The row is shown with its raw metrics, its I-AUROC and
-P-AUROC above placebo per defect type, and its milliseconds per sample, so a quality engineer
-sees what the 3D scanner buys on each defect type and what MTFI recovers without it.
+one with the highest mean of I-AUROC and of the *skill* of P-AUROC and AUPRO@30% over their
+placebo, averaged over the defect types: ``(metric - placebo) / (1 - placebo)``, where the
+placebo is what the map's spatial prior alone scores (:mod:`cmdiad.metrics.placebo`): 0 for a
+map that only knows where the part is, 1 for a perfect one, whatever its prior. A map that only
+lifts the whole part (as a hallucinated map under the pixel maximum does) gains raw pixel
+metrics without finding a defect, and must not win the recommendation by it; a plain
+difference would favour maps with a low prior among those that localise perfectly. Where a
+candidate lacks placebos (records written before them), the raw overall metrics rank, as
+before. The row is shown with its raw metrics, its I-AUROC and P-AUROC skill per defect type,
+and its milliseconds per sample, so a quality engineer sees what the 3D scanner buys on each
+defect type and what MTFI recovers without it.
 """
 
 from __future__ import annotations
@@ -28,24 +31,24 @@ _RANKED = ("i_auroc", "p_auroc", "aupro_30")
 _PIXEL = ("p_auroc", "aupro_30")
 
 
-def _above_placebo(record: Mapping[str, Any], key: str) -> dict[str, float]:
-    """``{defect type: metric - its placebo}`` where both are finite."""
+def _skill(record: Mapping[str, Any], key: str) -> dict[str, float]:
+    """``{defect type: (metric - placebo) / (1 - placebo)}`` where both are finite and placebo < 1."""
     out = {}
     for kind, m in dict(record.get("per_defect") or {}).items():
         value, placebo = float(m.get(key, math.nan)), float(m.get(PLACEBO_KEYS[key], math.nan))
-        if math.isfinite(value) and math.isfinite(placebo):
-            out[str(kind)] = value - placebo
+        if math.isfinite(value) and math.isfinite(placebo) and placebo < 1.0:
+            out[str(kind)] = (value - placebo) / (1.0 - placebo)
     return out
 
 
 def _has_placebo(record: Mapping[str, Any]) -> bool:
     per = dict(record.get("per_defect") or {})
-    return bool(per) and all(set(_above_placebo(record, k)) == set(per) for k in _PIXEL)
+    return bool(per) and all(set(_skill(record, k)) == set(per) for k in _PIXEL)
 
 
-def _merit(record: Mapping[str, Any], above_placebo: bool) -> float:
-    if above_placebo:
-        pixel = [sum(v.values()) / len(v) for v in (_above_placebo(record, k) for k in _PIXEL)]
+def _merit(record: Mapping[str, Any], skill: bool) -> float:
+    if skill:
+        pixel = [sum(v.values()) / len(v) for v in (_skill(record, k) for k in _PIXEL)]
         values = [float(record.get("i_auroc", math.nan)), *pixel]
     else:
         values = [float(record.get(k, math.nan)) for k in _RANKED]
@@ -58,31 +61,32 @@ def _per_defect(record: Mapping[str, Any], digits: int) -> str:
                      if math.isfinite(float(per[d].get("i_auroc", math.nan))))
 
 
-def _per_defect_above_placebo(record: Mapping[str, Any], digits: int) -> str | None:
-    above = _above_placebo(record, "p_auroc")
-    return ", ".join(f"{d} {above[d]:+.{digits}f}" for d in sorted(above)) or None
+def _per_defect_skill(record: Mapping[str, Any], digits: int) -> str | None:
+    skill = _skill(record, "p_auroc")
+    return ", ".join(f"{d} {skill[d]:.{digits - 1}f}" for d in sorted(skill)) or None
 
 
 def recommendation_table(records: Sequence[Mapping[str, Any]], *, digits: int = 3) -> tuple[list[str], list[list]]:
     """Rows ``[category, sensors, best row, I-AUROC, P-AUROC, AUPRO@30%, I-AUROC per defect,
-    P-AUROC above placebo per defect, ms/sample]`` (see the module doc for the ranking).
+    P-AUROC skill over placebo per defect, ms/sample]`` (see the module doc for the ranking).
 
     Args:
         records: Result records (with ``per_defect``; ``ms_per_sample`` when timings were joined).
         digits: Decimals of the metrics.
     """
     header = ["Category", "Sensors at inference", "Best row", "I-AUROC", "P-AUROC", "AUPRO@30%",
-              "I-AUROC per defect type", "P-AUROC above placebo per defect type", "ms / sample"]
+              "I-AUROC per defect type", "P-AUROC skill over placebo per defect type",
+              "ms / sample"]
     rows: list[list] = []
     for category in sorted({str(r["category"]) for r in records}):
         for main, sensors in SENSOR_SETS.items():
             mine = [r for r in records if str(r["category"]) == category and r.get("main") == main]
             if not mine:
                 continue
-            above = all(_has_placebo(r) for r in mine)
-            best = max(mine, key=lambda r: _merit(r, above))
+            skill = all(_has_placebo(r) for r in mine)
+            best = max(mine, key=lambda r: _merit(r, skill))
             ms = best.get("ms_per_sample")
             rows.append([category_label(category), sensors, row_label(row_name(best)),
                          *(round(float(best[k]), digits) for k in _RANKED), _per_defect(best, digits),
-                         _per_defect_above_placebo(best, digits), None if ms is None else round(float(ms), 1)])
+                         _per_defect_skill(best, digits), None if ms is None else round(float(ms), 1)])
     return header, rows

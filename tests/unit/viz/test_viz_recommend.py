@@ -39,10 +39,19 @@ def _with_placebo(method: str, score: float, pixel: float, placebo: float) -> di
 
 
 def test_a_row_whose_pixel_gain_is_its_spatial_prior_does_not_win() -> None:
-    bank = _with_placebo("rgb", 0.80, 0.75, 0.60)  # localises: 0.15 above its placebo
-    prior = _with_placebo("i2f", 0.80, 0.85, 0.84)  # higher raw pixel metrics, all of it prior
+    bank = _with_placebo("rgb", 0.80, 0.75, 0.60)  # localises: 0.15 above its placebo, skill 0.375
+    prior = _with_placebo("i2f", 0.80, 0.85, 0.84)  # higher raw pixel metrics, nearly all of it prior
     rows = recommendation_table([prior, bank])[1]
-    assert rows[0][2] == "Single RGB bank" and rows[0][7] == "bump +0.150, stain +0.150"
+    assert rows[0][2] == "Single RGB bank" and rows[0][7] == "bump 0.38, stain 0.38"  # 0.15 / 0.40
     # One candidate without placebos: the raw metrics rank all of them, and the prior wins again.
     del bank["per_defect"]["bump"]["p_auroc_placebo"]
     assert recommendation_table([prior, bank])[1][0][2] == "MTFI I2F (RGB main)"
+
+
+def test_skill_does_not_favour_a_low_prior_among_perfect_maps() -> None:
+    low = _with_placebo("rgb", 0.80, 1.0, 0.50)
+    high = _with_placebo("i2f", 0.80, 1.0, 0.90)
+    faster = {**high, "ms_per_sample": 5.0}
+    # Both localise perfectly: skill 1 each, so the first listed wins the tie, whichever prior it has.
+    assert recommendation_table([faster, low])[1][0][2] == "MTFI I2F (RGB main)"
+    assert recommendation_table([low, faster])[1][0][2] == "Single RGB bank"
