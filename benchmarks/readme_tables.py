@@ -3,10 +3,12 @@
     python benchmarks/readme_tables.py runs/demo [--write]
 
 Prints the README's two table blocks, taken from ``RUN/results.md`` (overall I-AUROC and
-AUPRO@30%; I-AUROC and P-AUROC per defect type), and the numbers its prose quotes about them:
-per RGB-main MTFI row, the mean P-AUROC and the share of the RGB-to-dual gap in pixel AUROC
-it closes on bumps and dents; per xyz-main row, the defect types where it is below the xyz
-bank. ``--write`` replaces the blocks between the README's ``<!-- demo-tables -->`` markers.
+AUPRO@30%; I-AUROC, P-AUROC and its placebo per defect type), and the numbers its prose quotes
+about them: per RGB-main MTFI row, the mean P-AUROC, the share of the RGB-to-dual gap in pixel
+AUROC it closes on bumps and dents, and P-AUROC above its placebo there (the RGB bank's and
+the dual bank's beside it); per xyz-main row, the defect types where it is below the xyz bank
+and its P-AUROC above the placebo on stains. ``--write`` replaces the blocks between the
+README's ``<!-- demo-tables -->`` markers.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN, END = "<!-- demo-tables:begin -->", "<!-- demo-tables:end -->"
 OVERALL = (("I-AUROC", "I-AUROC"), ("AUPRO@30%", "AUPRO@30%"))
 PER_DEFECT = (("I-AUROC per defect type", "I-AUROC per defect type"),
-              ("P-AUROC per defect type", "P-AUROC per defect type"))
+              ("P-AUROC per defect type", "P-AUROC per defect type"),
+              ("P-AUROC placebo per defect type",
+               "P-AUROC placebo per defect type (the good parts' maps under that type's masks: the map's prior)"))
 
 
 def sections(results_md: Path) -> dict[str, list[str]]:
@@ -60,13 +64,16 @@ def blocks(found: dict[str, list[str]], where: Path) -> str:
         return [*lines, "```"]
 
     return "\n".join([*block(OVERALL), "", "Per defect type (test/good against that type only, mean over the "
-                      "categories; the paper's", "own question: which sensor sees which defect):", "",
+                      "categories; the paper's", "own question: which sensor sees which defect). A pixel "
+                      "metric sees a defect type only as far", "as it exceeds its placebo, the last table "
+                      "(docs/method.md, \"What a pixel metric owes to the", "map's spatial prior\"):", "",
                       *block(PER_DEFECT)])
 
 
 def quoted_numbers(found: dict[str, list[str]], where: Path) -> list[str]:
     """The figures the README's prose quotes."""
     pix = table(_section(found, "P-AUROC per defect type", where))
+    placebo = table(_section(found, "P-AUROC placebo per defect type", where))
     img = table(_section(found, "I-AUROC per defect type", where))
     overall = {m: table(_section(found, m, where)) for m in ("I-AUROC", "P-AUROC", "AUPRO@30%")}
     rgb, dual, xyz = "Single RGB bank", "Dual bank", "Single xyz bank"
@@ -79,12 +86,16 @@ def quoted_numbers(found: dict[str, list[str]], where: Path) -> list[str]:
                             f"({(pix[name][d] - pix[rgb][d]) / (pix[dual][d] - pix[rgb][d]):.0%} of the gap)")
         means = " / ".join(f"{overall[m][name]['Mean']:.3f}" for m in overall)
         below = [d for d in img[name] if img[name][d] < img[rgb][d]]
+        above = ", ".join(f"{d} {pix[name][d] - placebo[name][d]:+.3f} (RGB bank {pix[rgb][d] - placebo[rgb][d]:+.3f}, "
+                          f"dual {pix[dual][d] - placebo[dual][d]:+.3f})" for d in ("bump", "dent") if d in pix[name])
         out.append(f"{name}: mean I-AUROC / P-AUROC / AUPRO@30% {means}; pixel {', '.join(gaps) or '-'}; "
-                   f"I-AUROC below the RGB bank on: {', '.join(below) or 'none'}")
+                   f"P-AUROC above its placebo: {above}; I-AUROC below the RGB bank on: {', '.join(below) or 'none'}")
     for name in [m for m in pix if m.endswith("(xyz main)")]:
         below = [f"{d} {lvl} {t[name][d]:.3f} < {t[xyz][d]:.3f}" for lvl, t in (("I", img), ("P", pix))
                  for d in t[name] if t[name][d] < t[xyz][d]]
-        out.append(f"{name}: below the xyz bank on: {', '.join(below) or 'none'}")
+        stain = (f"; stain P-AUROC above its placebo {pix[name]['stain'] - placebo[name]['stain']:+.3f} "
+                 f"(xyz bank {pix[xyz]['stain'] - placebo[xyz]['stain']:+.3f})") if "stain" in pix[name] else ""
+        out.append(f"{name}: below the xyz bank on: {', '.join(below) or 'none'}{stain}")
     return out
 
 
