@@ -21,12 +21,15 @@ def _results(tmp_path: Path) -> Path:
     per = {"Single xyz bank": (0.99, 0.70), "Single RGB bank": (0.60, 0.99), "Dual bank": (0.98, 0.99),
            "MTFI F2F (xyz main)": (0.99, 0.69), "MTFI F2F (RGB main)": (0.70, 0.99)}
 
-    def per_defect(title: str) -> list[str]:
+    def per_defect(title: str, values: dict = per) -> list[str]:
         return [f"## {title} (good vs that type, mean over categories)", "", "| Method | bump | stain |",
-                "|:---|---:|---:|", *(f"| {m} | {b:.3f} | {s:.3f} |" for m, (b, s) in per.items()), ""]
+                "|:---|---:|---:|", *(f"| {m} | {b:.3f} | {s:.3f} |" for m, (b, s) in values.items()), ""]
 
+    # the hallucinated map's prior: the RGB-main MTFI row's placebo is high
+    placebo = {m: (0.75, 0.75) if m == "MTFI F2F (RGB main)" else (0.6, 0.6) for m in per}
     text = ["# Results", "", *overall("I-AUROC", 0.8), *overall("P-AUROC", 0.85), *overall("AUPRO@30%", 0.7),
-            *overall("AUPRO@1%", 0.2), *per_defect("I-AUROC per defect type"), *per_defect("P-AUROC per defect type")]
+            *overall("AUPRO@1%", 0.2), *per_defect("I-AUROC per defect type"), *per_defect("P-AUROC per defect type"),
+            *per_defect("P-AUROC placebo per defect type", placebo)]
     (tmp_path / "results.md").write_text("\n".join(text))
     return tmp_path / "results.md"
 
@@ -34,11 +37,13 @@ def _results(tmp_path: Path) -> Path:
 def test_blocks_and_quoted_numbers_come_from_the_results(tmp_path: Path) -> None:
     found = readme_tables.sections(_results(tmp_path))
     text = readme_tables.blocks(found, tmp_path)
-    assert text.count("```") == 4 and "AUPRO@1%" not in text
+    assert text.count("```") == 4 and "AUPRO@1%" not in text and "| MTFI F2F (RGB main) | 0.750 | 0.750 |" in text
     assert "| MTFI F2F (RGB main) | 0.840 | 0.840 |" in text and "| Dual bank | 0.980 | 0.990 |" in text
     quoted = "\n".join(readme_tables.quoted_numbers(found, tmp_path))
     assert "bump 0.600 -> 0.700 (26% of the gap)" in quoted  # (0.70 - 0.60) / (0.98 - 0.60)
     assert "MTFI F2F (xyz main): below the xyz bank on: stain I 0.690 < 0.700, stain P 0.690 < 0.700" in quoted
+    assert "P-AUROC above its placebo: bump -0.050 (RGB bank +0.000, dual +0.380)" in quoted  # 0.70 - 0.75
+    assert "stain P-AUROC above its placebo +0.090 (xyz bank +0.100)" in quoted
 
 
 def test_write_replaces_only_the_marked_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
