@@ -17,15 +17,13 @@ import numpy as np
 import torch
 
 from cmdiad.metrics.classification import to_numpy
-from cmdiad.metrics.placebo import PLACEBO_KEYS, placebo_per_defect
+from cmdiad.metrics.placebo import placebo_per_defect
 from cmdiad.metrics.segmentation import evaluate
 
 logger = logging.getLogger(__name__)
 
 GOOD = "good"
 METRIC_KEYS: tuple[str, ...] = ("i_auroc", "p_auroc", "aupro_30", "aupro_1")
-PER_DEFECT_KEYS: tuple[str, ...] = (*METRIC_KEYS, *PLACEBO_KEYS.values())
-"""The metrics of each defect type: :data:`METRIC_KEYS` and their placebos."""
 
 
 def evaluate_or_nan(

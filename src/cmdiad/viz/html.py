@@ -345,8 +345,8 @@ def _recommendation_html(records: Sequence[Mapping[str, Any]]) -> str:
             "mean of I-AUROC and of the skill of P-AUROC and AUPRO@30% over their placebo, averaged over the "
             "defect types: (metric - placebo) / (1 - placebo), the placebo being what the map's spatial prior "
             "alone scores, so 0 means the map only knows where the part is and 1 that it is perfect (the raw "
-            "metrics rank where a record has no placebo). Shown with its raw metrics, its I-AUROC and P-AUROC "
-            "skill per defect type (test/good against that type) and its time per sample. A map that only "
+            "metrics rank where a record has no placebo). Shown with its raw metrics, its I-AUROC and its "
+            "P-AUROC skill per defect type (test/good against that type) and its time per sample. A map that only "
             "lifts the whole part gains raw pixel metrics without finding a defect, and no skill.</p>")
     return f"<h2>Which sensors to deploy</h2>{note}" + html_table(header, rows)
 

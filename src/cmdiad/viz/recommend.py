@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cmdiad.metrics.placebo import PLACEBO_KEYS
-from cmdiad.viz.report import category_label, row_label, row_name
+from cmdiad.viz.report import category_label, finite_or_none, row_label, row_name
 
 SENSOR_SETS: dict[str, str] = {"rgb": "RGB camera only", "xyz": "3D scanner only", "both": "RGB + 3D"}
 """Record ``main`` -> the sensors its row reads at inference."""
@@ -35,8 +35,8 @@ def _skill(record: Mapping[str, Any], key: str) -> dict[str, float]:
     """``{defect type: (metric - placebo) / (1 - placebo)}`` where both are finite and placebo < 1."""
     out = {}
     for kind, m in dict(record.get("per_defect") or {}).items():
-        value, placebo = float(m.get(key, math.nan)), float(m.get(PLACEBO_KEYS[key], math.nan))
-        if math.isfinite(value) and math.isfinite(placebo) and placebo < 1.0:
+        value, placebo = finite_or_none(m.get(key)), finite_or_none(m.get(PLACEBO_KEYS[key]))
+        if value is not None and placebo is not None and placebo < 1.0:
             out[str(kind)] = (value - placebo) / (1.0 - placebo)
     return out
 
@@ -49,16 +49,16 @@ def _has_placebo(record: Mapping[str, Any]) -> bool:
 def _merit(record: Mapping[str, Any], skill: bool) -> float:
     if skill:
         pixel = [sum(v.values()) / len(v) for v in (_skill(record, k) for k in _PIXEL)]
-        values = [float(record.get("i_auroc", math.nan)), *pixel]
+        values = [finite_or_none(record.get("i_auroc")), *pixel]
     else:
-        values = [float(record.get(k, math.nan)) for k in _RANKED]
-    return -math.inf if any(not math.isfinite(v) for v in values) else sum(values) / len(values)
+        values = [finite_or_none(record.get(k)) for k in _RANKED]
+    return -math.inf if None in values else sum(values) / len(values)
 
 
 def _per_defect(record: Mapping[str, Any], digits: int) -> str:
     per = record.get("per_defect") or {}
     return ", ".join(f"{d} {per[d]['i_auroc']:.{digits}f}" for d in sorted(per)
-                     if math.isfinite(float(per[d].get("i_auroc", math.nan))))
+                     if finite_or_none(per[d].get("i_auroc")) is not None)
 
 
 def _per_defect_skill(record: Mapping[str, Any], digits: int) -> str | None:

@@ -89,7 +89,8 @@ def ordered_rows(records: Iterable[Record]) -> list[str]:
     return known + sorted(present.difference(ROW_ORDER))
 
 
-def _finite(value: Any) -> float | None:
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing or not finite (NaN in memory, null in results.json)."""
     if value is None:
         return None
     value = float(value)
@@ -119,7 +120,7 @@ def metric_table(
         and ``None`` where a category is missing or not finite (then the Mean is ``None`` too).
     """
     categories = sorted({str(r["category"]) for r in records})
-    cells = {(row_name(r), str(r["category"])): _finite(r.get(metric)) for r in records}
+    cells = {(row_name(r), str(r["category"])): finite_or_none(r.get(metric)) for r in records}
     header = ["Method", *(category_label(c) for c in categories), "Mean"]
     rows: list[list[Cell]] = []
     for name in ordered_rows(records):
@@ -139,8 +140,8 @@ def timing_table(records: Sequence[Record], *, digits: int = 2) -> tuple[list[st
     rows: list[list[Cell]] = []
     for name in ordered_rows(records):
         mine = [r for r in records if row_name(r) == name]
-        fit = [v for v in (_finite(r.get("fit_seconds")) for r in mine) if v is not None]
-        infer = [v for v in (_finite(r.get("ms_per_sample")) for r in mine) if v is not None]
+        fit = [v for v in (finite_or_none(r.get("fit_seconds")) for r in mine) if v is not None]
+        infer = [v for v in (finite_or_none(r.get("ms_per_sample")) for r in mine) if v is not None]
         rows.append([
             row_label(name),
             str(len(mine)),
@@ -197,7 +198,7 @@ def defect_table(
     rows: list[list[Cell]] = []
     for name in ordered_rows(records):
         values = [cells.get((name, k)) for k in kinds]
-        rows.append([row_label(name), *(None if v is None else _rounded_mean([_finite(x) for x in v], digits)
+        rows.append([row_label(name), *(None if v is None else _rounded_mean([finite_or_none(x) for x in v], digits)
                                         for v in values)])
     return ["Method", *kinds], rows
 

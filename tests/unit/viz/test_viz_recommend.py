@@ -55,3 +55,12 @@ def test_skill_does_not_favour_a_low_prior_among_perfect_maps() -> None:
     # Both localise perfectly: skill 1 each, so the first listed wins the tie, whichever prior it has.
     assert recommendation_table([faster, low])[1][0][2] == "MTFI I2F (RGB main)"
     assert recommendation_table([low, faster])[1][0][2] == "Single RGB bank"
+
+
+def test_null_metrics_as_read_back_from_results_json_do_not_break_the_table() -> None:
+    bank = _with_placebo("rgb", 0.80, 0.75, 0.60)
+    undefined = _with_placebo("i2f", 0.80, 0.85, 0.84)
+    undefined["per_defect"]["bump"].update(i_auroc=None, p_auroc_placebo=None)  # NaN is stored as null
+    rows = recommendation_table([undefined, bank])[1]
+    # The record lacking a placebo makes the raw metrics rank; its null I-AUROC is left out of its cell.
+    assert rows[0][2] == "MTFI I2F (RGB main)" and rows[0][6] == "stain 0.800"
