@@ -217,18 +217,25 @@ def detail(cases: list[dict]) -> list[str]:
     return lines
 
 
+def row_views(root: Path, category: str, row: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """``({name: (test image scores, maps)}, cached row)``: the row with the default fusion and, for
+    an F2F row, its main column as that sensor's single bank (the bank alone), full resolution."""
+    d = bf.stream_scores(root, category, row)
+    roles = bf.hallucinated_columns(root, row, d)
+    fid = bf.fidelity_of(root, category, row) if any(roles) else None
+    views = {row: bf.fused(d, DEFAULT, roles, fid, bf._folds(root, category, row, DEFAULT))}
+    if row in ("f2f_xyz", "f2f_rgb"):
+        views[row.split("_")[1]] = (d["test_image"][:, 0], d["test_maps"][..., 0])
+    return views, d
+
+
 def _records(root: Path) -> dict[tuple[str, str], tuple[dict, dict]]:
     """``{(category, row): (overall metrics, {defect: (I, P)})}`` with the default fusion, every row
-    and the two single banks (an MTFI row's main column is that sensor's bank alone), full resolution."""
+    and the two single banks (:func:`row_views`), full resolution."""
     out = {}
     for category in list_categories(root):
         for row in bf.ROWS:
-            d = bf.stream_scores(root, category, row)
-            roles = bf.hallucinated_columns(root, row, d)
-            fid = bf.fidelity_of(root, category, row) if any(roles) else None
-            views = {row: bf.fused(d, DEFAULT, roles, fid, bf._folds(root, category, row, DEFAULT))}
-            if row in ("f2f_xyz", "f2f_rgb"):
-                views[row.split("_")[1]] = (d["test_image"][:, 0], d["test_maps"][..., 0])
+            views, d = row_views(root, category, row)
             for name, (image, maps) in views.items():
                 out[(category, name)] = (evaluate(image, d["labels"], maps, d["masks"]), bf._per_defect(image, maps, d))
     return out

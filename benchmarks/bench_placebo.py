@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_fusion as bf  # noqa: E402
 from _common import DOC, command_line, machine_description, publish  # noqa: E402
-from bench_mtfi_rules import DEFAULT, MTFI  # noqa: E402
+from bench_mtfi_rules import MTFI, row_views  # noqa: E402
 
 from cmdiad.io.mvtec3d import list_categories  # noqa: E402
 from cmdiad.metrics.per_defect import evaluate_per_defect  # noqa: E402
@@ -41,18 +41,12 @@ UNSEEN = {"rgb": ("bump", "dent"), "xyz": ("stain",)}
 image only through shading; stains change appearance only, not the surface."""
 
 
-def views(root: Path, category: str, row: str) -> dict[str, tuple[np.ndarray, np.ndarray, dict]]:
-    """``{name: (image scores, maps, cached row)}``: the row with the default fusion, the single
-    banks (an F2F row's main column), and an MTFI row's hallucinated stream alone."""
-    d = bf.stream_scores(root, category, row)
-    roles = bf.hallucinated_columns(root, row, d)
-    fid = bf.fidelity_of(root, category, row) if any(roles) else None
-    out = {row: (*bf.fused(d, DEFAULT, roles, fid, bf._folds(root, category, row, DEFAULT)), d)}
-    if row in ("f2f_xyz", "f2f_rgb"):
-        out[row.split("_")[1]] = (d["test_image"][:, 0], d["test_maps"][..., 0], d)
+def views(root: Path, category: str, row: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """:func:`bench_mtfi_rules.row_views` plus an MTFI row's hallucinated stream alone."""
+    out, d = row_views(root, category, row)
     if row != "dual":
-        out[row + HALLUCINATED] = (d["test_image"][:, 1], d["test_maps"][..., 1], d)
-    return out
+        out[row + HALLUCINATED] = (d["test_image"][:, 1], d["test_maps"][..., 1])
+    return out, d
 
 
 def measure(root: Path) -> dict[tuple[str, str], dict[str, dict]]:
@@ -61,7 +55,8 @@ def measure(root: Path) -> dict[tuple[str, str], dict[str, dict]]:
     for category in list_categories(root):
         for row in bf.ROWS:
             log.info("%s %s %s", root.name, category, row)
-            for name, (image, maps, d) in views(root, category, row).items():
+            found, d = views(root, category, row)
+            for name, (image, maps) in found.items():
                 out[(category, name)] = evaluate_per_defect(image, d["labels"], maps, d["masks"], d["defects"],
                                                             where=f"{root.name} {category} {name}")
     return out
@@ -72,7 +67,7 @@ def _mean(per: dict, cats: list[str], view: str, kind: str, key: str) -> float:
 
 
 def _label(view: str) -> str:
-    row, _, rest = view.partition(HALLUCINATED)
+    row = view.partition(HALLUCINATED)[0]
     return row_label(row) + (HALLUCINATED if view != row else "")
 
 
