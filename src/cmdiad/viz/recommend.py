@@ -88,5 +88,5 @@ def recommendation_table(records: Sequence[Mapping[str, Any]], *, digits: int = 
             ms = best.get("ms_per_sample")
             rows.append([category_label(category), sensors, row_label(row_name(best)),
                          *(round(float(best[k]), digits) for k in _RANKED), _per_defect(best, digits),
-                         _per_defect_skill(best, digits), None if ms is None else round(float(ms), 1)])
+                         _per_defect_skill(best, digits), None if ms is None else f"{float(ms):.1f}"])
     return header, rows

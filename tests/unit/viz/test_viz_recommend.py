@@ -19,7 +19,7 @@ def test_best_row_per_sensor_set_with_per_defect_numbers_and_time() -> None:
     header, rows = recommendation_table(records)
     assert header[1] == "Sensors at inference" and len(rows) == 4
     ring = {r[1]: r for r in rows if r[0] == "Ring"}
-    assert ring["RGB camera only"][2] == "MTFI I2F (RGB main)" and ring["RGB camera only"][8] == 12.0
+    assert ring["RGB camera only"][2] == "MTFI I2F (RGB main)" and ring["RGB camera only"][8] == "12.0"
     assert ring["RGB camera only"][7] is None  # records without placebos: the raw metrics rank
     assert ring["3D scanner only"][2] == "Single xyz bank"
     assert ring["RGB + 3D"][2] == "Dual bank" and ring["RGB + 3D"][6] == "bump 0.050, stain 0.950"
