@@ -263,9 +263,10 @@ def hanley_mcneil_se(a: float, n_pos: int, n_neg: int) -> float:
     return float(np.sqrt(max(var, 0.0) / (n_pos * n_neg)))
 
 
-def informative(best: float, n_defect: int, n_good: int) -> bool:
-    """Whether the better stream's AUROC is distinguishable from chance: ``best - 1.96 SE > 0.5``."""
-    return best - 1.96 * hanley_mcneil_se(best, n_defect, n_good) > 0.5
+def informative(best: float, n_defect: int, n_good: int, chance: float = 0.5) -> bool:
+    """Whether the better stream's AUROC is distinguishable from ``chance``: ``best - 1.96 SE > chance``
+    (0.5, or a map's placebo: what its spatial prior alone scores)."""
+    return best - 1.96 * hanley_mcneil_se(best, n_defect, n_good) > chance
 
 
 def compare(roots: list[Path], rules: list[str]) -> list[list]:

@@ -167,9 +167,9 @@ def above_placebo_table(cases: list[dict]) -> list[str]:
             part = [c for c in cases if c["data"] == data]
             j = [int(c["hallucinated"][1] > c["main"][1]) for c in part]
             best = np.array([(c["main"], c["hallucinated"])[k][1] for c, k in zip(part, j, strict=True)])
-            se = np.array([bf.hanley_mcneil_se(b, c["n_defect"], c["n_good"]) for b, c in zip(best, part, strict=True)])
-            sees = best - 1.96 * se > np.array([c["placebo"][k] for c, k in zip(part, j, strict=True)])
-            inf = best - 1.96 * se > 0.5
+            sees = np.array([bf.informative(b, c["n_defect"], c["n_good"], chance=c["placebo"][k])
+                             for b, c, k in zip(best, part, j, strict=True)])
+            inf = np.array([bf.informative(b, c["n_defect"], c["n_good"]) for b, c in zip(best, part, strict=True)])
             short = np.array([c["P"][rule] for c in part]) - best < -0.01
             lines.append(f"| {rule} | {data} | {(short & inf).sum()}/{inf.sum()} | {(short & sees).sum()} | "
                          f"{sees.sum()} |")
