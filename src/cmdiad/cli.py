@@ -173,15 +173,26 @@ def cmd_synth(args: argparse.Namespace) -> int:
         kwargs["categories"] = tuple(args.categories.split(","))
     if args.size:
         h, _, w = args.size.partition("x")
-        kwargs["image_size"] = (int(h), int(w or h))
+        try:
+            kwargs["image_size"] = (int(h), int(w or h))
+        except ValueError:
+            raise ConfigError(f"synth: --size {args.size!r}: expected HxW, e.g. 192x256") from None
     for name, field in (("train", "train"), ("validation", "validation"), ("test_good", "test_good"),
-                        ("test_defect", "test_per_defect"), ("validation_defect", "validation_per_defect")):
+                        ("test_defect", "test_per_defect"), ("validation_defect", "validation_per_defect"),
+                        ("geometry_shading", "geometry_shading"), ("null_twins", "null_twins")):
         value = getattr(args, name)
         if value is not None:
             kwargs[field] = value
-    cfg = SynthConfig(**kwargs)
+    try:
+        cfg = SynthConfig(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"synth: {exc}") from None
     t0 = time.perf_counter()
     bars = Bars(not args.quiet)
+    clash = [c for c in cfg.categories if (args.out / c).exists()]
+    if clash:
+        raise ConfigError(f"synth: {args.out} already has category folders {clash}; choose a new folder "
+                          "(nothing was written)")
     summary = generate_dataset(args.out, cfg, progress=lambda done, total: bars("synth", done, total))
     if not args.quiet:
         print(json.dumps(summary, indent=2, default=str))
@@ -361,6 +372,12 @@ def _add_synth(sub) -> None:
     s.add_argument("--validation-defect", dest="validation_defect", type=int,
                    help="labelled defective validation samples per category and defect type, with masks "
                         "(default: 0; they choose an MTFI row's pixel fusion, fusion.labelled_choice)")
+    s.add_argument("--geometry-shading", dest="geometry_shading", type=float,
+                   help="fraction in [0, 1] of their shading change that bumps and dents put in the image "
+                        "(default: 0, invisible to the camera; 1: physical shading)")
+    s.add_argument("--null-twins", dest="null_twins", action="store_true", default=None,
+                   help="render every defective sample without its defect (same part, pose and noise) and "
+                        "keep its mask: a run on this set scores each map's prior at the defects' true places")
     s.add_argument("--seed", type=int, default=0, help="seed of the whole dataset")
     s.add_argument("--quiet", action="store_true", help="print nothing (no progress bar, no summary)")
     s.set_defaults(func=cmd_synth)

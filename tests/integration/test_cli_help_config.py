@@ -42,6 +42,18 @@ def test_verbose_is_accepted_after_the_verb_and_quiets_pil(tmp_path: Path, capsy
     assert build_parser().parse_args(["report", "x"]).verbose is False
 
 
+def test_synth_errors_name_the_problem_and_write_nothing(tmp_path: Path, capsys) -> None:
+    (tmp_path / "d" / "ring").mkdir(parents=True)
+    assert main(["synth", str(tmp_path / "d"), "--categories", "ring,tile", "--quiet"]) == 2
+    assert "already has category folders ['ring']" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["ring"]
+    for flags, hint in ((["--size", "9ax9"], "expected HxW"), (["--geometry-shading", "2"], "geometry_shading"),
+                        (["--size", "8x8"], "both sides >= 16")):
+        assert main(["synth", str(tmp_path / "e"), *flags, "--quiet"]) == 2
+        assert hint in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
 def test_config_show_and_keys(capsys) -> None:
     assert main(["config", "--show", "--set", "distill.epochs=3", "--set", "data.image_size=[96,96]"]) == 0
     shown = json.loads(capsys.readouterr().out)

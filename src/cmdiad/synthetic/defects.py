@@ -2,7 +2,8 @@
 
 Defects live in one modality or in both:
 
-- ``bump``, ``dent``: geometry only (the renderer keeps RGB shading defect-free);
+- ``bump``, ``dent``: geometry only (the renderer keeps RGB shading defect-free unless
+  ``SynthConfig.geometry_shading`` lets part of it through);
 - ``stain``: appearance only (the albedo darkens and shifts hue, the surface is unchanged);
 - ``crack``, ``hole``: both (a groove or pit with a dark interior).
 
@@ -46,7 +47,8 @@ class Defect:
 
     @property
     def shows_in_rgb(self) -> bool:
-        """True when the image changes (albedo and, for ``BOTH``, shading)."""
+        """True when the image changes whatever the renderer's settings (albedo and, for ``BOTH``,
+        shading); geometry-only defects shade only as much as ``SynthConfig.geometry_shading``."""
         return self.kind not in GEOMETRY_ONLY
 
 

@@ -9,7 +9,8 @@ shading from the surface normals times the object's texture, plus sensor noise.
 
 Defects (see :mod:`cmdiad.synthetic.defects`) live in one modality or in both. For
 geometry-only defects (bump, dent) the RGB shading is rendered from the *defect-free* normals,
-so the defect is invisible in RGB. Masks are pixel-exact: exactly the pixels whose xyz or RGB
+so the defect is invisible in RGB (``SynthConfig.geometry_shading`` lets some of their shading
+through). Masks are pixel-exact: exactly the pixels whose xyz or RGB
 the defect changed. Everything is a deterministic function of the sample's seed.
 """
 
@@ -70,6 +71,16 @@ class SynthConfig:
     """Fraction of points randomly missing."""
     max_tilt: float = 0.05
     """Largest table tilt about each axis, radians."""
+    null_twins: bool = False
+    """Render every defective sample without its defect: the same object, pose, noise and observed
+    points as with it, and the mask it would have. A run on such a set scores, per defect type,
+    exactly what its maps give a defect they cannot see (the exact placebo: the maps' prior at
+    the defects' true places); every good and training sample is the same as without it."""
+    geometry_shading: float = 0.0
+    """How much of its shading change a geometry-only defect (bump, dent) puts in the image: 0
+    renders the image from the defect-free normals, so the camera cannot see the defect at all;
+    1 is the Lambertian shading of the deformed surface. In between, the shading inside the
+    footprint moves that fraction of the way. Cracks and holes always shade fully."""
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.categories if c not in SHAPES] + [
@@ -86,6 +97,8 @@ class SynthConfig:
             raise ValueError("sample counts must be >= 0 and train >= 1")
         if min(self.depth_noise, self.rgb_noise, self.dropout_rate, self.max_tilt) < 0:
             raise ValueError("noise levels must be >= 0")
+        if not 0.0 <= self.geometry_shading <= 1.0:
+            raise ValueError(f"geometry_shading must lie in [0, 1], got {self.geometry_shading}")
 
     @property
     def focal(self) -> float:
@@ -162,7 +175,9 @@ def render_sample(
     """Render one sample, deterministically in ``index_seed``.
 
     The same seed with and without ``defect`` gives the same object, pose and noise, so the
-    two renders differ exactly inside the returned mask.
+    two renders differ exactly inside the returned mask. With ``cfg.null_twins`` the defect is
+    placed but not rendered: the mask is returned and the render is the defect-free one (with the
+    footprint's points observed, as the defect's would be).
 
     Args:
         category: Key of ``SHAPES``.
@@ -181,8 +196,10 @@ def render_sample(
         pitch = _TABLE_DISTANCE / cfg.focal
         rng = np.random.default_rng([index_seed, 2])
         found = make_defect(defect, scene.x, scene.y, scene.height, rng, pixel_pitch=pitch)
-    rgb = _render_rgb(scene, found, cfg, noise_rng)
-    xyz = _render_xyz(scene, found, cfg, noise_rng)
+    shown = None if cfg.null_twins else found
+    observed = found.footprint if found is not None and found.changes_geometry else None
+    rgb = _render_rgb(scene, shown, cfg, noise_rng)
+    xyz = _render_xyz(scene, None if shown is None else shown.delta_height, observed, cfg, noise_rng)
     mask = np.zeros(cfg.image_size, dtype=bool) if found is None else found.footprint.copy()
     return rgb, xyz, mask
 
@@ -192,25 +209,34 @@ def _render_rgb(
 ) -> np.ndarray:
     shading = _shade(scene.normals)
     albedo = scene.albedo
-    if defect is not None and defect.shows_in_rgb:
+    if defect is not None:
         foot = defect.footprint
-        albedo = np.where(foot[..., None], albedo * defect.albedo_factor, albedo)
-        if defect.changes_geometry:  # shading changes only inside the footprint
+        if defect.albedo_factor is not None:
+            albedo = np.where(foot[..., None], albedo * defect.albedo_factor, albedo)
+        weight = 1.0 if defect.shows_in_rgb else cfg.geometry_shading
+        if defect.changes_geometry and weight > 0:  # shading changes only inside the footprint
             dented = _backproject(scene.table_depth - scene.height - defect.delta_height, cfg)
-            shading = np.where(foot, _shade(_normals(dented)), shading)
+            deformed = _shade(_normals(dented))
+            if weight < 1:
+                deformed = shading + weight * (deformed - shading)
+            shading = np.where(foot, deformed, shading)
     noise = rng.normal(0.0, cfg.rgb_noise, albedo.shape)
     return np.clip(np.rint(albedo * shading[..., None] * 255 + noise), 0, 255).astype(np.uint8)
 
 
 def _render_xyz(
-    scene: _Scene, defect: Defect | None, cfg: SynthConfig, rng: np.random.Generator
+    scene: _Scene,
+    delta_height: np.ndarray | None,
+    observed: np.ndarray | None,
+    cfg: SynthConfig,
+    rng: np.random.Generator,
 ) -> np.ndarray:
-    height = scene.height if defect is None else scene.height + defect.delta_height
+    height = scene.height if delta_height is None else scene.height + delta_height
     depth = scene.table_depth - height + rng.normal(0.0, cfg.depth_noise, height.shape)
     xyz = _backproject(depth, cfg).astype(np.float32)
     invalid = _invalid_points(scene, cfg, rng)
-    if defect is not None and defect.changes_geometry:
-        invalid &= ~defect.footprint  # the defect's surface is always observed
+    if observed is not None:
+        invalid &= ~observed  # a geometric defect's surface is always observed
     xyz[invalid] = 0.0
     return xyz
 
@@ -283,7 +309,8 @@ def generate_dataset(
         if progress is not None:
             progress(done, len(plan))
     logger.info("wrote %d synthetic samples to %s", len(plan), root)
-    return {"root": str(root), "seed": cfg.seed, "image_size": list(cfg.image_size), "counts": counts}
+    return {"root": str(root), "seed": cfg.seed, "image_size": list(cfg.image_size), "null_twins": cfg.null_twins,
+            "geometry_shading": cfg.geometry_shading, "counts": counts}
 
 
 def _write_sample(folder: Path, stem: str, category: str, cfg: SynthConfig, seed: int) -> None:

@@ -39,6 +39,39 @@ def test_mask_is_exactly_the_changed_pixels(category: str, defect: str) -> None:
         assert np.array_equal(mask, rgb_changed) and np.array_equal(mask, xyz_changed)
 
 
+@pytest.mark.parametrize("defect", GEOMETRY_ONLY)
+def test_geometry_shading_lets_a_fraction_of_the_shading_through(defect: str) -> None:
+    def rgb(weight: float) -> np.ndarray:
+        return render_sample("dome", SynthConfig(image_size=(96, 96), geometry_shading=weight), 5, defect)[0]
+
+    good = render_sample("dome", SynthConfig(image_size=(96, 96)), 5, None)
+    mask = render_sample("dome", SynthConfig(image_size=(96, 96)), 5, defect)[2]
+    assert np.array_equal(rgb(0.0), good[0])  # the default: the camera cannot see the defect
+    change = {w: np.abs(rgb(w).astype(int) - good[0]).sum(-1) for w in (0.25, 1.0)}
+    for w, diff in change.items():
+        assert not diff[~mask].any() and diff[mask].any(), w  # inside the footprint only
+    assert 0.1 < change[0.25].sum() / change[1.0].sum() < 0.4  # about a quarter of the full change
+    with pytest.raises(ValueError, match="geometry_shading"):
+        SynthConfig(geometry_shading=1.5)
+
+
+@pytest.mark.parametrize("defect", DEFECT_TYPES)
+def test_a_null_twin_is_the_good_render_with_the_defects_mask(defect: str) -> None:
+    cfg = SynthConfig(image_size=(96, 96))
+    twin_cfg = SynthConfig(image_size=(96, 96), null_twins=True, geometry_shading=0.5)
+    good = render_sample("ring", cfg, 8, None)
+    bad = render_sample("ring", cfg, 8, defect)
+    twin = render_sample("ring", twin_cfg, 8, defect)
+    assert np.array_equal(twin[2], bad[2]) and twin[2].any()  # the defect's mask
+    assert np.array_equal(twin[0], good[0])  # not a grey level of the defect in the image
+    differs = (twin[1] != good[1]).any(-1)
+    if defect in APPEARANCE_ONLY:
+        assert not differs.any()
+    else:  # only the footprint's dropouts are observed, as on the defective part, at the good surface
+        assert (differs <= bad[2]).all() and (twin[1][differs] != bad[1][differs]).any(-1).all()
+    assert all(np.array_equal(a, b) for a, b in zip(render_sample("ring", twin_cfg, 8, None), good, strict=True))
+
+
 def test_render_is_deterministic_and_seed_dependent() -> None:
     a = render_sample("ring", SMALL, 3, "crack")
     b = render_sample("ring", SMALL, 3, "crack")
