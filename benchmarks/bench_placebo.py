@@ -37,8 +37,9 @@ log = logging.getLogger("bench_placebo")
 METRICS = (("p_auroc", "P-AUROC"), ("aupro_30", "AUPRO@30%"))
 HALLUCINATED = " hallucinated stream"
 UNSEEN = {"rgb": ("bump", "dent"), "xyz": ("stain",)}
-"""The generated defect types a main sensor cannot see well: bumps and dents change the camera's
-image only through shading; stains change appearance only, not the surface."""
+"""The generated defect types a main sensor cannot see: by default the generator renders bumps and
+dents without their shading, so the camera's image does not change; stains change appearance only,
+not the surface."""
 
 
 def views(root: Path, category: str, row: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
@@ -132,8 +133,9 @@ def main() -> None:
             "nothing of the defect gets it. Every defect of the generated sets lies on the part, so the "
             "placebo is far above 0.5 for every map. First table: what each MTFI row adds to the bank of its "
             "main sensor on the defect types that sensor cannot see (bumps and dents change the camera's "
-            "image only through shading; stains leave the surface unchanged), raw and above the placebo, "
-            "beside the dual bank's margin above its placebo. Then, per dataset and metric, every view's "
+            "image not at all: the generator renders them without their shading; stains leave the surface "
+            "unchanged), raw and above the placebo, beside the dual bank's margin above its placebo. Then, "
+            "per dataset and metric, every view's "
             "value per defect type with its placebo in brackets (default fusion; an MTFI row's "
             "hallucinated stream alone on its own lines). Full resolution, mean over categories.",
             "",

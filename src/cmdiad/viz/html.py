@@ -347,7 +347,10 @@ def _recommendation_html(records: Sequence[Mapping[str, Any]]) -> str:
             "alone scores, so 0 means the map only knows where the part is and 1 that it is perfect (the raw "
             "metrics rank where a record has no placebo). Shown with its raw metrics, its I-AUROC and its "
             "P-AUROC skill per defect type (test/good against that type) and its time per sample. A map that only "
-            "lifts the whole part gains raw pixel metrics without finding a defect, and no skill.</p>")
+            "lifts the whole part gains raw pixel metrics without finding a defect, and no skill. The placebo "
+            "is approximate (on generated parts off by up to 0.2 in P-AUROC in one category), so between rows "
+            "whose I-AUROC is the same, a pixel skill lead of a few tenths on one defect type is not yet "
+            "evidence.</p>")
     return f"<h2>Which sensors to deploy</h2>{note}" + html_table(header, rows)
 
 
