@@ -131,11 +131,28 @@ def group_lines(twin_run: Path, runs: list[Path]) -> list[str]:
                   f"differ from the twin run's by at most {good_part_difference(twin_run, run):.2g}. What a defect "
                   f"changes inside its mask against its twin, median over the test parts, grey levels / "
                   f"micrometres of z: {cues}.", ""]
+        lines += category_table(run.name, rows, real, twin)
         for key, label in METRICS:
             lines += table(run.name, rows, real, twin, key, label)
             error, where = worst_transplant_error(real, twin, key)
             lines += [f"Largest transplant placebo error of {label} in one category: {error:+.3f} ({where}).", ""]
     return lines
+
+
+def category_table(name: str, rows: list[str], real: dict, twin: dict) -> list[str]:
+    """Markdown: per row and defect type, the P-AUROC skill over the twin run in each category."""
+    cats = sorted({c for _, c in real})
+    kinds = sorted(next(iter(real.values())))
+    lines = [f"{name}, P-AUROC skill over the twin run per category ({' / '.join(cats)}):", "",
+             "| row | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+    for row in rows:
+        cells = []
+        for kind in kinds:
+            metric = np.array([real[(row, c)][kind]["p_auroc"] for c in cats])
+            prior = np.array([twin[(row, c)][kind]["p_auroc"] for c in cats])
+            cells.append(" / ".join(f"{v:.2f}" for v in skill(metric, prior)))
+        lines.append(f"| {row_label(row)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def worst_transplant_error(real: dict, twin: dict, key: str) -> tuple[float, str]:
