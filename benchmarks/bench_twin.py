@@ -167,6 +167,7 @@ def main() -> None:
     p.add_argument("--group", nargs="+", type=Path, action="append", required=True, metavar="RUN",
                    help="a run on a null-twin set, then runs on sets with the same seed and size; repeatable")
     p.add_argument("--write", action="store_true", help="publish to docs/benchmarks.md")
+    p.add_argument("--describe", default="", help="how the sets were made, printed under the command")
     args = p.parse_args()
     lines = []
     for twin_run, *runs in args.group:
@@ -179,6 +180,7 @@ def main() -> None:
         f"Command: `{command_line()}`. The sets: `cmdiad synth D --seed S --size HxW` with "
         "`--geometry-shading W` or `--null-twins`; the runs: `cmdiad demo --data D --out R` (default preset).",
         "",
+        *([args.describe, ""] if args.describe else []),
         "A null twin is a defective test part rendered without its defect (same part, pose and noise) and "
         "with the defect's mask (`cmdiad synth --null-twins`). A map scores on the twins exactly its prior at "
         "the defects' true places, so the *skill* `(metric - twin metric) / (1 - twin metric)` is what the map "
