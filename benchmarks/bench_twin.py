@@ -9,8 +9,9 @@ twins by laying each mask on the other good parts, whose pose differs. Per run, 
 type this prints the skill of the run's P-AUROC and AUPRO@30% over the twin run's,
 ``(metric - twin) / (1 - twin)`` (what the map sees of the defect beyond its prior) with, in
 brackets, the transplant placebo minus the twin run's metric (the approximation's error), as
-means over categories. It first checks that the twin run scored
-the good test parts exactly as each run did (the same fitted models).
+means over categories, and the skill per category. It also prints how far the twin run's scores
+of the good test parts are from each run's (0: the same fitted models, as they should be) and
+how much each defect type changes the image and the scan against its twin.
 
     cmdiad synth TWIN --null-twins [--seed S --size HxW]; cmdiad demo --data TWIN --out TWIN_RUN
     python benchmarks/bench_twin.py --group TWIN_RUN RUN [RUN ...] [--group ...] [--write]
