@@ -336,7 +336,7 @@ def _pixel_fusion_html(records: Sequence[Mapping[str, Any]]) -> str:
 
 def _recommendation_html(records: Sequence[Mapping[str, Any]]) -> str:
     """The closing section: per category, the best row for each sensor set (:mod:`cmdiad.viz.recommend`)."""
-    from cmdiad.viz.recommend import recommendation_table
+    from cmdiad.viz.recommend import BANK_MARGIN, recommendation_table
 
     header, rows = recommendation_table(records)
     if not rows:
@@ -348,9 +348,9 @@ def _recommendation_html(records: Sequence[Mapping[str, Any]]) -> str:
             "metrics rank where a record has no placebo). Shown with its raw metrics, its I-AUROC and its "
             "P-AUROC skill per defect type (test/good against that type) and its time per sample. A map that only "
             "lifts the whole part gains raw pixel metrics without finding a defect, and no skill. The placebo "
-            "is approximate (on generated parts off by up to 0.2 in P-AUROC in one category), so between rows "
-            "whose I-AUROC is the same, a pixel skill lead of a few tenths on one defect type is not yet "
-            "evidence.</p>")
+            "is approximate (on generated parts off by up to 0.2 in P-AUROC in one category), so a row with a "
+            f"second stream is recommended over its sensors' own bank only when its merit is higher by more than "
+            f"{BANK_MARGIN:g}.</p>")
     return f"<h2>Which sensors to deploy</h2>{note}" + html_table(header, rows)
 
 

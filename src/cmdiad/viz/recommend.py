@@ -12,7 +12,9 @@ difference would favour maps with a low prior among those that localise perfectl
 candidate lacks placebos (records written before them), the raw overall metrics rank, as
 before. The row is shown with its raw metrics, its I-AUROC and P-AUROC skill per defect type,
 and its milliseconds per sample, so a quality engineer sees what the 3D scanner buys on each
-defect type and what MTFI recovers without it.
+defect type and what MTFI recovers without it. A row with a second stream (an MTFI row)
+displaces its sensors' own bank only when its merit is higher by more than ``BANK_MARGIN``: the
+bank is simpler and faster, and a smaller lead is within what the placebo's error can make.
 
 The placebo is approximate: masks laid on other good parts miss the defects' true places where
 parts turn or shift. On generated data, where the exact prior is known (``cmdiad synth
@@ -31,6 +33,14 @@ from cmdiad.viz.report import category_label, finite_or_none, row_label, row_nam
 
 SENSOR_SETS: dict[str, str] = {"rgb": "RGB camera only", "xyz": "3D scanner only", "both": "RGB + 3D"}
 """Record ``main`` -> the sensors its row reads at inference."""
+
+BANKS: dict[str, str] = {"rgb": "rgb", "xyz": "xyz", "both": "dual"}
+"""Sensor set -> the row that is those sensors' own bank."""
+BANK_MARGIN = 0.1
+"""How much higher a row's merit must be than its sensors' own bank's for it to be recommended
+instead. On generated sets whose exact prior is known (``benchmarks/bench_recommend.py``), the
+transplant placebo's error gave MTFI rows leads of up to 0.07 that were not there: without a
+margin 23 of 30 picks were right (the largest loss of exact merit 0.052), with 0.1, 29 (0.006)."""
 
 _RANKED = ("i_auroc", "p_auroc", "aupro_30")
 _PIXEL = ("p_auroc", "aupro_30")
@@ -51,13 +61,27 @@ def _has_placebo(record: Mapping[str, Any]) -> bool:
     return bool(per) and all(set(_skill(record, k)) == set(per) for k in _PIXEL)
 
 
-def _merit(record: Mapping[str, Any], skill: bool) -> float:
+def merit(record: Mapping[str, Any], skill: bool) -> float:
+    """What the ranking maximises: the mean of I-AUROC and, with ``skill``, the P-AUROC and
+    AUPRO@30% skill over their placebo averaged over defect types (else the raw overall metrics)."""
     if skill:
         pixel = [sum(v.values()) / len(v) for v in (_skill(record, k) for k in _PIXEL)]
         values = [finite_or_none(record.get("i_auroc")), *pixel]
     else:
         values = [finite_or_none(record.get(k)) for k in _RANKED]
     return -math.inf if None in values else sum(values) / len(values)
+
+
+def pick(candidates: Sequence[Mapping[str, Any]], *, margin: float = BANK_MARGIN) -> Mapping[str, Any]:
+    """The recommended record among rows that need the same sensors: the highest :func:`merit`
+    (skill over the placebo where every candidate has placebos, else the raw metrics), but the
+    sensors' own bank unless that row beats it by more than ``margin``."""
+    skill = all(_has_placebo(r) for r in candidates)
+    best = max(candidates, key=lambda r: merit(r, skill))
+    bank = next((r for r in candidates if row_name(r) == BANKS.get(str(r.get("main")))), None)
+    if bank is not None and merit(best, skill) - merit(bank, skill) <= margin:
+        return bank
+    return best
 
 
 def _per_defect(record: Mapping[str, Any], digits: int) -> str:
@@ -88,8 +112,7 @@ def recommendation_table(records: Sequence[Mapping[str, Any]], *, digits: int = 
             mine = [r for r in records if str(r["category"]) == category and r.get("main") == main]
             if not mine:
                 continue
-            skill = all(_has_placebo(r) for r in mine)
-            best = max(mine, key=lambda r: _merit(r, skill))
+            best = pick(mine)
             ms = best.get("ms_per_sample")
             rows.append([category_label(category), sensors, row_label(row_name(best)),
                          *(round(float(best[k]), digits) for k in _RANKED), _per_defect(best, digits),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cmdiad.viz.html import _recommendation_html
-from cmdiad.viz.recommend import recommendation_table
+from cmdiad.viz.recommend import BANK_MARGIN, merit, pick, recommendation_table
 
 
 def _rec(method: str, main: str, category: str, score: float, ms: float) -> dict:
@@ -13,7 +13,7 @@ def _rec(method: str, main: str, category: str, score: float, ms: float) -> dict
 
 
 def test_best_row_per_sensor_set_with_per_defect_numbers_and_time() -> None:
-    records = [_rec("rgb", "rgb", "ring", 0.80, 10.0), _rec("i2f", "rgb", "ring", 0.85, 12.0),
+    records = [_rec("rgb", "rgb", "ring", 0.80, 10.0), _rec("i2f", "rgb", "ring", 0.95, 12.0),
                _rec("f2f", "xyz", "ring", 0.70, 50.0), _rec("xyz", "xyz", "ring", 0.90, 40.0),
                _rec("dual", "both", "ring", 0.95, 60.0), _rec("rgb", "rgb", "tile", 0.60, 9.0)]
     header, rows = recommendation_table(records)
@@ -43,24 +43,36 @@ def test_a_row_whose_pixel_gain_is_its_spatial_prior_does_not_win() -> None:
     prior = _with_placebo("i2f", 0.80, 0.85, 0.84)  # higher raw pixel metrics, nearly all of it prior
     rows = recommendation_table([prior, bank])[1]
     assert rows[0][2] == "Single RGB bank" and rows[0][7] == "bump 0.38, stain 0.38"  # 0.15 / 0.40
-    # One candidate without placebos: the raw metrics rank all of them, and the prior wins again.
+    # One candidate without placebos: the raw metrics rank all of them, and the prior wins again
+    # (without the margin that keeps the bank on a small lead).
     del bank["per_defect"]["bump"]["p_auroc_placebo"]
-    assert recommendation_table([prior, bank])[1][0][2] == "MTFI I2F (RGB main)"
+    assert pick([prior, bank], margin=0.0) is prior
 
 
 def test_skill_does_not_favour_a_low_prior_among_perfect_maps() -> None:
     low = _with_placebo("rgb", 0.80, 1.0, 0.50)
     high = _with_placebo("i2f", 0.80, 1.0, 0.90)
     faster = {**high, "ms_per_sample": 5.0}
-    # Both localise perfectly: skill 1 each, so the first listed wins the tie, whichever prior it has.
-    assert recommendation_table([faster, low])[1][0][2] == "MTFI I2F (RGB main)"
-    assert recommendation_table([low, faster])[1][0][2] == "Single RGB bank"
+    # Both localise perfectly: skill 1 each, the same merit whatever the prior; the tie keeps the bank.
+    assert merit(faster, True) == merit(low, True) == (0.80 + 1.0 + 1.0) / 3
+    assert recommendation_table([faster, low])[1][0][2] == "Single RGB bank"
 
 
 def test_null_metrics_as_read_back_from_results_json_do_not_break_the_table() -> None:
     bank = _with_placebo("rgb", 0.80, 0.75, 0.60)
-    undefined = _with_placebo("i2f", 0.80, 0.85, 0.84)
+    undefined = _with_placebo("i2f", 0.80, 0.95, 0.84)
     undefined["per_defect"]["bump"].update(i_auroc=None, p_auroc_placebo=None)  # NaN is stored as null
     rows = recommendation_table([undefined, bank])[1]
     # The record lacking a placebo makes the raw metrics rank; its null I-AUROC is left out of its cell.
     assert rows[0][2] == "MTFI I2F (RGB main)" and rows[0][6] == "stain 0.800"
+
+
+def test_a_second_stream_displaces_the_sensors_own_bank_only_beyond_the_margin() -> None:
+    bank, xyz_bank = _rec("rgb", "rgb", "ring", 0.80, 10.0), _rec("xyz", "xyz", "ring", 0.60, 40.0)
+    near = _rec("f2f", "rgb", "ring", 0.80 + BANK_MARGIN / 2, 30.0)
+    clear = _rec("i2f", "rgb", "ring", 0.80 + 2 * BANK_MARGIN, 30.0)
+    assert pick([near, bank]) is bank  # a lead within the margin: the simpler, faster bank
+    assert pick([clear, near, bank]) is clear
+    assert pick([near, clear]) is clear  # no bank among the candidates: the best row
+    assert pick([_rec("f2f", "xyz", "ring", 0.65, 50.0), xyz_bank])["method"] == "xyz"
+    assert recommendation_table([near, bank, clear])[1][0][2] == "MTFI I2F (RGB main)"
