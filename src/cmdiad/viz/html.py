@@ -350,7 +350,8 @@ def _recommendation_html(records: Sequence[Mapping[str, Any]]) -> str:
             "lifts the whole part gains raw pixel metrics without finding a defect, and no skill. The placebo "
             "is approximate (on generated parts off by up to 0.2 in P-AUROC in one category), so a row with a "
             f"second stream is recommended over its sensors' own bank only when its merit is higher by more than "
-            f"{BANK_MARGIN:g}.</p>")
+            f"{BANK_MARGIN:g}; where the bank is kept, the last column names the best such row and its merit "
+            "minus the bank's.</p>")
     return f"<h2>Which sensors to deploy</h2>{note}" + html_table(header, rows)
 
 

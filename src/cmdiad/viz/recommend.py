@@ -95,9 +95,24 @@ def _per_defect_skill(record: Mapping[str, Any], digits: int) -> str | None:
     return ", ".join(f"{d} {skill[d]:.{digits - 1}f}" for d in sorted(skill)) or None
 
 
+def _challenger(candidates: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any]) -> str | None:
+    """When the sensors' own bank was kept, the best row with a second stream and its merit lead."""
+    if row_name(chosen) != BANKS.get(str(chosen.get("main"))):
+        return None
+    others = [r for r in candidates if r is not chosen]
+    if not others:
+        return None
+    skill = all(_has_placebo(r) for r in candidates)
+    best = max(others, key=lambda r: merit(r, skill))
+    lead = merit(best, skill) - merit(chosen, skill)
+    return f"{row_label(row_name(best))}: {lead:+.3f}"
+
+
 def recommendation_table(records: Sequence[Mapping[str, Any]], *, digits: int = 3) -> tuple[list[str], list[list]]:
     """Rows ``[category, sensors, best row, I-AUROC, P-AUROC, AUPRO@30%, I-AUROC per defect,
-    P-AUROC skill over placebo per defect, ms/sample]`` (see the module doc for the ranking).
+    P-AUROC skill over placebo per defect, ms/sample, best MTFI row and its merit lead over the
+    bank]`` (see the module doc for the ranking; the last cell is empty where no bank was kept or
+    no other row needs the same sensors).
 
     Args:
         records: Result records (with ``per_defect``; ``ms_per_sample`` when timings were joined).
@@ -105,7 +120,7 @@ def recommendation_table(records: Sequence[Mapping[str, Any]], *, digits: int = 
     """
     header = ["Category", "Sensors at inference", "Best row", "I-AUROC", "P-AUROC", "AUPRO@30%",
               "I-AUROC per defect type", "P-AUROC skill over placebo per defect type",
-              "ms / sample"]
+              "ms / sample", "Best MTFI row: merit minus the bank's"]
     rows: list[list] = []
     for category in sorted({str(r["category"]) for r in records}):
         for main, sensors in SENSOR_SETS.items():
@@ -116,5 +131,6 @@ def recommendation_table(records: Sequence[Mapping[str, Any]], *, digits: int = 
             ms = best.get("ms_per_sample")
             rows.append([category_label(category), sensors, row_label(row_name(best)),
                          *(round(float(best[k]), digits) for k in _RANKED), _per_defect(best, digits),
-                         _per_defect_skill(best, digits), None if ms is None else f"{float(ms):.1f}"])
+                         _per_defect_skill(best, digits), None if ms is None else f"{float(ms):.1f}",
+                         _challenger(mine, best)])
     return header, rows

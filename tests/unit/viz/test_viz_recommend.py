@@ -76,3 +76,6 @@ def test_a_second_stream_displaces_the_sensors_own_bank_only_beyond_the_margin()
     assert pick([near, clear]) is clear  # no bank among the candidates: the best row
     assert pick([_rec("f2f", "xyz", "ring", 0.65, 50.0), xyz_bank])["method"] == "xyz"
     assert recommendation_table([near, bank, clear])[1][0][2] == "MTFI I2F (RGB main)"
+    kept = recommendation_table([near, bank])[1][0]  # the bank kept: the MTFI row it kept out, and its lead
+    assert kept[2] == "Single RGB bank" and kept[9] == f"MTFI F2F (RGB main): +{BANK_MARGIN / 2:.3f}"
+    assert recommendation_table([near, bank, clear])[1][0][9] is None  # an MTFI row recommended itself
