@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DOC, command_line, publish  # noqa: E402
-from bench_twin import skill  # noqa: E402
+from bench_twin import add_groups, groups, skill  # noqa: E402
 
 from cmdiad.viz.recommend import BANK_MARGIN, SENSOR_SETS, merit, pick  # noqa: E402
 from cmdiad.viz.report import load_records, row_label, row_name  # noqa: E402
@@ -95,16 +95,9 @@ def tables(cases: list[dict[str, Any]]) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--group", nargs="+", type=Path, action="append", required=True, metavar="RUN",
-                   help="a run on a null-twin set, then runs on sets with the same seed and size; repeatable")
-    p.add_argument("--write", action="store_true", help="publish to docs/benchmarks.md")
+    add_groups(p)
     args = p.parse_args()
-    cases = []
-    for twin_run, *runs in args.group:
-        if not runs:
-            p.error(f"--group {twin_run}: name at least one run after the twin run")
-        for run in runs:
-            cases += regrets(twin_run, run)
+    cases = [case for twin_run, runs in groups(p, args) for run in runs for case in regrets(twin_run, run)]
     body = [
         "## Which sensors to deploy: ranking rules against the exact answer",
         "",

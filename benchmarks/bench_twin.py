@@ -163,17 +163,30 @@ def worst_transplant_error(real: dict, twin: dict, key: str) -> tuple[float, str
     return max(cases, key=lambda case: abs(case[0]))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_groups(p: argparse.ArgumentParser) -> None:
+    """The ``--group TWIN_RUN RUN [RUN ...]`` option (repeatable) and ``--write``."""
     p.add_argument("--group", nargs="+", type=Path, action="append", required=True, metavar="RUN",
                    help="a run on a null-twin set, then runs on sets with the same seed and size; repeatable")
     p.add_argument("--write", action="store_true", help="publish to docs/benchmarks.md")
-    p.add_argument("--describe", default="", help="how the sets were made, printed under the command")
-    args = p.parse_args()
-    lines = []
+
+
+def groups(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[Path, list[Path]]]:
+    """``(twin run, runs)`` of every ``--group``."""
+    out = []
     for twin_run, *runs in args.group:
         if not runs:
             p.error(f"--group {twin_run}: name at least one run after the twin run")
+        out.append((twin_run, runs))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_groups(p)
+    p.add_argument("--describe", default="", help="how the sets were made, printed under the command")
+    args = p.parse_args()
+    lines = []
+    for twin_run, runs in groups(p, args):
         lines += group_lines(twin_run, runs)
     body = [
         "## What each map sees beyond its exact prior (null twins)",
