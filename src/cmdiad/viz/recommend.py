@@ -72,16 +72,27 @@ def merit(record: Mapping[str, Any], skill: bool) -> float:
     return -math.inf if None in values else sum(values) / len(values)
 
 
+def _merits(candidates: Sequence[Mapping[str, Any]]) -> list[float]:
+    """:func:`merit` of each candidate: with skill where every candidate has placebos, else raw."""
+    skill = all(_has_placebo(r) for r in candidates)
+    return [merit(r, skill) for r in candidates]
+
+
+def _bank_index(candidates: Sequence[Mapping[str, Any]]) -> int | None:
+    """Where the sensors' own bank is among the candidates, if it is."""
+    return next((i for i, r in enumerate(candidates) if row_name(r) == BANKS.get(str(r.get("main")))), None)
+
+
 def pick(candidates: Sequence[Mapping[str, Any]], *, margin: float = BANK_MARGIN) -> Mapping[str, Any]:
     """The recommended record among rows that need the same sensors: the highest :func:`merit`
     (skill over the placebo where every candidate has placebos, else the raw metrics), but the
     sensors' own bank unless that row beats it by more than ``margin``."""
-    skill = all(_has_placebo(r) for r in candidates)
-    best = max(candidates, key=lambda r: merit(r, skill))
-    bank = next((r for r in candidates if row_name(r) == BANKS.get(str(r.get("main")))), None)
-    if bank is not None and merit(best, skill) - merit(bank, skill) <= margin:
-        return bank
-    return best
+    merits = _merits(candidates)
+    best = max(range(len(candidates)), key=merits.__getitem__)
+    bank = _bank_index(candidates)
+    if bank is not None and merits[best] - merits[bank] <= margin:
+        return candidates[bank]
+    return candidates[best]
 
 
 def _per_defect(record: Mapping[str, Any], digits: int) -> str:
@@ -97,15 +108,12 @@ def _per_defect_skill(record: Mapping[str, Any], digits: int) -> str | None:
 
 def _challenger(candidates: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any]) -> str | None:
     """When the sensors' own bank was kept, the best row with a second stream and its merit lead."""
-    if row_name(chosen) != BANKS.get(str(chosen.get("main"))):
+    bank = _bank_index(candidates)
+    if bank is None or candidates[bank] is not chosen or len(candidates) < 2:
         return None
-    others = [r for r in candidates if r is not chosen]
-    if not others:
-        return None
-    skill = all(_has_placebo(r) for r in candidates)
-    best = max(others, key=lambda r: merit(r, skill))
-    lead = merit(best, skill) - merit(chosen, skill)
-    return f"{row_label(row_name(best))}: {lead:+.3f}"
+    merits = _merits(candidates)
+    best = max((i for i in range(len(candidates)) if i != bank), key=merits.__getitem__)
+    return f"{row_label(row_name(candidates[best]))}: {merits[best] - merits[bank]:+.3f}"
 
 
 def recommendation_table(records: Sequence[Mapping[str, Any]], *, digits: int = 3) -> tuple[list[str], list[list]]:
