@@ -61,6 +61,19 @@ def dataset_of(run: Path) -> Path:
         raise SystemExit(f"{run / 'run.json'}: cannot read the run's dataset ({exc})") from None
 
 
+def check_settings(twin_run: Path, run: Path) -> None:
+    """Stop unless the twin run's dataset is a null-twin set with the run's seed, size and categories,
+    where both runs recorded their dataset's settings (``run.json``'s ``synthetic``; older runs did not)."""
+    twin, real = (json.loads((r / "run.json").read_text()).get("synthetic") for r in (twin_run, run))
+    if twin is not None and not twin.get("null_twins"):
+        raise SystemExit(f"{twin_run}: its dataset was not generated with --null-twins")
+    if real is not None and real.get("null_twins"):
+        raise SystemExit(f"{run}: its dataset holds null twins; name it first in its --group")
+    keys = ("seed", "image_size", "categories", "train", "validation", "test_good", "test_per_defect")
+    if twin is not None and real is not None and any(twin.get(k) != real.get(k) for k in keys):
+        raise SystemExit(f"{run}: its dataset's seed, size or counts differ from the twin run's")
+
+
 def good_part_difference(twin: Path, run: Path) -> float:
     """Largest difference between the two runs' image scores and maps of the good test parts."""
     worst = 0.0
@@ -125,6 +138,7 @@ def group_lines(twin_run: Path, runs: list[Path]) -> list[str]:
     twin_data = dataset_of(twin_run)
     lines = []
     for run in runs:
+        check_settings(twin_run, run)
         rows, real = per_defect(run)
         data = dataset_of(run)
         cues = "; ".join(f"{k} {g:.1f} / {z:.0f}" for k, (g, z) in cue_strength(data, twin_data).items())

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cmdiad.cli import main
+from cmdiad.synthetic.generator import SynthConfig, generate_dataset
 
 METRIC_FILES = ("results.json", "results.csv", "results.md")
 
@@ -25,6 +26,7 @@ def test_two_runs_with_the_same_seed_give_identical_metric_files(tiny_dataset, t
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     assert run["seed"] == 3 and run["samples"]["ring"] == {"train": 6, "validation": 3, "test": 13}
+    assert run["synthetic"]["seed"] == 1 and run["synthetic"]["null_twins"] is False  # the generator's settings
     assert {"torch", "cmdiad_version", "cpu", "machine", "dataset", "command", "preset"} <= set(run)
     html = (tmp_path / "a" / "report.html").read_text()
     assert "<h2>Run</h2>" in html and "<svg" in html and 'alt="colour bar"' in html
@@ -113,3 +115,13 @@ def test_rows_needing_a_missing_modality_report_their_test_count(tiny_dataset, t
     assert f"ring/test/crack/{gone.stem}" in warning and "no rgb" in warning
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| Single xyz bank | 13 | 13 |" in md and "| Single RGB bank | 12 | 12 |" in md
+
+
+def test_a_run_on_null_twins_says_its_metrics_are_priors(tmp_path, tiny_sets, caplog) -> None:
+    data = tmp_path / "twins"
+    generate_dataset(data, SynthConfig(categories=("ring",), image_size=(64, 64), train=6, validation=3, test_good=3,
+                                       test_per_defect=1, seed=1, null_twins=True))
+    with caplog.at_level(logging.WARNING, logger="cmdiad"):
+        assert _run(data, tmp_path / "out", tiny_sets) == 0
+    assert any("null twins" in r.getMessage() and "prior" in r.getMessage() for r in caplog.records)
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["synthetic"]["null_twins"] is True

@@ -21,6 +21,7 @@ import torch
 
 from cmdiad import __version__
 from cmdiad.errors import ConfigError
+from cmdiad.synthetic.generator import dataset_settings
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ def check_output(out: Path, config: Mapping[str, Any], dataset: Path, *, overwri
 def run_metadata(
     dataset: Path, *, seed: int, device: str, command: str = "", extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """run.json content: versions, machine, dataset, seed, command and start time (UTC)."""
+    """run.json content: versions, machine, dataset, seed, command and start time (UTC), and for a
+    generated dataset the settings that made it (``synthetic``)."""
     return {
         "cmdiad_version": __version__,
         "command": command,
@@ -128,5 +130,6 @@ def run_metadata(
         "torch": torch.__version__,
         "numpy": np.__version__,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"synthetic": settings} if (settings := dataset_settings(dataset)) is not None else {}),
         **dict(extra or {}),
     }

@@ -280,6 +280,9 @@ def run_experiment(
     atomic_write_text(out / "config.json", json.dumps(resolved, indent=2) + "\n")
     info = run_metadata(root, seed=cfg.detector.seed, device=cfg.device, command=command,
                         extra={**(run_info or {}), "resumed_rows": resumed, "samples": {}})
+    if (info.get("synthetic") or {}).get("null_twins"):
+        log.warning("%s holds null twins: its defective parts are rendered without their defects, so every "
+                    "per-defect metric of this run is a map's prior (cmdiad synth --null-twins)", root)
     atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
     records = _run_categories(root, out, cfg, categories, rows, done, info, cache_dir=cache_dir,
                               progress=progress, on_record=on_record)

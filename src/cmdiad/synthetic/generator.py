@@ -16,6 +16,7 @@ the defect changed. Everything is a deterministic function of the sample's seed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -298,6 +299,7 @@ def generate_dataset(
         raise FileExistsError(f"{root}: category folders {clash} exist; pass overwrite=True to replace files")
     for cat in cfg.categories:
         _write_metadata(root / cat, cfg)
+    _write_settings(root, cfg)
     plan = _plan(cfg)
     counts: dict[str, dict[str, int]] = {c: {} for c in cfg.categories}
     for done, (cat, split, defect, i) in enumerate(plan, start=1):
@@ -321,6 +323,25 @@ def _write_sample(folder: Path, stem: str, category: str, cfg: SynthConfig, seed
     if folder.parent.name == "test" or defect is not None:  # labelled validation parts have masks too
         grey = 0 if defect is None else 255 - cfg.defects.index(defect)
         write_mask(folder / "gt" / f"{stem}.png", mask.astype(np.uint8) * grey)
+
+
+SETTINGS_FILE = "synth.json"
+"""File at a generated dataset's root with the settings that made it (:func:`dataset_settings`)."""
+
+
+def _write_settings(root: Path, cfg: SynthConfig) -> None:
+    settings = {"generator": "cmdiad.synthetic", **dataclasses.asdict(cfg)}
+    (root / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def dataset_settings(root: Path | str) -> dict | None:
+    """The settings a dataset was generated with (its ``synth.json``), or None for other datasets
+    and unreadable files."""
+    try:
+        settings = json.loads((Path(root) / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return settings if isinstance(settings, dict) and settings.get("generator") == "cmdiad.synthetic" else None
 
 
 def _write_metadata(cat_dir: Path, cfg: SynthConfig) -> None:

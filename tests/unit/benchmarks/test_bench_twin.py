@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -49,3 +50,21 @@ def test_good_part_difference_compares_the_good_parts_only(tmp_path: Path) -> No
     assert bt.good_part_difference(a, b) == 0.0
     c = _run(tmp_path / "c", good + 0.25)
     assert bt.good_part_difference(a, c) == pytest.approx(0.25)
+
+
+def test_check_settings_refuses_a_twin_run_that_is_not_one(tmp_path: Path) -> None:
+    def run(name: str, **settings) -> Path:
+        (tmp_path / name).mkdir()
+        synthetic = {"seed": 1, "image_size": [48, 48], "categories": ["dome"], "null_twins": False} | settings
+        (tmp_path / name / "run.json").write_text(json.dumps({"synthetic": synthetic}))
+        return tmp_path / name
+
+    twin, real = run("twin", null_twins=True), run("real")
+    bt.check_settings(twin, real)
+    with pytest.raises(SystemExit, match="not generated with --null-twins"):
+        bt.check_settings(real, real)
+    with pytest.raises(SystemExit, match="seed, size or counts differ"):
+        bt.check_settings(twin, run("other", seed=2))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "run.json").write_text("{}")  # runs before the settings were recorded: no check
+    bt.check_settings(tmp_path / "old", real)

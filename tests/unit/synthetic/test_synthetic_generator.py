@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 
 from cmdiad.io.mvtec3d import class_ids, list_categories, list_records, load_sample
 from cmdiad.synthetic.defects import APPEARANCE_ONLY, BOTH, DEFECT_TYPES, GEOMETRY_ONLY
-from cmdiad.synthetic.generator import SynthConfig, generate_dataset, render_sample
+from cmdiad.synthetic.generator import SynthConfig, dataset_settings, generate_dataset, render_sample
 
 SMALL = SynthConfig(image_size=(64, 80), train=3, validation=1, test_good=2, test_per_defect=1)
 
@@ -159,3 +160,16 @@ def test_labelled_validation_parts_leave_every_other_sample_as_it_was(tmp_path) 
         for a, b in zip(plain, same, strict=True):
             assert a.rgb_path.read_bytes() == b.rgb_path.read_bytes()
             assert a.xyz_path.read_bytes() == b.xyz_path.read_bytes()
+
+
+def test_a_generated_dataset_records_its_settings_and_runs_carry_them(tmp_path) -> None:
+    from cmdiad.pipeline.outputs import run_metadata
+
+    generate_dataset(tmp_path / "twins", replace(SMALL, null_twins=True, seed=4))
+    settings = dataset_settings(tmp_path / "twins")
+    assert settings is not None and settings["null_twins"] is True and settings["seed"] == 4
+    assert settings["image_size"] == [64, 80] and settings["geometry_shading"] == 0.0
+    assert run_metadata(tmp_path / "twins", seed=0, device="cpu")["synthetic"] == settings
+    (tmp_path / "other").mkdir()
+    assert dataset_settings(tmp_path / "other") is None  # not generated here: no synthetic key in run.json
+    assert "synthetic" not in run_metadata(tmp_path / "other", seed=0, device="cpu")
