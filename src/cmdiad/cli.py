@@ -166,7 +166,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- verbs
 def cmd_synth(args: argparse.Namespace) -> int:
-    from cmdiad.synthetic.generator import SynthConfig, generate_dataset
+    from cmdiad.synthetic.generator import SynthConfig, existing_categories, generate_dataset
 
     kwargs: dict[str, Any] = {"seed": args.seed}
     if args.categories:
@@ -189,7 +189,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise ConfigError(f"synth: {exc}") from None
     t0 = time.perf_counter()
     bars = Bars(not args.quiet)
-    clash = [c for c in cfg.categories if (args.out / c).exists()]
+    clash = existing_categories(args.out, cfg)
     if clash:
         raise ConfigError(f"synth: {args.out} already has category folders {clash}; choose a new folder "
                           "(nothing was written)")

@@ -274,6 +274,11 @@ def _plan(cfg: SynthConfig) -> list[tuple[str, str, str, int]]:
     return plan
 
 
+def existing_categories(out: Path | str, cfg: SynthConfig) -> list[str]:
+    """The categories of ``cfg`` that already have a folder under ``out`` (what generating would overwrite)."""
+    return [c for c in cfg.categories if (Path(out) / c).exists()]
+
+
 def generate_dataset(
     out: Path | str,
     cfg: SynthConfig | None = None,
@@ -294,7 +299,7 @@ def generate_dataset(
     """
     cfg = cfg or SynthConfig()
     root = Path(out)
-    clash = [c for c in cfg.categories if (root / c).exists()]
+    clash = existing_categories(root, cfg)
     if clash and not overwrite:
         raise FileExistsError(f"{root}: category folders {clash} exist; pass overwrite=True to replace files")
     for cat in cfg.categories:
