@@ -83,16 +83,26 @@ def _bank_index(candidates: Sequence[Mapping[str, Any]]) -> int | None:
     return next((i for i, r in enumerate(candidates) if row_name(r) == BANKS.get(str(r.get("main")))), None)
 
 
+def _decide(candidates: Sequence[Mapping[str, Any]], margin: float) -> tuple[Mapping[str, Any], str | None]:
+    """The recommended record (see :func:`pick`) and, when the sensors' own bank was kept, the best
+    row with a second stream and its merit minus the bank's."""
+    merits = _merits(candidates)
+    best = max(range(len(candidates)), key=merits.__getitem__)
+    bank = _bank_index(candidates)
+    if bank is None or merits[best] - merits[bank] > margin:
+        return candidates[best], None
+    others = [i for i in range(len(candidates)) if i != bank]
+    if not others:
+        return candidates[bank], None
+    top = max(others, key=merits.__getitem__)
+    return candidates[bank], f"{row_label(row_name(candidates[top]))}: {merits[top] - merits[bank]:+.3f}"
+
+
 def pick(candidates: Sequence[Mapping[str, Any]], *, margin: float = BANK_MARGIN) -> Mapping[str, Any]:
     """The recommended record among rows that need the same sensors: the highest :func:`merit`
     (skill over the placebo where every candidate has placebos, else the raw metrics), but the
     sensors' own bank unless that row beats it by more than ``margin``."""
-    merits = _merits(candidates)
-    best = max(range(len(candidates)), key=merits.__getitem__)
-    bank = _bank_index(candidates)
-    if bank is not None and merits[best] - merits[bank] <= margin:
-        return candidates[bank]
-    return candidates[best]
+    return _decide(candidates, margin)[0]
 
 
 def _per_defect(record: Mapping[str, Any], digits: int) -> str:
@@ -104,16 +114,6 @@ def _per_defect(record: Mapping[str, Any], digits: int) -> str:
 def _per_defect_skill(record: Mapping[str, Any], digits: int) -> str | None:
     skill = _skill(record, "p_auroc")
     return ", ".join(f"{d} {skill[d]:.{digits - 1}f}" for d in sorted(skill)) or None
-
-
-def _challenger(candidates: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any]) -> str | None:
-    """When the sensors' own bank was kept, the best row with a second stream and its merit lead."""
-    bank = _bank_index(candidates)
-    if bank is None or candidates[bank] is not chosen or len(candidates) < 2:
-        return None
-    merits = _merits(candidates)
-    best = max((i for i in range(len(candidates)) if i != bank), key=merits.__getitem__)
-    return f"{row_label(row_name(candidates[best]))}: {merits[best] - merits[bank]:+.3f}"
 
 
 def recommendation_table(records: Sequence[Mapping[str, Any]], *, digits: int = 3) -> tuple[list[str], list[list]]:
@@ -135,10 +135,10 @@ def recommendation_table(records: Sequence[Mapping[str, Any]], *, digits: int = 
             mine = [r for r in records if str(r["category"]) == category and r.get("main") == main]
             if not mine:
                 continue
-            best = pick(mine)
+            best, challenger = _decide(mine, BANK_MARGIN)
             ms = best.get("ms_per_sample")
             rows.append([category_label(category), sensors, row_label(row_name(best)),
                          *(round(float(best[k]), digits) for k in _RANKED), _per_defect(best, digits),
                          _per_defect_skill(best, digits), None if ms is None else f"{float(ms):.1f}",
-                         _challenger(mine, best)])
+                         challenger])
     return header, rows
