@@ -11,6 +11,10 @@ offset are then scored per defect type on the remaining test parts only, against
 the row's two streams on those same parts. Stream scores come from ``bench_fusion``'s cache.
 
     python benchmarks/bench_mtfi_labelled.py DATA [DATA ...] [--k 1 2] [--draws 5] [--stride 2] [--write]
+    python benchmarks/bench_mtfi_labelled.py DATA [DATA ...] --image [--k 1 2] [--draws 5] [--write]
+
+``--image`` asks the same of the image gate: the default and ``bench_mtfi_rules``' image rules,
+chosen by mean I-AUROC on the labelled parts (which then include held-out good test parts).
 
 ``--runs FREE LABELLED`` instead compares two ``cmdiad experiment`` outputs of one dataset that
 has labelled validation parts, the first with ``--set fusion.labelled_choice=false``: per MTFI
@@ -119,11 +123,13 @@ def trials(roots: list[Path], ks: list[int], draws: int, stride: int) -> list[di
     return out
 
 
-def table(rows: list[dict], draws: int) -> list[str]:
-    """Markdown: per dataset and k, shortfalls (P-AUROC < better stream - 0.01) of the default and of
-    the labelled choice on the same held-out parts, per draw on average."""
-    lines = ["| data | labelled parts per defect type | rule | cases < better stream - 0.01, per draw "
-             "| informative ones, per draw | mean - better stream | cases < main sensor - 0.01, per draw |",
+def table(rows: list[dict], draws: int, level: str = "P") -> list[str]:
+    """Markdown: per dataset and k, shortfalls (P-AUROC < better stream - 0.01, or I-AUROC < better
+    stream - 0.02 for ``level`` I) of the default and of the labelled choice on the same held-out
+    parts, per draw on average."""
+    margin = 0.01 if level == "P" else 0.02
+    lines = [f"| data | labelled parts per defect type | rule | cases < better stream - {margin}, per draw "
+             f"| informative ones, per draw | mean - better stream | cases < main sensor - {margin}, per draw |",
              "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
     for data in sorted({r["data"] for r in rows}):
         for k in sorted({r["k"] for r in rows}):
@@ -132,11 +138,86 @@ def table(rows: list[dict], draws: int) -> list[str]:
             main = np.array([r["main"] for r in part])
             inf = np.array([bf.informative(b, r["n_defect"], r["n_good"]) for b, r in zip(best, part, strict=True)])
             n = len(part) / draws
-            for rule in part[0]["P"]:
-                v = np.array([r["P"][rule] for r in part])
-                lines.append(f"| {data} | {k} | {rule} | {(v < best - 0.01).sum() / draws:.1f}/{n:.0f} | "
-                             f"{(v[inf] < best[inf] - 0.01).sum() / draws:.1f}/{inf.sum() / draws:.1f} | "
-                             f"{(v - best).mean():+.4f} | {(v < main - 0.01).sum() / draws:.1f} |")
+            for rule in part[0][level]:
+                v = np.array([r[level][rule] for r in part])
+                lines.append(f"| {data} | {k} | {rule} | {(v < best - margin).sum() / draws:.1f}/{n:.0f} | "
+                             f"{(v[inf] < best[inf] - margin).sum() / draws:.1f}/{inf.sum() / draws:.1f} | "
+                             f"{(v - best).mean():+.4f} | {(v < main - margin).sum() / draws:.1f} |")
+    return lines
+
+
+IMAGE_CANDIDATES = {"default": bmr.DEFAULT, **bmr.IMAGE_RULES}
+"""Image rules a labelled choice could pick from: the default gate and ``bench_mtfi_rules``'
+alternatives (gates of 0 to 3 standard deviations not widened, the plain maximum)."""
+IMAGE_MARGIN = 0.02
+"""The image tolerance of issue #10's criterion, as a required gain over the default."""
+
+
+def _image_auroc(scores: np.ndarray, defects: np.ndarray, parts: np.ndarray) -> dict[str, float]:
+    """``{defect type: I-AUROC of the good parts among ``parts`` against that type's}``."""
+    good = parts[defects[parts] == "good"]
+    out = {}
+    for t in sorted(set(defects[parts].tolist()) - {"good"}):
+        keep = np.concatenate([good, parts[defects[parts] == t]])
+        out[t] = auroc(scores[keep], (defects[keep] != "good").astype(int), "image")
+    return out
+
+
+def image_trials(roots: list[Path], ks: list[int], draws: int) -> list[dict]:
+    """One dict per (dataset, category, row, k, draw, defect): both streams', the default's and the
+    labelled choices' I-AUROC on the held-out test parts.
+
+    The labelled parts are ``k`` test parts of every defect type plus as many test good parts as
+    the category has validation good parts. The validation parts' own fused image scores cannot
+    stand in for those good parts: the image calibration is fitted on them, so their scores are
+    in-sample, and held-out good parts are what the library's pixel choice scores too (cross-fitted).
+    """
+    out = []
+    for root in roots:
+        for category in list_categories(root):
+            for row in bmr.MTFI:
+                log.info("%s %s %s", root.name, category, row)
+                d = bf.stream_scores(root, category, row)
+                roles = bf.hallucinated_columns(root, row, d)
+                fid = bf.fidelity_of(root, category, row)
+                folds = bf._folds(root, category, row, bmr.DEFAULT)
+                image = {name: bf.fused(d, rule, roles, fid, folds)[0] for name, rule in IMAGE_CANDIDATES.items()}
+                defects = d["defects"]
+                goods = np.flatnonzero(defects == "good")
+                rng = np.random.default_rng(0)
+                for k in ks:
+                    for n in range(draws):
+                        stand_in = rng.choice(goods, min(len(d["val_image"]), len(goods) - 1), replace=False)
+                        labelled = np.concatenate([draw(defects, k, rng), stand_in])
+                        mean = {name: float(np.mean(list(_image_auroc(v, defects, labelled).values())))
+                                for name, v in image.items()}
+                        chosen = {"default": "default",
+                                  "labelled": best_choice(mean, "default"),
+                                  f"labelled, margin {IMAGE_MARGIN}": best_choice(mean, "default", IMAGE_MARGIN)}
+                        rest = np.setdiff1d(np.arange(len(defects)), labelled)
+                        streams = [_image_auroc(d["test_image"][:, j], defects, rest) for j in range(2)]
+                        per = {name: _image_auroc(image[c], defects, rest) for name, c in chosen.items()}
+                        n_good = int((defects[rest] == "good").sum())
+                        for t in streams[0]:
+                            out.append({
+                                "data": root.name, "category": category, "row": row, "k": k, "draw": n,
+                                "defect": t, "n_good": n_good, "n_defect": int((defects[rest] == t).sum()),
+                                "main": streams[0][t], "hallucinated": streams[1][t],
+                                "I": {name: v[t] for name, v in per.items()}, "choice": chosen["labelled"],
+                            })  # fmt: skip
+    return out
+
+
+def choices(rows: list[dict]) -> list[str]:
+    """Markdown: how often the labelled choice picked each image rule, per dataset and k."""
+    names = list(IMAGE_CANDIDATES)
+    lines = [f"| data | labelled parts per defect type | {' | '.join(names)} |", "|---|---:|" + "---:|" * len(names)]
+    for data in sorted({r["data"] for r in rows}):
+        for k in sorted({r["k"] for r in rows}):
+            part = [r for r in rows if r["data"] == data and r["k"] == k]
+            picks = {(r["category"], r["row"], r["draw"]): r["choice"] for r in part}
+            counts = [sum(c == name for c in picks.values()) for name in names]
+            lines.append(f"| {data} | {k} | {' | '.join(str(c) for c in counts)} |")
     return lines
 
 
@@ -183,6 +264,7 @@ def main() -> None:
     p.add_argument("--k", type=int, nargs="+", default=[1, 2], help="labelled parts per defect type")
     p.add_argument("--draws", type=int, default=5, help="random draws of the labelled parts per row")
     p.add_argument("--stride", type=int, default=2, help="P-AUROC on every STRIDE-th pixel per direction")
+    p.add_argument("--image", action="store_true", help="choose the image gate instead of the pixel offset")
     p.add_argument("--write", action="store_true", help="publish to docs/benchmarks.md")
     args = p.parse_args()
     if args.stride < 1 or args.draws < 1 or min(args.k) < 1:
@@ -197,6 +279,32 @@ def main() -> None:
         return
     if not args.data:
         p.error("give DATA folders, or --runs FREE LABELLED")
+    if args.image:
+        rows = image_trials(args.data, args.k, args.draws)
+        body = [
+            "## MTFI fusion: the image gate chosen from a few labelled defective parts (not adopted)",
+            "",
+            f"Command: `{command_line()}` (stream scores from `bench_fusion.py`'s cache; the datasets of "
+            f"'Fusion never hurts'). {machine_description()}.",
+            "",
+            "Per (dataset, category, MTFI row) and per draw (seeded), `k` test parts of every defect type and "
+            "as many test good parts as the category has validation good parts are taken as labelled (held-out "
+            "good parts: the validation parts' own fused image scores are in-sample to the image calibration). "
+            "Among the default image gate and the alternatives of 'MTFI fusion: label-free rules compared' "
+            f"({', '.join(f'`{n}`' for n in bmr.IMAGE_RULES)}), `labelled` keeps the one with the best mean "
+            "I-AUROC over defect types on the labelled parts (ties to 3 decimals to the default); "
+            f"`labelled, margin {IMAGE_MARGIN}` replaces the default only for a gain of at least {IMAGE_MARGIN}. "
+            "All are then scored per defect type on the remaining test parts, against the better of the row's "
+            f"two streams and the main sensor on those parts; counts per draw, averaged over {args.draws} draws "
+            "(informative as in 'Fusion never hurts', at the remaining numbers of parts). Second table: how "
+            "often `labelled` picked each rule, over the (category, row, draw) choices.",
+            "",
+            *table(rows, args.draws, "I"),
+            "",
+            *choices(rows),
+        ]
+        publish("\n".join(body), DOC, write=args.write)
+        return
     lines = table(trials(args.data, args.k, args.draws, args.stride), args.draws)
     body = [
         "## MTFI fusion: the pixel offset chosen from a few labelled defective parts",
