@@ -97,10 +97,18 @@ def _pooled(root: Path, cfg: ExperimentConfig, row: str) -> PooledDistiller | No
     return _POOLED.get((root, row))
 
 
-def stream_scores(root: Path, category: str, row: str) -> dict[str, np.ndarray]:
-    """Per-stream validation and test scores of one row (cached on disk)."""
+def stream_scores(root: Path, category: str, row: str, twins: Path | None = None) -> dict[str, np.ndarray]:
+    """Per-stream validation and test scores of one row (cached on disk).
+
+    With ``twins`` (a null-twin set of ``root``: ``cmdiad synth --null-twins``), the test parts
+    are the twin set's, scored by the same fit on ``root``'s training and validation parts: each
+    stream's exact prior at the defects' places. Use :func:`twin_scores`, which checks the pairing.
+    """
     cfg = _config(root)
-    path = CACHE / f"{_cache_tag(root, category, row, cfg)}.npz"
+    tag = _cache_tag(root, category, row, cfg)
+    if twins is not None:
+        tag += "." + hashlib.sha256(str(twins.resolve()).encode()).hexdigest()[:8]
+    path = CACHE / f"{tag}.npz"
     if path.is_file():
         return dict(np.load(path, allow_pickle=False))
     method, main = parse_row(row)
@@ -114,8 +122,11 @@ def stream_scores(root: Path, category: str, row: str) -> dict[str, np.ndarray]:
     det = Detector(dcfg, encoder, shared_banks=_SHARED.setdefault((root, category), {}),
                    hallucinator=pooled.hallucinator if pooled is not None else None)
     report = det.fit(train, validation=val)
-    if report.fidelity is not None:
+    if report.fidelity is not None and twins is None:
         _fidelity_path(root, category, row, cfg).write_text(json.dumps(report.fidelity))
+    if twins is not None:
+        test = category_splits(twins, category, with_validation=data.train_with_validation,
+                               skip_bad=data.skip_bad_samples)[2]
     names = [s.name for s in det.streams]
     v_img, v_map = _stack(det.stream_scores(val), names)
     t_img, t_map = _stack(det.stream_scores(test), names)
@@ -128,6 +139,22 @@ def stream_scores(root: Path, category: str, row: str) -> dict[str, np.ndarray]:
     CACHE.mkdir(exist_ok=True)
     np.savez_compressed(path, **out)
     return out
+
+
+def twin_scores(root: Path, twins: Path, category: str, row: str) -> dict[str, np.ndarray]:
+    """:func:`stream_scores` of ``twins``' test parts by ``root``'s fit, after checking that the
+    twin set pairs with ``root``: the same test parts by defect type, and the good ones scored
+    exactly alike (their files are the same bytes in a null-twin set of the same seed and size)."""
+    real, twin = stream_scores(root, category, row), stream_scores(root, category, row, twins)
+    if not np.array_equal(real["defects"], twin["defects"]):
+        raise SystemExit(f"{twins / category}: its test parts differ from {root / category}'s; generate the "
+                         "twins with the set's seed, size and counts (cmdiad synth --null-twins)")
+    good = real["defects"] == "good"
+    for key in ("test_image", "test_maps"):
+        if not np.array_equal(real[key][good], twin[key][good]):
+            raise SystemExit(f"{twins / category}: its good test parts score differently from {root / category}'s; "
+                             "it is not a null-twin set of it")
+    return twin
 
 
 def calibration_scores(root: Path, category: str, row: str, folds: int) -> dict[str, np.ndarray]:

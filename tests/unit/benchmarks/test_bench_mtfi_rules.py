@@ -52,3 +52,15 @@ def test_detail_lists_the_cases_the_default_or_the_other_floor_rules_fall_short_
     assert rows[1].split(" | ")[4] == "P"
     assert rows[2] == "| s | c | f2f_rgb | bump | P | 0.900 | 0.400 | 0.900 | 0.900 | 0.800 |"
     assert rows[3] == "| s | c | f2f_rgb | bump | P | 0.800 | 0.900 | 0.900 | 0.800 | 0.900 |"
+
+
+def test_shortfalls_are_counted_again_where_the_better_stream_sees_beyond_its_exact_prior() -> None:
+    # Both cases fall 0.1 short of an informative better stream (0.95 with 12 good, 6 defective parts).
+    seen = _case("s", 0.95, 0.5, {"default": 0.85}) | {"twin": ((0.5, 0.5), (0.5, 0.5))}
+    prior = _case("s", 0.5, 0.95, {"default": 0.85}) | {"twin": ((0.5, 0.5), (0.95, 0.95))}  # its twin scores the same
+    lines = bmr.beyond_twin_tables([seen, prior])
+    image, pixel = lines[2], lines[6]
+    assert image.startswith("| default | s |") and pixel.startswith("| default | s |")
+    for line in (image, pixel):
+        assert line.split(" | ")[2:5] == ["2/2", "1", "1 |"]  # 2 informative shortfalls, 1 beyond the prior
+    assert bmr.beyond_twin_tables([seen, _case("s", 0.9, 0.5, {"default": 0.9}) | {"twin": None}]) == []

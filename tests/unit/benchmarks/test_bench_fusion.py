@@ -1,0 +1,34 @@
+"""bench_fusion: scoring a null-twin set by the real set's fit refuses a set that does not pair with it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+import bench_fusion as bf  # noqa: E402
+
+
+def _scores(defects: list[str], image: list[float]) -> dict[str, np.ndarray]:
+    n = len(defects)
+    return {"defects": np.array(defects), "test_image": np.array(image)[:, None],
+            "test_maps": np.arange(n * 4, dtype=np.float32).reshape(n, 2, 2, 1)}  # fmt: skip
+
+
+def test_twin_scores_checks_the_pairing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real = _scores(["good", "bump"], [0.1, 0.9])
+    sets = {
+        "twin": _scores(["good", "bump"], [0.1, 0.2]),  # the defect part scores as a good one: fine
+        "other_parts": _scores(["good", "dent"], [0.1, 0.2]),
+        "other_goods": _scores(["good", "bump"], [0.3, 0.2]),
+    }
+    monkeypatch.setattr(bf, "stream_scores", lambda root, c, row, twins=None: sets[twins.name] if twins else real)
+    twin = bf.twin_scores(tmp_path, tmp_path / "twin", "c", "f2f_rgb")
+    assert twin["test_image"][1, 0] == pytest.approx(0.2)
+    with pytest.raises(SystemExit, match="test parts differ"):
+        bf.twin_scores(tmp_path, tmp_path / "other_parts", "c", "f2f_rgb")
+    with pytest.raises(SystemExit, match="good test parts score differently"):
+        bf.twin_scores(tmp_path, tmp_path / "other_goods", "c", "f2f_rgb")
