@@ -106,9 +106,36 @@ IMAGE_RULES: dict[str, str] = {
 """Candidate image rules beside the default, as bench_fusion rule strings."""
 
 
+def _rules(d: dict, stride: int, roles: list[bool], fid: dict | None, folds: dict | None) -> tuple[dict, dict]:
+    """``({rule: test image scores}, {rule: test maps on the stride grid})`` of every image and pixel
+    rule for the stream scores ``d`` (a set's or its twins', fitted alike: the validation parts,
+    hence every calibration, are the same)."""
+    image, maps = bf.fused(d, DEFAULT, roles, fid, folds)
+    sub = (slice(None), slice(None, None, stride), slice(None, None, stride))
+    val = d["val_maps"][sub].reshape(-1, 2).astype(np.float64)
+    test = d["test_maps"][sub].astype(np.float64)
+    centre, spread = calibration_constants(val, "quantile", FusionConfig().calibration_quantile)
+    z = (test - centre) / spread
+    off = bf.earned_fusion_config(bf.fuser_config(DEFAULT), fid).pixel_offset
+    image_by = {"default": image}
+    image_by.update({name: bf.fused(d, rule, roles, fid, folds)[0] for name, rule in IMAGE_RULES.items()})
+    surprise = _tail_surprise(val, test)
+    pixel_by = {"default": maps[sub], **{name: f(z, surprise, off, d) for name, f in PIXEL_RULES.items()}}
+    strict = bf.earned_fusion_config(replace(bf.fuser_config(DEFAULT), fidelity_floor_se=0.0), fid)
+    pixel_by[NO_MARGIN] = bf.fuse(z, bf.label_free_offset(strict))
+    image_by["main sensor"], pixel_by["main sensor"] = d["test_image"][:, 0], test[..., 0]
+    image_by["hallucinated"], pixel_by["hallucinated"] = d["test_image"][:, 1], test[..., 1]
+    return image_by, pixel_by
+
+
+STREAMS = ("main sensor", "hallucinated")
+"""The row's two streams, carried beside the rules by :func:`_rules` and split off by :func:`compare`."""
+
+
 def compare(roots: list[Path], stride: int, twins: dict[Path, Path] | None = None) -> list[dict]:
     """One dict per (dataset, category, MTFI row, defect): streams' and every rule's I and P, and
-    with ``twins`` (``{dataset: its null-twin set}``) each stream's I and P on the twins."""
+    with ``twins`` (``{dataset: its null-twin set}``) the same on the twins (``twin``: the
+    streams', ``I_twin`` and ``P_twin``: the rules')."""
     cases = []
     for root in roots:
         for category in list_categories(root):
@@ -118,46 +145,30 @@ def compare(roots: list[Path], stride: int, twins: dict[Path, Path] | None = Non
                 roles = bf.hallucinated_columns(root, row, d)
                 fid = bf.fidelity_of(root, category, row)
                 folds = bf._folds(root, category, row, DEFAULT)
-                image, maps = bf.fused(d, DEFAULT, roles, fid, folds)
-                sub = (slice(None), slice(None, None, stride), slice(None, None, stride))
-                masks = d["masks"][sub]
-                val = d["val_maps"][sub].reshape(-1, 2).astype(np.float64)
-                test = d["test_maps"][sub].astype(np.float64)
-                centre, spread = calibration_constants(val, "quantile", FusionConfig().calibration_quantile)
-                z = (test - centre) / spread
-                off = bf.earned_fusion_config(bf.fuser_config(DEFAULT), fid).pixel_offset
-                image_by = {
-                    "default": image,
-                    **{name: bf.fused(d, rule, roles, fid, folds)[0] for name, rule in IMAGE_RULES.items()},
-                }
-                surprise = _tail_surprise(val, test)
-                pixel_by = {"default": maps[sub], **{name: f(z, surprise, off, d) for name, f in PIXEL_RULES.items()}}
-                strict = bf.earned_fusion_config(replace(bf.fuser_config(DEFAULT), fidelity_floor_se=0.0), fid)
-                pixel_by[NO_MARGIN] = bf.fuse(z, bf.label_free_offset(strict))
-                lab = d["labels"]
-                streams_i = [bf.per_defect_auroc(d["test_image"][:, j], lab, d, "image") for j in range(2)]
-                streams_p = [bf.per_defect_auroc(test[..., j], masks, d, "pixel") for j in range(2)]
-                rules_i = {n: bf.per_defect_auroc(v, lab, d, "image") for n, v in image_by.items()}
-                rules_p = {n: bf.per_defect_auroc(v, masks, d, "pixel") for n, v in pixel_by.items()}
-                streams_pl = [_placebo(test[..., j], masks, d) for j in range(2)]
-                streams_tw = None
+                masks = d["masks"][:, ::stride, ::stride]
+                sets = {"": d}
                 if twins and root in twins:
-                    tw = bf.twin_scores(root, twins[root], category, row)
-                    tw_maps = tw["test_maps"][sub].astype(np.float64)
-                    streams_tw = [(bf.per_defect_auroc(tw["test_image"][:, j], lab, d, "image"),
-                                   bf.per_defect_auroc(tw_maps[..., j], masks, d, "pixel")) for j in range(2)]
-                for defect in streams_i[0]:
-                    cases.append({
+                    sets["_twin"] = bf.twin_scores(root, twins[root], category, row)
+                per = {}
+                for suffix, scores in sets.items():
+                    image_by, pixel_by = _rules(scores, stride, roles, fid, folds)
+                    per["I" + suffix] = {n: bf.per_defect_auroc(v, d["labels"], d, "image")
+                                         for n, v in image_by.items()}
+                    per["P" + suffix] = {n: bf.per_defect_auroc(v, masks, d, "pixel") for n, v in pixel_by.items()}
+                streams_pl = [_placebo(d["test_maps"][:, ::stride, ::stride, j].astype(np.float64), masks, d)
+                              for j in range(2)]
+                for defect in per["I"]["main sensor"]:
+                    case = {
                         "data": root.name, "category": category, "row": row, "defect": defect,
                         "n_good": int((d["defects"] == "good").sum()), "n_defect": int((d["defects"] == defect).sum()),
-                        "main": (streams_i[0][defect], streams_p[0][defect]),
-                        "hallucinated": (streams_i[1][defect], streams_p[1][defect]),
-                        "I": {n: r[defect] for n, r in rules_i.items()},
-                        "P": {n: r[defect] for n, r in rules_p.items()},
-                        "placebo": (streams_pl[0][defect], streams_pl[1][defect]),
-                        "twin": None if streams_tw is None else
-                        tuple((i[defect], p[defect]) for i, p in streams_tw),
-                    })  # fmt: skip
+                        "placebo": (streams_pl[0][defect], streams_pl[1][defect]), "twin": None,
+                    }  # fmt: skip
+                    for key, rules in per.items():
+                        case[key] = {n: r[defect] for n, r in rules.items() if n not in STREAMS}
+                    case["main"], case["hallucinated"] = ((per["I"][s][defect], per["P"][s][defect]) for s in STREAMS)
+                    if "I_twin" in per:
+                        case["twin"] = tuple((per["I_twin"][s][defect], per["P_twin"][s][defect]) for s in STREAMS)
+                    cases.append(case)
     return cases
 
 
@@ -201,6 +212,40 @@ def beyond_twin_tables(cases: list[dict]) -> list[str]:
         return []
     return [*beyond_prior_table(cases, "I", lambda c, s: c["twin"][s][0], "its exact prior (twins)"), "",
             *beyond_prior_table(cases, "P", lambda c, s: c["twin"][s][1], "its exact prior (twins)")]
+
+
+SKILL_MARGIN = 0.05
+"""A difference of skill counted in :func:`skill_table`."""
+
+
+def skill(value: float, prior: float) -> float:
+    """``(value - prior) / (1 - prior)``: what an AUROC sees beyond its exact prior (NaN where the
+    prior is already perfect)."""
+    return (value - prior) / (1 - prior) if prior < 1 else float("nan")
+
+
+def skill_table(cases: list[dict], level: str) -> list[str]:
+    """Markdown: per rule and dataset, the mean skill over the exact prior (each map's or score's
+    metric on the null twins) of the fused result, of the main sensor and of the hallucinated
+    stream, and the cases where the fused skill lies below or above the main sensor's by more
+    than :data:`SKILL_MARGIN` (empty without twins)."""
+    if any(c["twin"] is None for c in cases):
+        return []
+    j = 0 if level == "I" else 1
+    m = SKILL_MARGIN
+    lines = [f"| {level} rule | data | fused skill, mean | main sensor's | hallucinated stream's | cases fused < "
+             f"main - {m} | cases fused > main + {m} | cases hallucinated > main + {m} |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for rule in cases[0][level]:
+        for data in sorted({c["data"] for c in cases}):
+            part = [c for c in cases if c["data"] == data]
+            main = np.array([skill(c["main"][j], c["twin"][0][j]) for c in part])
+            hal = np.array([skill(c["hallucinated"][j], c["twin"][1][j]) for c in part])
+            fused = np.array([skill(c[level][rule], c[f"{level}_twin"][rule]) for c in part])
+            lines.append(f"| {rule} | {data} | {np.nanmean(fused):.3f} | {np.nanmean(main):.3f} | "
+                         f"{np.nanmean(hal):.3f} | {(fused < main - m).sum()} | {(fused > main + m).sum()} | "
+                         f"{(hal > main + m).sum()} |")
+    return lines
 
 
 def table(cases: list[dict], level: str) -> list[str]:
@@ -318,6 +363,8 @@ def main() -> None:
     torch.set_num_threads(2)
     cases = compare(args.data, args.stride, dict(zip(args.data, args.twins, strict=True)) if args.twins else None)
     exact = beyond_twin_tables(cases)
+    if exact:
+        exact += ["", *skill_table(cases, "I"), "", *skill_table(cases, "P")]
     lines = [*table(cases, "I"), "", *table(cases, "P"), "", *above_placebo_table(cases), "",
              *([*exact, ""] if exact else []), *criteria(args.data)]  # fmt: skip
     print("\n".join(lines))
@@ -344,7 +391,11 @@ def main() -> None:
             + ("The next two tables count the image and pixel shortfalls again against each stream's exact "
                "prior instead: its I-AUROC or P-AUROC on the set's null twins (`--twins`: every defective test "
                "part rendered without its defect, `cmdiad synth --null-twins`), scored by the same fit; the "
-               "benchmark checks that the twins' good parts score exactly as the set's. " if exact else "")
+               "benchmark checks that the twins' good parts score exactly as the set's. The two after them give "
+               "each rule's *skill*, `(AUROC - its AUROC on the twins) / (1 - its AUROC on the twins)`, what it "
+               "sees beyond its exact prior, as a mean over the cases, against the main sensor's and the "
+               "hallucinated stream's, with the cases where it differs from the main sensor's by more than "
+               f"{SKILL_MARGIN}. " if exact else "")
             + "The last table is issue #10's "
             "second criterion with the default fusion, at full resolution: the mean over categories of each "
             "row, whether an MTFI row is at least the bank of its main sensor on all three metrics, the share "

@@ -64,3 +64,15 @@ def test_shortfalls_are_counted_again_where_the_better_stream_sees_beyond_its_ex
     for line in (image, pixel):
         assert line.split(" | ")[2:5] == ["2/2", "1", "1 |"]  # 2 informative shortfalls, 1 beyond the prior
     assert bmr.beyond_twin_tables([seen, _case("s", 0.9, 0.5, {"default": 0.9}) | {"twin": None}]) == []
+
+
+def test_skill_table_compares_what_each_rule_sees_beyond_its_exact_prior_with_the_main_sensor() -> None:
+    twin = {"twin": ((0.5, 0.5), (0.9, 0.9))}  # the hallucinated stream's prior is high: it knows where parts are
+    a = _case("s", 0.9, 0.95, {"default": 0.7}) | twin | {"I_twin": {"default": 0.5}, "P_twin": {"default": 0.5}}
+    b = _case("s", 0.9, 0.95, {"default": 0.9}) | twin | {"I_twin": {"default": 0.5}, "P_twin": {"default": 0.5}}
+    line = bmr.skill_table([a, b], "P")[2].strip("| ").split(" | ")
+    # main: (0.9 - 0.5) / 0.5 = 0.8; hallucinated: (0.95 - 0.9) / 0.1 = 0.5, below the main sensor's although
+    # its AUROC is higher; fused 0.4 and 0.8
+    assert line[2:] == ["0.600", "0.800", "0.500", "1", "0", "0"]
+    assert bmr.skill(0.97, 1.0) != bmr.skill(0.97, 1.0)  # NaN where the prior is perfect
+    assert bmr.skill_table([a | {"twin": None}, b], "I") == []
