@@ -296,9 +296,12 @@ def informative(best: float, n_defect: int, n_good: int, chance: float = 0.5) ->
     return best - 1.96 * hanley_mcneil_se(best, n_defect, n_good) > chance
 
 
-def compare(roots: list[Path], rules: list[str]) -> list[list]:
-    """Rows ``[dataset, category, row, defect, n_good, n_defect, best stream I, P, rule1 I, P, ...]``."""
-    table = []
+def compare(roots: list[Path], rules: list[str],
+            twins: dict[Path, Path] | None = None) -> tuple[list[list], list[tuple[float, float]] | None]:
+    """Rows ``[dataset, category, row, defect, n_good, n_defect, best stream I, P, rule1 I, P, ...]``
+    and, with ``twins`` (``{dataset: its null-twin set}``), for each row the exact priors of its
+    better streams (the better stream's I-AUROC and the better stream's P-AUROC on the twins)."""
+    table, priors = [], []
     for root in roots:
         for category in list_categories(root):
             for row in ROWS:
@@ -306,6 +309,10 @@ def compare(roots: list[Path], rules: list[str]) -> list[list]:
                 d = stream_scores(root, category, row)
                 per_stream = [_per_defect(d["test_image"][:, j], d["test_maps"][..., j], d)
                               for j in range(d["test_image"].shape[1])]
+                if twins:
+                    tw = twin_scores(root, twins[root], category, row)
+                    per_twin = [_per_defect(tw["test_image"][:, j], tw["test_maps"][..., j], d)
+                                for j in range(tw["test_image"].shape[1])]
                 roles = hallucinated_columns(root, row, d)
                 fid = fidelity_of(root, category, row) if any(roles) else None
                 per_rule = [_per_defect(*fused(d, r, roles, fid, _folds(root, category, row, r)), d) for r in rules]
@@ -316,7 +323,11 @@ def compare(roots: list[Path], rules: list[str]) -> list[list]:
                     cells = [x for r in per_rule for x in r[defect]]
                     n_defect = int((d["defects"] == defect).sum())
                     table.append([root.name, category, row, defect, n_good, n_defect, best_i, best_p, *cells])
-    return table
+                    if twins:
+                        ji = max(range(len(per_stream)), key=lambda j: per_stream[j][defect][0])
+                        jp = max(range(len(per_stream)), key=lambda j: per_stream[j][defect][1])
+                        priors.append((per_twin[ji][defect][0], per_twin[jp][defect][1]))
+    return table, (priors if twins else None)
 
 
 def _shortfalls(table: list[list], j: int) -> tuple[np.ndarray, ...]:
@@ -331,26 +342,43 @@ def _shortfalls(table: list[list], j: int) -> tuple[np.ndarray, ...]:
     return arr[:, 2 + 2 * j] - arr[:, 0], arr[:, 3 + 2 * j] - arr[:, 1], inf_i, inf_p
 
 
+def _seen(table: list[list], priors: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (image, pixel) of ``table``'s cases whose better stream sees the defect type beyond its
+    exact prior: its AUROC exceeds its AUROC on the null twins by 1.96 Hanley-McNeil standard errors."""
+    return tuple(np.array([informative(r[6 + m], r[5], r[4], chance=q[m]) for r, q in zip(table, priors, strict=True)],
+                          dtype=bool) for m in (0, 1))  # fmt: skip
+
+
 def _counts(di: np.ndarray, dp: np.ndarray, inf_i: np.ndarray, inf_p: np.ndarray) -> list[str]:
     return [f"{(di < -0.02).sum()}/{len(di)}", f"{(di[inf_i] < -0.02).sum()}/{inf_i.sum()}",
             f"{(dp < -0.01).sum()}/{len(dp)}", f"{(dp[inf_p] < -0.01).sum()}/{inf_p.sum()}"]
 
 
-def summary(table: list[list], rules: list[str]) -> list[str]:
-    """Markdown: per dataset, row group and rule: worst and mean shortfall, raw and informative violations."""
+def summary(table: list[list], rules: list[str], priors: list[tuple[float, float]] | None = None) -> list[str]:
+    """Markdown: per dataset, row group and rule: worst and mean shortfall, raw and informative
+    violations, and with ``priors`` (:func:`compare`'s) the violations beyond the exact prior."""
+    extra = (" I: cases < -0.02 beyond the exact prior | P: cases < -0.01 beyond the exact prior |", "---:|---:|")
     lines = ["| data | rows | rule | I: worst | I: mean | I: informative mean | I: cases < -0.02 | "
              "I: informative cases < -0.02 | P: worst | P: mean | P: informative mean | P: cases < -0.01 | "
-             "P: informative cases < -0.01 |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "P: informative cases < -0.01 |" + (extra[0] if priors else ""),
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + (extra[1] if priors else "")]
     for data in sorted({r[0] for r in table}):
         for group, rows in (("dual", {"dual"}), ("MTFI", set(ROWS) - {"dual"})):
-            part = [r for r in table if r[0] == data and r[2] in rows]
+            keep = [i for i, r in enumerate(table) if r[0] == data and r[2] in rows]
+            part = [table[i] for i in keep]
+            if not part:
+                continue
+            seen = _seen(part, [priors[i] for i in keep]) if priors else None
             for j, rule in enumerate(rules):
                 di, dp, inf_i, inf_p = _shortfalls(part, j)
                 c = _counts(di, dp, inf_i, inf_p)
-                lines.append(f"| {data} | {group} | {rule} | {di.min():+.3f} | {di.mean():+.3f} | "
-                             f"{di[inf_i].mean():+.4f} | {c[0]} | {c[1]} | {dp.min():+.3f} | {dp.mean():+.3f} | "
-                             f"{dp[inf_p].mean():+.4f} | {c[2]} | {c[3]} |")
+                line = (f"| {data} | {group} | {rule} | {di.min():+.3f} | {di.mean():+.3f} | "
+                        f"{di[inf_i].mean():+.4f} | {c[0]} | {c[1]} | {dp.min():+.3f} | {dp.mean():+.3f} | "
+                        f"{dp[inf_p].mean():+.4f} | {c[2]} | {c[3]} |")
+                if seen is not None:
+                    line += (f" {(di[seen[0]] < -0.02).sum()}/{seen[0].sum()} | "
+                             f"{(dp[seen[1]] < -0.01).sum()}/{seen[1].sum()} |")
+                lines.append(line)
     return lines
 
 
@@ -413,6 +441,9 @@ def main() -> None:
     p.add_argument("--calibration", type=int, default=0, metavar="FOLDS",
                    help="also print the real sensors' image-score moments on validation, cross-fitted "
                         "training (in FOLDS folds) and good test parts")
+    p.add_argument("--twins", type=Path, nargs="+", metavar="TWIN",
+                   help="a null-twin set of each DATA (cmdiad synth --null-twins), in the same order: also count "
+                        "the shortfalls where the better stream sees the defect beyond its exact prior")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="detector config override (as cmdiad's --set, e.g. rgb.aggregation=per_stage); "
                         "not with --write, which publishes the default preset")
@@ -425,9 +456,11 @@ def main() -> None:
     rules = [r for r in args.rules.split(",") if r]
     if args.write and not rules:
         p.error("--write publishes the rules' table; name --rules")
+    if args.twins and len(args.twins) != len(args.data):
+        p.error(f"--twins needs one set per DATA ({len(args.data)}), got {len(args.twins)}")
     if rules:
-        table = compare(args.data, rules)
-        lines = [*summary(table, rules), "", *per_row(table, rules)]
+        table, priors = compare(args.data, rules, dict(zip(args.data, args.twins, strict=True)) if args.twins else None)
+        lines = [*summary(table, rules, priors), "", *per_row(table, rules)]
         print("\n".join(lines))
         if args.detail:
             print("\n".join(detail(table, rules)))
@@ -443,7 +476,11 @@ def main() -> None:
                 "is above 0.5 (for P-AUROC too: the pixels of one image are not independent evidence). On the "
                 "other cases both streams are near chance, and the better of two noisy AUROCs (12 good x 6 "
                 "defective images: one swapped pair moves I-AUROC by 0.014) is a maximum of noise that no "
-                "label-free rule can be held to. Raw counts first, informative ones next to them.",
+                "label-free rule can be held to. Raw counts first, informative ones next to them."
+                + (" The last two columns count the shortfalls again on the cases whose better stream sees the "
+                   "defect beyond its exact prior: its AUROC exceeds its AUROC on the set's null twins (`--twins`: "
+                   "every defective test part rendered without its defect, `cmdiad synth --null-twins`, scored by "
+                   "the same fit) by 1.96 Hanley-McNeil standard errors." if args.twins else ""),
                 "", *lines]
         publish("\n".join(body), DOC)
 

@@ -32,3 +32,15 @@ def test_twin_scores_checks_the_pairing(monkeypatch: pytest.MonkeyPatch, tmp_pat
         bf.twin_scores(tmp_path, tmp_path / "other_parts", "c", "f2f_rgb")
     with pytest.raises(SystemExit, match="good test parts score differently"):
         bf.twin_scores(tmp_path, tmp_path / "other_goods", "c", "f2f_rgb")
+
+
+def test_summary_counts_shortfalls_beyond_the_exact_prior_only_with_twins() -> None:
+    # [data, category, row, defect, n_good, n_defect, best I, best P, rule I, rule P]: both fall 0.1 short
+    table = [["s", "c", "f2f_rgb", "bump", 12, 6, 0.95, 0.95, 0.85, 0.85],
+             ["s", "c", "f2f_rgb", "dent", 12, 6, 0.95, 0.95, 0.85, 0.85]]  # fmt: skip
+    priors = [(0.5, 0.5), (0.95, 0.95)]  # the second case's better stream scores its twins the same
+    with_twins = next(line for line in bf.summary(table, ["r"], priors) if line.startswith("| s | MTFI |"))
+    assert with_twins.rstrip(" |").split(" | ")[-2:] == ["1/1", "1/1"]
+    assert with_twins.split(" | ")[6:8] == ["2/2", "2/2"]  # both short, both informative beyond chance
+    plain = next(line for line in bf.summary(table, ["r"]) if line.startswith("| s | MTFI |"))
+    assert len(plain.split(" | ")) == len(with_twins.split(" | ")) - 2
