@@ -155,12 +155,8 @@ IMAGE_MARGIN = 0.02
 
 def _image_auroc(scores: np.ndarray, defects: np.ndarray, parts: np.ndarray) -> dict[str, float]:
     """``{defect type: I-AUROC of the good parts among ``parts`` against that type's}``."""
-    good = parts[defects[parts] == "good"]
-    out = {}
-    for t in sorted(set(defects[parts].tolist()) - {"good"}):
-        keep = np.concatenate([good, parts[defects[parts] == t]])
-        out[t] = auroc(scores[keep], (defects[keep] != "good").astype(int), "image")
-    return out
+    sub = defects[parts]
+    return bf.per_defect_auroc(scores[parts], (sub != "good").astype(int), {"defects": sub}, "image")
 
 
 def image_trials(roots: list[Path], ks: list[int], draws: int) -> list[dict]:
