@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_fusion as bf  # noqa: E402
 from _common import DOC, command_line, machine_description, publish  # noqa: E402
+from bench_twin import skill  # noqa: E402
 
 from cmdiad.config import FusionConfig  # noqa: E402
 from cmdiad.io.mvtec3d import list_categories  # noqa: E402
@@ -218,12 +219,6 @@ SKILL_MARGIN = 0.05
 """A difference of skill counted in :func:`skill_table`."""
 
 
-def skill(value: float, prior: float) -> float:
-    """``(value - prior) / (1 - prior)``: what an AUROC sees beyond its exact prior (NaN where the
-    prior is already perfect)."""
-    return (value - prior) / (1 - prior) if prior < 1 else float("nan")
-
-
 def skill_table(cases: list[dict], level: str) -> list[str]:
     """Markdown: per rule and dataset, the mean skill over the exact prior (each map's or score's
     metric on the null twins) of the fused result, of the main sensor and of the hallucinated
@@ -239,9 +234,9 @@ def skill_table(cases: list[dict], level: str) -> list[str]:
     for rule in cases[0][level]:
         for data in sorted({c["data"] for c in cases}):
             part = [c for c in cases if c["data"] == data]
-            main = np.array([skill(c["main"][j], c["twin"][0][j]) for c in part])
-            hal = np.array([skill(c["hallucinated"][j], c["twin"][1][j]) for c in part])
-            fused = np.array([skill(c[level][rule], c[f"{level}_twin"][rule]) for c in part])
+            main = skill([c["main"][j] for c in part], [c["twin"][0][j] for c in part])
+            hal = skill([c["hallucinated"][j] for c in part], [c["twin"][1][j] for c in part])
+            fused = skill([c[level][rule] for c in part], [c[f"{level}_twin"][rule] for c in part])
             lines.append(f"| {rule} | {data} | {np.nanmean(fused):.3f} | {np.nanmean(main):.3f} | "
                          f"{np.nanmean(hal):.3f} | {(fused < main - m).sum()} | {(fused > main + m).sum()} | "
                          f"{(hal > main + m).sum()} |")

@@ -109,10 +109,12 @@ def cue_strength(data: Path, twin_data: Path) -> dict[str, tuple[float, float]]:
     return {k: tuple(np.median(np.array(v), axis=0).tolist()) for k, v in sorted(changes.items())}
 
 
-def skill(metric: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """``(metric - prior) / (1 - prior)``: 0 for a map that sees nothing of the defect, 1 for a perfect one."""
+def skill(metric: np.ndarray | float, prior: np.ndarray | float) -> np.ndarray:
+    """``(metric - prior) / (1 - prior)``: 0 for a map that sees nothing of the defect, 1 for a perfect
+    one, NaN where the prior is already perfect (nothing left to see)."""
+    metric, prior = np.asarray(metric, dtype=float), np.asarray(prior, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (metric - prior) / (1.0 - prior)
+        return np.where(prior < 1.0, (metric - prior) / (1.0 - prior), np.nan)
 
 
 def table(name: str, rows: list[str], real: dict, twin: dict, key: str, label: str) -> list[str]:

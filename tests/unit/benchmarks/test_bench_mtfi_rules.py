@@ -74,5 +74,5 @@ def test_skill_table_compares_what_each_rule_sees_beyond_its_exact_prior_with_th
     # main: (0.9 - 0.5) / 0.5 = 0.8; hallucinated: (0.95 - 0.9) / 0.1 = 0.5, below the main sensor's although
     # its AUROC is higher; fused 0.4 and 0.8
     assert line[2:] == ["0.600", "0.800", "0.500", "1", "0", "0"]
-    assert bmr.skill(0.97, 1.0) != bmr.skill(0.97, 1.0)  # NaN where the prior is perfect
+    assert np.isnan(bmr.skill(0.97, 1.0))  # NaN where the prior is perfect
     assert bmr.skill_table([a | {"twin": None}, b], "I") == []
