@@ -243,6 +243,26 @@ def skill_table(cases: list[dict], level: str) -> list[str]:
     return lines
 
 
+def skill_detail(cases: list[dict]) -> list[str]:
+    """Markdown: every case where the default's skill lies more than :data:`SKILL_MARGIN` below the
+    main sensor's, or the hallucinated stream's above it, with the AUROCs and skills (empty
+    without twins)."""
+    if any(c["twin"] is None for c in cases):
+        return []
+    m = SKILL_MARGIN
+    lines = ["| data | category | row | defect | level | main sensor: AUROC, skill | hallucinated: AUROC, skill "
+             "| default: AUROC, skill |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c in cases:
+        for j, level in enumerate("IP"):
+            main, hal = (float(skill(c[s][j], c["twin"][k][j])) for k, s in enumerate(("main", "hallucinated")))
+            fused = float(skill(c[level]["default"], c[f"{level}_twin"]["default"]))
+            if fused < main - m or hal > main + m:
+                lines.append(f"| {c['data']} | {c['category']} | {c['row']} | {c['defect']} | {level} | "
+                             f"{c['main'][j]:.3f}, {main:.3f} | {c['hallucinated'][j]:.3f}, {hal:.3f} | "
+                             f"{c[level]['default']:.3f}, {fused:.3f} |")
+    return lines
+
+
 def table(cases: list[dict], level: str) -> list[str]:
     """Markdown: per rule and dataset, shortfalls against the better stream and against the main sensor."""
     j, margin = (0, 0.02) if level == "I" else (1, 0.01)
@@ -364,7 +384,7 @@ def main() -> None:
              *([*exact, ""] if exact else []), *criteria(args.data)]  # fmt: skip
     print("\n".join(lines))
     if args.detail:
-        print("\n".join(["", *detail(cases)]))
+        print("\n".join(["", *detail(cases), "", *skill_detail(cases)]))
     if args.write:
         body = [
             "## MTFI fusion: label-free rules compared",

@@ -76,3 +76,12 @@ def test_skill_table_compares_what_each_rule_sees_beyond_its_exact_prior_with_th
     assert line[2:] == ["0.600", "0.800", "0.500", "1", "0", "0"]
     assert np.isnan(bmr.skill(0.97, 1.0))  # NaN where the prior is perfect
     assert bmr.skill_table([a | {"twin": None}, b], "I") == []
+
+
+def test_skill_detail_lists_the_cases_where_the_default_sees_less_than_the_main_sensor() -> None:
+    twin = {"twin": ((0.5, 0.5), (0.5, 0.5))}
+    lost = _case("s", 0.9, 0.6, {"default": 0.7}) | twin | {"I_twin": {"default": 0.5}, "P_twin": {"default": 0.5}}
+    kept = _case("s", 0.9, 0.6, {"default": 0.9}) | twin | {"I_twin": {"default": 0.5}, "P_twin": {"default": 0.5}}
+    rows = bmr.skill_detail([lost, kept])[2:]
+    cells = "0.900, 0.800 | 0.600, 0.200 | 0.700, 0.400"  # AUROC, skill: main, hallucinated, default
+    assert rows == [f"| s | c | f2f_rgb | bump | {level} | {cells} |" for level in "IP"]
