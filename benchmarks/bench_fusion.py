@@ -430,6 +430,22 @@ def calibration_table(roots: list[Path], folds: int) -> list[str]:
     return lines
 
 
+def add_twins(p: argparse.ArgumentParser) -> None:
+    """The ``--twins`` option of the benchmarks that count shortfalls beyond the exact prior."""
+    p.add_argument("--twins", type=Path, nargs="+", metavar="TWIN",
+                   help="a null-twin set of each DATA (cmdiad synth --null-twins), in the same order: also count "
+                        "the shortfalls where the better stream sees the defect beyond its exact prior")
+
+
+def twins_of(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict[Path, Path] | None:
+    """``{DATA: its twin set}`` from ``--twins`` (None without it); one set per DATA or a usage error."""
+    if not args.twins:
+        return None
+    if len(args.twins) != len(args.data):
+        p.error(f"--twins needs one set per DATA ({len(args.data)}), got {len(args.twins)}")
+    return dict(zip(args.data, args.twins, strict=True))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data", type=Path, nargs="+")
@@ -441,9 +457,7 @@ def main() -> None:
     p.add_argument("--calibration", type=int, default=0, metavar="FOLDS",
                    help="also print the real sensors' image-score moments on validation, cross-fitted "
                         "training (in FOLDS folds) and good test parts")
-    p.add_argument("--twins", type=Path, nargs="+", metavar="TWIN",
-                   help="a null-twin set of each DATA (cmdiad synth --null-twins), in the same order: also count "
-                        "the shortfalls where the better stream sees the defect beyond its exact prior")
+    add_twins(p)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="detector config override (as cmdiad's --set, e.g. rgb.aggregation=per_stage); "
                         "not with --write, which publishes the default preset")
@@ -456,10 +470,9 @@ def main() -> None:
     rules = [r for r in args.rules.split(",") if r]
     if args.write and not rules:
         p.error("--write publishes the rules' table; name --rules")
-    if args.twins and len(args.twins) != len(args.data):
-        p.error(f"--twins needs one set per DATA ({len(args.data)}), got {len(args.twins)}")
+    twins = twins_of(p, args)
     if rules:
-        table, priors = compare(args.data, rules, dict(zip(args.data, args.twins, strict=True)) if args.twins else None)
+        table, priors = compare(args.data, rules, twins)
         lines = [*summary(table, rules, priors), "", *per_row(table, rules)]
         print("\n".join(lines))
         if args.detail:

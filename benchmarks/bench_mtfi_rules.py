@@ -178,6 +178,11 @@ def _placebo(maps: np.ndarray, masks: np.ndarray, d: dict) -> dict[str, float]:
     return {k: v["p_auroc_placebo"] for k, v in placebo_per_defect(maps, masks, d["defects"]).items()}
 
 
+def _with_twins(cases: list[dict]) -> bool:
+    """Whether every case carries its streams' scores on the null twins (``--twins``)."""
+    return all(c["twin"] is not None for c in cases)
+
+
 def beyond_prior_table(cases: list[dict], level: str, prior: Callable[[dict, int], float], what: str) -> list[str]:
     """Markdown: per rule and dataset, the informative shortfalls of ``level`` (I by 0.02, P by
     0.01) counted again on the cases whose better stream sees the defect type beyond its prior:
@@ -209,7 +214,7 @@ def above_placebo_table(cases: list[dict]) -> list[str]:
 def beyond_twin_tables(cases: list[dict]) -> list[str]:
     """Markdown: :func:`beyond_prior_table` of the image and the pixel rules against each stream's
     exact prior, its I-AUROC or P-AUROC on the null twins (empty without twins)."""
-    if any(c["twin"] is None for c in cases):
+    if not _with_twins(cases):
         return []
     return [*beyond_prior_table(cases, "I", lambda c, s: c["twin"][s][0], "its exact prior (twins)"), "",
             *beyond_prior_table(cases, "P", lambda c, s: c["twin"][s][1], "its exact prior (twins)")]
@@ -224,7 +229,7 @@ def skill_table(cases: list[dict], level: str) -> list[str]:
     metric on the null twins) of the fused result, of the main sensor and of the hallucinated
     stream, and the cases where the fused skill lies below or above the main sensor's by more
     than :data:`SKILL_MARGIN` (empty without twins)."""
-    if any(c["twin"] is None for c in cases):
+    if not _with_twins(cases):
         return []
     j = 0 if level == "I" else 1
     m = SKILL_MARGIN
@@ -247,7 +252,7 @@ def skill_detail(cases: list[dict]) -> list[str]:
     """Markdown: every case where the default's skill lies more than :data:`SKILL_MARGIN` below the
     main sensor's, or the hallucinated stream's above it, with the AUROCs and skills (empty
     without twins)."""
-    if any(c["twin"] is None for c in cases):
+    if not _with_twins(cases):
         return []
     m = SKILL_MARGIN
     lines = ["| data | category | row | defect | level | main sensor: AUROC, skill | hallucinated: AUROC, skill "
@@ -366,17 +371,14 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=2, help="P-AUROC on every STRIDE-th pixel per direction")
     p.add_argument("--write", action="store_true", help="publish to docs/benchmarks.md")
     p.add_argument("--detail", action="store_true", help="also print every case the default falls short on")
-    p.add_argument("--twins", type=Path, nargs="+", metavar="TWIN",
-                   help="a null-twin set of each DATA (cmdiad synth --null-twins), in the same order: the "
-                        "shortfalls are also counted where the better stream sees the defect beyond its exact prior")
+    bf.add_twins(p)
     args = p.parse_args()
     if args.stride < 1:
         p.error("--stride must be >= 1")
-    if args.twins and len(args.twins) != len(args.data):
-        p.error(f"--twins needs one set per DATA ({len(args.data)}), got {len(args.twins)}")
+    twins = bf.twins_of(p, args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(2)
-    cases = compare(args.data, args.stride, dict(zip(args.data, args.twins, strict=True)) if args.twins else None)
+    cases = compare(args.data, args.stride, twins)
     exact = beyond_twin_tables(cases)
     if exact:
         exact += ["", *skill_table(cases, "I"), "", *skill_table(cases, "P")]
