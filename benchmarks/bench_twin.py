@@ -46,11 +46,17 @@ def per_defect(run: Path) -> tuple[list[str], dict[tuple[str, str], dict[str, di
 
 
 def run_command(run: Path) -> str:
-    """The command that made a run (its ``run.json``), or its folder."""
+    """The command that made a run (its ``run.json``), or its folder, and the image size it ran at
+    (its ``config.json``): ``cmdiad demo`` ran every set at 192x192 before the eighteenth session."""
     try:
-        return str(json.loads((run / "run.json").read_text())["command"])
+        command = f"`{json.loads((run / 'run.json').read_text())['command']}`"
     except (OSError, KeyError, ValueError):
-        return str(run)
+        command = f"`{run}`"
+    try:
+        h, w = json.loads((run / "config.json").read_text())["detector"]["data"]["image_size"]
+        return f"{command} (at {h}x{w} px)"
+    except (OSError, KeyError, ValueError, TypeError):
+        return command
 
 
 def dataset_of(run: Path) -> Path:
@@ -144,7 +150,7 @@ def group_lines(twin_run: Path, runs: list[Path]) -> list[str]:
         rows, real = per_defect(run)
         data = dataset_of(run)
         cues = "; ".join(f"{k} {g:.1f} / {z:.0f}" for k, (g, z) in cue_strength(data, twin_data).items())
-        lines += [f"`{run_command(run)}` against `{run_command(twin_run)}`: the good test parts' scores and maps "
+        lines += [f"{run_command(run)} against {run_command(twin_run)}: the good test parts' scores and maps "
                   f"differ from the twin run's by at most {good_part_difference(twin_run, run):.2g}. What a defect "
                   f"changes inside its mask against its twin, median over the test parts, grey levels / "
                   f"micrometres of z: {cues}.", ""]
@@ -208,7 +214,10 @@ def main() -> None:
         "## What each map sees beyond its exact prior (null twins)",
         "",
         f"Command: `{command_line()}`. The sets: `cmdiad synth D --seed S --size HxW` with "
-        "`--geometry-shading W` or `--null-twins`; the runs: `cmdiad demo --data D --out R` (default preset).",
+        "`--geometry-shading W` or `--null-twins`; the runs: `cmdiad demo --data D --out R` (default preset), "
+        "at the image size given after each run's command (its config.json). Until the eighteenth session "
+        "`cmdiad demo` resized every set to 192x192; it now runs at the set's own size, so `--set "
+        "'data.image_size=[192,192]'` redoes a run at 192x192 made from a larger set.",
         "",
         *([args.describe, ""] if args.describe else []),
         "A null twin is a defective test part rendered without its defect (same part, pose and noise) and "

@@ -307,14 +307,17 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from cmdiad.io.mvtec3d import native_size
     from cmdiad.synthetic.generator import SynthConfig, generate_dataset
 
     if not (args.data.is_dir() and any(args.data.iterdir())):
         print(f"generating the default synthetic dataset in {args.data}")
         bars = Bars()
         generate_dataset(args.data, SynthConfig(), progress=lambda done, total: bars("synth", done, total))
-    # The demo runs at the generated images' own size (no upsampling); a user --set still wins.
-    size = SynthConfig().image_size
+    # The demo runs at the dataset's own size (the generated one's, or the smallest of a set's
+    # categories: no upsampling); a user --set still wins.
+    size = native_size(args.data)
+    print(f"demo at {size[0]}x{size[1]} px, the dataset's own size (--set data.image_size=[H,W] to change)")
     args.set = [f"data.image_size=[{size[0]},{size[1]}]", *(args.set or [])]
     args.preset, args.config, args.seed = "default", None, None
     args.categories = args.methods = None
@@ -403,7 +406,8 @@ def _add_preprocess(sub) -> None:
 
 
 def _add_demo(sub) -> None:
-    s = sub.add_parser("demo", help="generate the synthetic set if absent and run the experiment on it")
+    s = sub.add_parser("demo", help="generate the synthetic set if absent and run the experiment on it"
+                       " at its own image size")
     s.add_argument("--data", type=Path, default=DEFAULT_DATA, help="synthetic dataset (generated when absent)")
     s.add_argument("--out", type=Path, default=DEFAULT_RUN, help="folder of results and report.html")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. distill.epochs=5")

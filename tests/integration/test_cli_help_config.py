@@ -83,3 +83,16 @@ def test_paper_preset_asks_only_for_the_weights_the_method_uses(tmp_path: Path) 
     with pytest.raises(ConfigError, match="rgb.weights"):
         cli._experiment_config(build_parser().parse_args(["fit", "d", "--category", "c", "--out", "m", "--preset",
                                                           "paper", "--method", "rgb"]))
+
+
+def test_demo_runs_at_the_datasets_own_size(tmp_path: Path, monkeypatch, capsys) -> None:
+    data = tmp_path / "d"
+    assert main(["synth", str(data), "--categories", "ring", "--size", "24x40", "--train", "1", "--validation", "0",
+                 "--test-good", "1", "--test-defect", "1", "--quiet"]) == 0
+    calls = []
+    monkeypatch.setattr(cli, "cmd_experiment", lambda args: calls.append(list(args.set)) or 0)
+    assert main(["demo", "--data", str(data), "--out", str(tmp_path / "r")]) == 0
+    assert calls[-1] == ["data.image_size=[24,40]"]  # not the generator's default 192x192
+    assert "demo at 24x40 px" in capsys.readouterr().out
+    assert main(["demo", "--data", str(data), "--out", str(tmp_path / "r"), "--set", "data.image_size=[16,16]"]) == 0
+    assert calls[-1] == ["data.image_size=[24,40]", "data.image_size=[16,16]"]  # the user's --set comes last and wins

@@ -78,6 +78,24 @@ def list_records(
     return _filter_required(records, require)
 
 
+def native_size(root: Path | str) -> tuple[int, int]:
+    """The dataset's own ``(H, W)``: the smallest height and width over each category's first
+    training part, read from file headers (the rgb image, else the point cloud).
+
+    A run at this size never upsamples a category; on a set whose parts share one size (a
+    generated one) it resamples nothing.
+
+    Raises:
+        DatasetError: ``root`` holds no category, a category has no training parts, or a
+            header cannot be read.
+    """
+    sizes = []
+    for category in list_categories(root):
+        first = list_records(root, category, "train")[0]
+        sizes.append(rgb_file_size(first.rgb_path) if first.rgb_path is not None else xyz_file_size(first.xyz_path))
+    return min(h for h, _ in sizes), min(w for _, w in sizes)
+
+
 def _defect_records(category: str, split: str, folder: Path) -> list[SampleRecord]:
     rgb = _files_by_stem(folder / "rgb", "rgb")
     xyz = _files_by_stem(folder / "xyz", "xyz")

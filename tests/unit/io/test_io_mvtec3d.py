@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cmdiad.errors import DatasetError
 from cmdiad.io.image import read_mask, read_rgb, write_mask, write_rgb
-from cmdiad.io.mvtec3d import iter_samples, list_categories, list_records, load_sample
+from cmdiad.io.mvtec3d import iter_samples, list_categories, list_records, load_sample, native_size
 from cmdiad.io.pointcloud import read_xyz, write_xyz, xyz_to_depth
 from cmdiad.synthetic.generator import SynthConfig, generate_dataset
 
@@ -98,3 +99,19 @@ def test_writers_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
     assert np.array_equal(read_rgb(tmp_path / "a" / "x.png"), rgb)
     assert np.array_equal(read_xyz(tmp_path / "b" / "x.tiff"), xyz)
     assert np.array_equal(read_mask(tmp_path / "c" / "x.png"), mask)
+
+
+def test_native_size_is_the_smallest_first_training_part(copy: Path, rng) -> None:
+    assert native_size(copy) == (32, 40)
+    write_rgb(copy / "ring" / "train" / "good" / "rgb" / "000.png", rng.integers(0, 255, (24, 48, 3), dtype=np.uint8))
+    assert native_size(copy) == (24, 40)  # the smaller height of ring, the smaller width of dome
+    shutil.rmtree(copy / "dome" / "train" / "good" / "rgb")  # a scan-only category: its cloud's header
+    write_xyz(copy / "dome" / "train" / "good" / "xyz" / "000.tiff", np.ones((20, 44, 3), np.float32))
+    assert native_size(copy) == (20, 44)
+
+
+def test_native_size_names_the_unreadable_file(copy: Path) -> None:
+    bad = copy / "dome" / "train" / "good" / "rgb" / "000.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="000.png"):
+        native_size(copy)
