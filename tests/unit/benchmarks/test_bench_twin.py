@@ -68,3 +68,11 @@ def test_check_settings_refuses_a_twin_run_that_is_not_one(tmp_path: Path) -> No
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "run.json").write_text("{}")  # runs before the settings were recorded: no check
     bt.check_settings(tmp_path / "old", real)
+
+
+def test_run_command_gives_the_size_the_run_was_made_at(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text(json.dumps({"command": "cmdiad demo --data D --out R"}))
+    assert bt.run_command(tmp_path) == "`cmdiad demo --data D --out R`"  # no config.json: no size
+    (tmp_path / "config.json").write_text(json.dumps({"detector": {"data": {"image_size": [192, 176]}}}))
+    assert bt.run_command(tmp_path) == "`cmdiad demo --data D --out R` (at 192x176 px)"
+    assert bt.run_command(tmp_path / "missing") == f"`{tmp_path / 'missing'}`"
