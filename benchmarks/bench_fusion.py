@@ -54,10 +54,9 @@ _SETS: list[str] = []  # --set KEY=VALUE overrides of the detector config (as cm
 
 def _config(root: Path) -> ExperimentConfig:
     from cmdiad.cli import _apply_sets
-    from cmdiad.io.mvtec3d import list_records, load_sample
+    from cmdiad.io.mvtec3d import native_size
 
-    first = list_records(root, list_categories(root)[0], "train")[0]
-    h, w = load_sample(first, ("rgb",)).rgb.shape[:2]
+    h, w = native_size(root)  # each set at its own size, as `cmdiad demo` runs it
     data = merge(preset("default"), {"detector": {"data": {"image_size": [h, w]}}})
     _apply_sets(data, _SETS, lambda key: "detector." + key)
     return from_dict(ExperimentConfig, data)

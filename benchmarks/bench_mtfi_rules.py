@@ -371,6 +371,8 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=2, help="P-AUROC on every STRIDE-th pixel per direction")
     p.add_argument("--write", action="store_true", help="publish to docs/benchmarks.md")
     p.add_argument("--detail", action="store_true", help="also print every case the default falls short on")
+    p.add_argument("--section", default="", help="published under the section title plus ' (SECTION)', beside the "
+                   "main one: for sets other than 'Fusion never hurts''s")
     bf.add_twins(p)
     args = p.parse_args()
     if args.stride < 1:
@@ -389,10 +391,10 @@ def main() -> None:
         print("\n".join(["", *detail(cases), "", *skill_detail(cases)]))
     if args.write:
         body = [
-            "## MTFI fusion: label-free rules compared",
+            "## MTFI fusion: label-free rules compared" + (f" ({args.section})" if args.section else ""),
             "",
-            f"Command: `{command_line()}` (stream scores from `bench_fusion.py`'s cache; the datasets of "
-            f"'Fusion never hurts'). {machine_description()}.",
+            f"Command: `{command_line()}` (stream scores from `bench_fusion.py`'s cache"
+            + ("" if args.section else "; the datasets of 'Fusion never hurts'") + f"). {machine_description()}.",
             "",
             "Per (dataset, category, MTFI row, defect type), each rule's fused I-AUROC or P-AUROC minus the "
             "better of the row's two streams (informative: as in 'Fusion never hurts') and minus the main "
