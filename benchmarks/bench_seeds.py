@@ -9,7 +9,8 @@ stream cache. Per defect type it gives the P-AUROC *skill* over the exact prior,
 - the main sensor's own map (the same for every seed: its bank does not depend on the distiller);
 - the hallucinated map of each seed: lowest, mean and highest over the seeds;
 - the seeds' *ensemble*: the mean of their hallucinated maps, each calibrated on its own validation
-  good pixels (median and standard deviation), which is what averaging K distillers would give;
+  good pixels as the ``gated`` fuser calibrates pixels (median and 0.999 quantile), which is what
+  averaging K distillers' maps would give;
 - the fused map of the default preset (``gated``; its pixels do not depend on the image
   calibration folds), lowest / mean / highest over the seeds.
 
@@ -32,15 +33,20 @@ import bench_fusion as bf  # noqa: E402
 from _common import DOC, command_line, machine_description, publish  # noqa: E402
 from bench_twin import skill  # noqa: E402
 
+from cmdiad.config import FusionConfig  # noqa: E402
 from cmdiad.io.mvtec3d import list_categories  # noqa: E402
+from cmdiad.scoring.fusion import calibration_constants  # noqa: E402
 
 log = logging.getLogger("bench_seeds")
 DEFAULT_RULE = "gated"  # the default preset's pixel fusion (its calibration folds touch image scores only)
 
 
 def calibrated(maps: np.ndarray, val: np.ndarray) -> np.ndarray:
-    """``maps`` in units of the validation good pixels' spread around their median."""
-    return (maps - np.median(val)) / max(float(np.std(val)), 1e-12)
+    """``maps`` calibrated on the validation good pixels ``val`` as the ``gated`` fuser's pixels are."""
+    cfg = FusionConfig()
+    centre, spread = calibration_constants(val.reshape(-1, 1).astype(np.float64), cfg.pixel_calibration,
+                                           cfg.calibration_quantile)[:, 0]
+    return (maps - centre) / spread
 
 
 def seed_maps(root: Path, twins: Path, category: str, row: str, seed: int) -> dict[str, np.ndarray]:
@@ -137,7 +143,8 @@ def main() -> None:
         f"fit), mean over categories, for distiller seeds {', '.join(map(str, seeds))} (`distill.seed`; 3407 is "
         "the preset's). The main sensor's map does not depend on the seed. `lowest / mean / highest` are over "
         "the seeds; `beats main` counts the seeds whose hallucinated map has the higher skill. The ensemble "
-        "is the mean of the seeds' hallucinated maps, each calibrated on its validation good pixels. The fused "
+        "is the mean of the seeds' hallucinated maps, each calibrated on its validation good pixels as the "
+        "fuser calibrates pixels (median and 0.999 quantile). The fused "
         f"map is the default preset's (`{DEFAULT_RULE}`).",
         "",
         "| data | row | defect | main sensor | hallucinated: lowest / mean / highest | beats main | ensemble "

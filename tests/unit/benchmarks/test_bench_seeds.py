@@ -19,10 +19,10 @@ def _parts() -> dict:
     return {"defects": defects, "masks": masks}
 
 
-def test_calibrated_centres_and_scales_on_the_validation_pixels() -> None:
-    val = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
-    out = bs.calibrated(np.array([3.0, 3.0 + np.std(val)]), val)
-    assert np.allclose(out, [0.0, 1.0])
+def test_calibrated_puts_the_median_at_0_and_the_good_tail_at_1() -> None:
+    val = np.arange(1001, dtype=float)  # median 500, 0.999 quantile 999
+    out = bs.calibrated(np.array([500.0, 999.0, 1498.0]), val)
+    assert np.allclose(out, [0.0, 1.0, 2.0])
 
 
 def test_skill_is_zero_for_a_map_that_only_knows_where_defects_lie() -> None:
