@@ -47,8 +47,8 @@ ROWS = ("dual", "f2f_xyz", "f2i_xyz", "i2f_xyz", "f2f_rgb", "f2i_rgb", "i2f_rgb"
 CACHE = Path(__file__).resolve().parent / ".fusion_cache"
 log = logging.getLogger("bench_fusion")
 _ENCODERS: dict = {}
-_SHARED: dict = {}
-_POOLED: dict = {}
+_SHARED: dict = {}  # by config: see shared_banks
+_POOLED: dict = {}  # by config and row
 _SETS: list[str] = []  # --set KEY=VALUE overrides of the detector config (as cmdiad's, under "detector.")
 
 
@@ -82,18 +82,29 @@ def _encoder(root: Path, cfg: ExperimentConfig):
     return _ENCODERS[root]
 
 
+def use_sets(sets: list[str]) -> None:
+    """Fit under these ``--set KEY=VALUE`` overrides of the detector config from now on."""
+    _SETS[:] = sets
+
+
+def shared_banks(root: Path, category: str, cfg: ExperimentConfig) -> dict:
+    """The real sensors' banks that the rows of one category share, for one resolved config
+    (so other ``--set`` overrides in the same process never reuse them)."""
+    return _SHARED.setdefault(_cache_tag(root, category, "*", cfg), {})
+
+
 def _pooled(root: Path, cfg: ExperimentConfig, row: str) -> PooledDistiller | None:
     """The row's distiller trained on every category's training samples (None: per-category or no MTFI)."""
     if not cfg.detector.distill.pooled:
         return None
-    if (root, row) not in _POOLED:
+    tag = _cache_tag(root, "*", "*", cfg)
+    if (tag, row) not in _POOLED:
         data = cfg.detector.data
         train = {c: category_splits(root, c, with_validation=data.train_with_validation,
                                     skip_bad=data.skip_bad_samples)[0] for c in list_categories(root)}
-        folder = CACHE / "distillers" / _cache_tag(root, "*", "*", cfg)
-        _POOLED.update({(root, r): p for r, p in pooled_distillers(cfg, _encoder(root, cfg), train, [row],
-                                                                   folder).items()})
-    return _POOLED.get((root, row))
+        _POOLED.update({(tag, r): p for r, p in pooled_distillers(cfg, _encoder(root, cfg), train, [row],
+                                                                  CACHE / "distillers" / tag).items()})
+    return _POOLED.get((tag, row))
 
 
 def stream_scores(root: Path, category: str, row: str, twins: Path | None = None) -> dict[str, np.ndarray]:
@@ -118,7 +129,7 @@ def stream_scores(root: Path, category: str, row: str, twins: Path | None = None
     data = cfg.detector.data
     train, val, test = category_splits(root, category, with_validation=data.train_with_validation,
                                        skip_bad=data.skip_bad_samples)
-    det = Detector(dcfg, encoder, shared_banks=_SHARED.setdefault((root, category), {}),
+    det = Detector(dcfg, encoder, shared_banks=shared_banks(root, category, cfg),
                    hallucinator=pooled.hallucinator if pooled is not None else None)
     report = det.fit(train, validation=val)
     if report.fidelity is not None and twins is None:
@@ -167,7 +178,7 @@ def calibration_scores(root: Path, category: str, row: str, folds: int) -> dict[
     method, main = parse_row(row)
     fusion = replace(cfg.detector.fusion, calibration_folds=folds)
     det = Detector(replace(cfg.detector, method=method, main=main, fusion=fusion), _encoder(root, cfg),
-                   shared_banks=_SHARED.setdefault((root, category), {}))
+                   shared_banks=shared_banks(root, category, cfg))
     data = cfg.detector.data
     train = category_splits(root, category, with_validation=data.train_with_validation,
                             skip_bad=data.skip_bad_samples)[0]
@@ -463,7 +474,7 @@ def main() -> None:
     args = p.parse_args()
     if args.set and args.write:
         p.error("--write publishes the default preset's numbers; drop --set")
-    _SETS.extend(args.set)
+    use_sets(args.set)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(2)
     rules = [r for r in args.rules.split(",") if r]

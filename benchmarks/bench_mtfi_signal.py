@@ -119,7 +119,7 @@ def synthetic_scores(root: Path, category: str, row: str, variants: int, stride:
     dcfg = replace(cfg.detector, method=method, main=main, fusion=replace(cfg.detector.fusion, calibration_folds=0))
     encoder = bf._encoder(root, cfg)
     torch.manual_seed(dcfg.seed)
-    det = Detector(dcfg, encoder, shared_banks=bf._SHARED.setdefault((root, category), {}),
+    det = Detector(dcfg, encoder, shared_banks=bf.shared_banks(root, category, cfg),
                    hallucinator=bf._pooled(root, cfg, row).hallucinator)
     det.fit(train, validation=val)
     names = [s.name for s in det.streams]

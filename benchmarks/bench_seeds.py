@@ -51,9 +51,7 @@ def calibrated(maps: np.ndarray, val: np.ndarray) -> np.ndarray:
 
 def seed_maps(root: Path, twins: Path, category: str, row: str, seed: int) -> dict[str, np.ndarray]:
     """One seed's main, hallucinated and fused test maps on the set and on its twins, plus what to score them by."""
-    bf._SETS[:] = [f"distill.seed={seed}"]
-    bf._POOLED.clear()  # the pooled distiller and the shared banks are per config, cached in memory by set
-    bf._SHARED.clear()
+    bf.use_sets([f"distill.seed={seed}"])
     real, twin = bf.stream_scores(root, category, row), bf.twin_scores(root, twins, category, row)
     hallucinated = bf.hallucinated_columns(root, row, real)
     h = hallucinated.index(True)

@@ -44,3 +44,19 @@ def test_summary_counts_shortfalls_beyond_the_exact_prior_only_with_twins() -> N
     assert with_twins.split(" | ")[6:8] == ["2/2", "2/2"]  # both short, both informative beyond chance
     plain = next(line for line in bf.summary(table, ["r"]) if line.startswith("| s | MTFI |"))
     assert len(plain.split(" | ")) == len(with_twins.split(" | ")) - 2
+
+
+def test_banks_are_shared_within_one_config_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from cmdiad.synthetic.generator import SynthConfig, generate_dataset
+
+    generate_dataset(tmp_path, SynthConfig(categories=("dome",), image_size=(32, 32), train=1, validation=0,
+                                           test_good=1, test_per_defect=1))
+    monkeypatch.setattr(bf, "_SHARED", {})
+    monkeypatch.setattr(bf, "_SETS", [])
+    first = bf.shared_banks(tmp_path, "dome", bf._config(tmp_path))
+    assert bf.shared_banks(tmp_path, "dome", bf._config(tmp_path)) is first
+    bf.use_sets(["distill.seed=1"])  # another fit: its banks are not the first config's
+    assert bf._config(tmp_path).detector.distill.seed == 1
+    assert bf.shared_banks(tmp_path, "dome", bf._config(tmp_path)) is not first
+    bf.use_sets([])
+    assert bf.shared_banks(tmp_path, "dome", bf._config(tmp_path)) is first
