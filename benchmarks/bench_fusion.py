@@ -245,6 +245,14 @@ def _per_defect(image: np.ndarray, maps: np.ndarray, d: dict) -> dict[str, tuple
     return {defect: (i[defect], p[defect]) for defect in i}
 
 
+def preset_rule(name: str = "default") -> str:
+    """A preset's fusion as a rule string (see :func:`fuser_config`): what ``cmdiad run`` fits with it."""
+    fusion = dict(preset(name)["detector"]["fusion"])
+    kind = fusion.pop("kind")
+    fusion.pop("fit_on", None)  # every rule here is fitted on the validation parts
+    return kind + (":" + ";".join(f"{k}={v}" for k, v in fusion.items()) if fusion else "")
+
+
 def fuser_config(rule: str) -> FusionConfig:
     """The FusionConfig of a rule: ``kind``, ``kind:pixel_calibration`` or ``kind:field=value,...``."""
     name, _, rest = rule.partition(":")

@@ -311,7 +311,8 @@ def main() -> None:
         "Per (dataset, category, MTFI row) and per draw (seeded), `k` test parts of every defect type are "
         "taken as labelled; the offset among those of 'MTFI fusion: one pixel offset per row' with the best "
         "mean P-AUROC over defect types on the validation good parts plus the labelled parts is chosen "
-        "(ties to the default). `default` and `labelled` (the chosen offset) are then scored per defect type "
+        "(ties to the default: the former default's label-free offset, the detector's until the nineteenth "
+        "session). `default` and `labelled` (the chosen offset) are then scored per defect type "
         "on the remaining test parts only, against the better of the row's two streams and the main sensor on "
         f"those parts; counts are per draw, averaged over {args.draws} draws (P-AUROC on a grid of stride "
         f"{args.stride}; informative as in 'Fusion never hurts', at the remaining numbers of parts).",

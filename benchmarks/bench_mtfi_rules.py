@@ -40,7 +40,10 @@ from cmdiad.metrics.segmentation import evaluate  # noqa: E402
 from cmdiad.scoring.fusion import calibration_constants  # noqa: E402
 
 MTFI = tuple(r for r in bf.ROWS if r != "dual")
-DEFAULT = "gated:calibration_folds=5"
+DEFAULT = bf.preset_rule()
+FORMER = "gated:calibration_folds=5"
+"""The default preset's fusion until the nineteenth session: pixels the maximum of the calibrated
+maps, the hallucinated one raised by 0.5 when its fidelity r2 > 0 (``FusionConfig``'s defaults)."""
 log = logging.getLogger("bench_mtfi_rules")
 
 
@@ -77,14 +80,17 @@ def _mix(z: np.ndarray, d: dict) -> np.ndarray:
     return (1 - w) * z[..., 0] + w * z[..., 1]
 
 
-FLOORLESS = "default without the fidelity floor (r2 <= -1 kept, no offset)"
+FORMER_NAME = "former default (maximum, hallucinated +0.5 if r2 > 0)"
+"""The pixel rule of :data:`FORMER`, with its fidelity floor."""
+
+FLOORLESS = "former default without the fidelity floor (r2 <= -1 kept, no offset)"
 """The pixel rule the detector had before ``fusion.fidelity_floor``: every hallucinated map in the maximum."""
 
-NO_MARGIN = "the floor with no margin (left out when r2 <= -1, fidelity_floor_se = 0)"
+NO_MARGIN = "former default's floor with no margin (left out when r2 <= -1, fidelity_floor_se = 0)"
 """The pixel rule of the thirteenth session: the floor without the jackknife margin."""
 
 # Each pixel rule: (calibrated test maps (N, H, W, 2), their tail surprise (same shape), the offset
-# the default gives the hallucinated map, the cached row) -> fused maps (N, H, W).
+# the former default gives the hallucinated map, the cached row) -> fused maps (N, H, W).
 PixelRule = Callable[[np.ndarray, np.ndarray, float, dict], np.ndarray]
 PIXEL_RULES: dict[str, PixelRule] = {
     FLOORLESS: lambda z, s, off, d: np.maximum(z[..., 0], z[..., 1] + off),
@@ -117,12 +123,13 @@ def _rules(d: dict, stride: int, roles: list[bool], fid: dict | None, folds: dic
     test = d["test_maps"][sub].astype(np.float64)
     centre, spread = calibration_constants(val, "quantile", FusionConfig().calibration_quantile)
     z = (test - centre) / spread
-    off = bf.earned_fusion_config(bf.fuser_config(DEFAULT), fid).pixel_offset
+    off = bf.earned_fusion_config(bf.fuser_config(FORMER), fid).pixel_offset
     image_by = {"default": image}
     image_by.update({name: bf.fused(d, rule, roles, fid, folds)[0] for name, rule in IMAGE_RULES.items()})
     surprise = _tail_surprise(val, test)
-    pixel_by = {"default": maps[sub], **{name: f(z, surprise, off, d) for name, f in PIXEL_RULES.items()}}
-    strict = bf.earned_fusion_config(replace(bf.fuser_config(DEFAULT), fidelity_floor_se=0.0), fid)
+    pixel_by = {"default": maps[sub], FORMER_NAME: bf.fused(d, FORMER, roles, fid, folds)[1][sub]}
+    pixel_by.update({name: f(z, surprise, off, d) for name, f in PIXEL_RULES.items()})
+    strict = bf.earned_fusion_config(replace(bf.fuser_config(FORMER), fidelity_floor_se=0.0), fid)
     pixel_by[NO_MARGIN] = bf.fuse(z, bf.label_free_offset(strict))
     image_by["main sensor"], pixel_by["main sensor"] = d["test_image"][:, 0], test[..., 0]
     image_by["hallucinated"], pixel_by["hallucinated"] = d["test_image"][:, 1], test[..., 1]
@@ -399,9 +406,11 @@ def main() -> None:
             "Per (dataset, category, MTFI row, defect type), each rule's fused I-AUROC or P-AUROC minus the "
             "better of the row's two streams (informative: as in 'Fusion never hurts') and minus the main "
             "sensor alone. `default` is the detector's own fusion (`gated`, 5 calibration folds; pixels: "
-            "the maximum of the calibrated maps, the hallucinated one raised by 0.5 when its fidelity "
-            "r2 > 0 and left out when r2 lies below -1 by more than 2 jackknife standard errors over the "
-            "6 validation parts). "
+            "the main sensor's calibrated map plus the hallucinated one's part above its good-pixel median, "
+            "no offset, the hallucinated map left out when its fidelity r2 lies below -1 by more than 2 "
+            "jackknife standard errors over the 6 validation parts). The `former default`, the detector's "
+            "until the nineteenth session, took the maximum of the calibrated maps, the hallucinated one "
+            "raised by 0.5 when r2 > 0, with the same floor. "
             f"P-AUROC on the pixels of a grid of stride {args.stride} in each direction. "
             "The third table counts the second one's informative shortfalls again on the cases where the "
             "better stream sees the defect type beyond its spatial prior: its P-AUROC exceeds its placebo "

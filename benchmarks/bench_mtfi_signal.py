@@ -1,9 +1,10 @@
 """Would one pixel setting per MTFI row suffice, and can synthetic anomalies choose it?
 
-The default fusion raises a hallucinated anomaly map by a fixed offset (0.5 calibrated units when
-its fidelity r2 > 0) before taking the maximum with the main sensor's map. For each (dataset,
-category, MTFI row) this script tries the offsets ``CANDIDATES`` (``main only``: the hallucinated
-map left out) and picks one per row in three ways:
+The former default fusion (``bench_mtfi_rules.FORMER``, the detector's until the nineteenth session)
+raises a hallucinated anomaly map by a fixed offset (0.5 calibrated units when its fidelity r2 > 0)
+before taking the maximum with the main sensor's map. For each (dataset, category, MTFI row) this
+script tries the offsets ``CANDIDATES`` (``main only``: the hallucinated map left out) and picks
+one per row in three ways:
 
 - ``oracle``: the offset with the best mean P-AUROC over the row's test defect types. It reads the
   test labels, so no detector can do it; it bounds what any per-row choice could give.
@@ -160,7 +161,7 @@ def calibrated(root: Path, category: str, row: str, stride: int) -> dict:
     roles = bf.hallucinated_columns(root, row, d)
     order = [roles.index(False), roles.index(True)]
     fid = bf.fidelity_of(root, category, row)
-    default = bf.label_free_offset(bf.earned_fusion_config(bf.fuser_config(bmr.DEFAULT), fid))
+    default = bf.label_free_offset(bf.earned_fusion_config(bf.fuser_config(bmr.FORMER), fid))
     sub = (slice(None), slice(None, None, stride), slice(None, None, stride))
     val = d["val_maps"][sub][..., order].astype(np.float64)
     test = d["test_maps"][sub][..., order].astype(np.float64)
@@ -233,8 +234,9 @@ def main() -> None:
         f"Command: `{command_line()}` (stream scores from `bench_fusion.py`'s cache; the datasets of "
         f"'Fusion never hurts'). {machine_description()}.",
         "",
-        "The default fusion raises a hallucinated map by 0.5 calibrated units (when its fidelity r2 > 0) "
-        "before the maximum with the main sensor's map. Here the offset is chosen per (dataset, category, "
+        "The former default fusion (the detector's until the nineteenth session; `default` below) raises a "
+        "hallucinated map by 0.5 calibrated units (when its fidelity r2 > 0) before the maximum with the main "
+        "sensor's map. Here the offset is chosen per (dataset, category, "
         f"row) among {', '.join(map(offset_name, CANDIDATES))} (`main only`: the hallucinated map left out). "
         "`oracle` takes the best mean P-AUROC over the test defect types: it reads the test labels, so it "
         "bounds what any per-row choice could give. `synthetic: ...` takes the best P-AUROC on the "

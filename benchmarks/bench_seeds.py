@@ -38,7 +38,7 @@ from cmdiad.io.mvtec3d import list_categories  # noqa: E402
 from cmdiad.scoring.fusion import calibration_constants  # noqa: E402
 
 log = logging.getLogger("bench_seeds")
-DEFAULT_RULE = "gated"  # the default preset's pixel fusion (its calibration folds touch image scores only)
+DEFAULT_RULE = bf.preset_rule()  # the default preset's fusion (its calibration folds touch image scores only)
 
 
 def calibrated(maps: np.ndarray, val: np.ndarray) -> np.ndarray:

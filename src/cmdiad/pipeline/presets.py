@@ -24,7 +24,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             # stream counts beyond 3 good-sample std only: fewer measured losses (docs/method.md). The
             # real sensors' image calibration adds the training parts, scored in 5 folds by banks built
             # without them (6 validation parts alone let one sensor's noise outrank the other's defects).
-            "fusion": {"kind": "gated", "fit_on": "validation", "calibration_folds": 5},
+            # Pixels: the main sensor's calibrated map plus the hallucinated map's part above its
+            # good-pixel median, with no offset: on five generated sets no MTFI pixel shortfall
+            # beyond the exact prior (null twins), where the former maximum with the hallucinated
+            # map raised by 0.5 gave away the camera's own localisation of faint shaded defects
+            # (docs/method.md, "When the camera sees a little of the geometry").
+            "fusion": {"kind": "gated", "fit_on": "validation", "calibration_folds": 5,
+                       "pixel_combine": "gated", "pixel_gate": 0.0, "pixel_offset": 0.0},
             # One distiller per MTFI row over every category's training samples: measured better on
             # average than one per category (docs/method.md, "Pooled distillation").
             "distill": {"epochs": 20, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 2, "width": 8,

@@ -24,6 +24,7 @@ from cmdiad.pipeline.detector import Detector
 from cmdiad.pipeline.export import ExportError, check_exportable, export_onnx
 from cmdiad.pipeline.onnx_model import load_model, load_onnx_model, read_onnx_metadata
 from cmdiad.pipeline.persist import build_encoder, load_detector, save_detector
+from cmdiad.pipeline.presets import preset
 from cmdiad.synthetic.generator import SynthConfig, generate_dataset
 
 pytest.importorskip("onnxruntime")
@@ -105,6 +106,29 @@ def test_onnx_leaves_out_a_hallucinated_map_the_fit_left_out(tiny_data: Path, tm
     rgb = expected.per_modality["rgb"][1]
     w = det.fuser.pixel_weights
     torch.testing.assert_close(expected.anomaly_map, (rgb - float(w[0, 0])) / float(w[1, 0]), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_scores_match_with_the_default_presets_fusion(tiny_data: Path, tmp_path: Path) -> None:
+    # the shipped fuser: cross-fitted image calibration, and pixels the camera's map plus the
+    # hallucinated map's part above its good median (pixel_combine "gated", gate 0, no offset)
+    fusion = FusionConfig(**preset("default")["detector"]["fusion"])
+    cfg = replace(_cfg("f2f", "rgb"), fusion=replace(fusion, fidelity_floor=-1e9))  # keep the map in
+    torch.manual_seed(0)
+    det = Detector(cfg, build_encoder(cfg, device="cpu", modalities=("rgb", "xyz")))
+    report = det.fit(list_records(tiny_data, "ring", "train"), validation=list_records(tiny_data, "ring", "validation"))
+    assert report.pixel_setting == "added above gate 0, offset 0"
+    save_detector(det, tmp_path / "model")
+    loaded = load_detector(tmp_path / "model")
+    test = list_records(tiny_data, "ring", "test")
+    expected = loaded.score(test)
+    got = load_onnx_model(export_onnx(loaded, tmp_path / "model.onnx")).score(test)
+    assert float((got.anomaly_map - expected.anomaly_map).abs().max()) <= 1e-4
+    assert float((got.image_score - expected.image_score).abs().max()) <= 1e-4
+    # the map is the camera's calibrated map plus the hallucinated one's excess over its median
+    (rgb, hal), w = (expected.per_modality[name][1] for name in ("rgb", "xyz_from_rgb")), det.fuser.pixel_weights
+    z_rgb, z_hal = ((m - float(w[0, j])) / float(w[1, j]) for j, m in enumerate((rgb, hal)))
+    torch.testing.assert_close(expected.anomaly_map, z_rgb + z_hal.clamp(min=0), rtol=1e-4, atol=1e-4)
+    assert float(z_hal.clamp(min=0).amax()) > 0  # the hallucinated map does move it
 
 
 def test_export_with_cold_map_caches_gives_the_same_compact_graph(tiny_data: Path, tmp_path: Path) -> None:
