@@ -1,7 +1,7 @@
 """Does a second stream ever make a result worse? Per-stream vs fused metrics, per defect type.
 
 For every multi-stream row (``dual`` and the six MTFI rows) of every category, fits the row
-with the default preset as ``cmdiad run`` does (MTFI rows use the preset's distillers: with
+with the default preset as ``cmdiad experiment`` does (MTFI rows use the preset's distillers: with
 ``distill.pooled``, one per row trained on every category's training samples by
 :func:`cmdiad.pipeline.runs.pooled_distillers`), scores the held-out validation good samples and
 the test samples per stream, and compares the fused I-AUROC / P-AUROC of each fusion rule with the better of the
@@ -246,7 +246,7 @@ def _per_defect(image: np.ndarray, maps: np.ndarray, d: dict) -> dict[str, tuple
 
 
 def preset_rule(name: str = "default") -> str:
-    """A preset's fusion as a rule string (see :func:`fuser_config`): what ``cmdiad run`` fits with it."""
+    """A preset's fusion as a rule string (see :func:`fuser_config`): what ``cmdiad experiment`` fits with it."""
     fusion = dict(preset(name)["detector"]["fusion"])
     kind = fusion.pop("kind")
     fusion.pop("fit_on", None)  # every rule here is fitted on the validation parts

@@ -60,3 +60,14 @@ def test_banks_are_shared_within_one_config_only(monkeypatch: pytest.MonkeyPatch
     assert bf.shared_banks(tmp_path, "dome", bf._config(tmp_path)) is not first
     bf.use_sets([])
     assert bf.shared_banks(tmp_path, "dome", bf._config(tmp_path)) is first
+
+
+def test_preset_rule_is_the_presets_fuser() -> None:
+    from cmdiad.config import FusionConfig
+    from cmdiad.pipeline.presets import preset
+
+    rule = bf.preset_rule()
+    assert rule.startswith("gated:") and "pixel_combine=gated" in rule
+    assert bf.fuser_config(rule) == FusionConfig(**preset("default")["detector"]["fusion"])
+    assert bf.fuser_config(bf.preset_rule("paper")) == FusionConfig(**{**preset("paper")["detector"]["fusion"],
+                                                                       "fit_on": "validation"})
