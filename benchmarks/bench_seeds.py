@@ -33,7 +33,6 @@ import bench_fusion as bf  # noqa: E402
 from _common import DOC, command_line, machine_description, publish  # noqa: E402
 from bench_twin import skill  # noqa: E402
 
-from cmdiad.config import FusionConfig  # noqa: E402
 from cmdiad.io.mvtec3d import list_categories  # noqa: E402
 from cmdiad.scoring.fusion import calibration_constants  # noqa: E402
 
@@ -42,8 +41,8 @@ DEFAULT_RULE = bf.preset_rule()  # the default preset's fusion (its calibration 
 
 
 def calibrated(maps: np.ndarray, val: np.ndarray) -> np.ndarray:
-    """``maps`` calibrated on the validation good pixels ``val`` as the ``gated`` fuser's pixels are."""
-    cfg = FusionConfig()
+    """``maps`` calibrated on the validation good pixels ``val`` as the default preset's fuser calibrates pixels."""
+    cfg = bf.fuser_config(DEFAULT_RULE)
     centre, spread = calibration_constants(val.reshape(-1, 1).astype(np.float64), cfg.pixel_calibration,
                                            cfg.calibration_quantile)[:, 0]
     return (maps - centre) / spread
