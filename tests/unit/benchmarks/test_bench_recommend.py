@@ -37,3 +37,9 @@ def test_a_lead_made_by_the_transplant_placebo_costs_regret_and_the_margin_avoid
     assert case["exact"] == ["rgb"] and case["picks"]["no margin"] == "f2f_rgb"
     assert case["regret"]["no margin"] == pytest.approx(0.75 * 2 / 3)  # the bank's skill 0.75, F2F's 0
     assert case["picks"]["margin 0.1"] == "rgb" and case["regret"]["margin 0.1"] == 0
+    # The lead the report shows beside the bank: estimated from the transplant placebo, and exact.
+    assert case["lead"]["row"] == "f2f_rgb"
+    assert case["lead"]["estimated"] == pytest.approx(((0.8 + 5 / 6 * 2) - (0.8 + 0.75 * 2)) / 3)
+    assert case["lead"]["exact"] == pytest.approx(-0.75 * 2 / 3)
+    lines = br.tables([case])
+    assert "| run | ring | rgb | MTFI F2F (RGB main) | +0.056 | -0.500 |" in lines

@@ -69,13 +69,20 @@ def test_null_metrics_as_read_back_from_results_json_do_not_break_the_table() ->
 
 def test_a_second_stream_displaces_the_sensors_own_bank_only_beyond_the_margin() -> None:
     bank, xyz_bank = _rec("rgb", "rgb", "ring", 0.80, 10.0), _rec("xyz", "xyz", "ring", 0.60, 40.0)
-    near = _rec("f2f", "rgb", "ring", 0.80 + BANK_MARGIN / 2, 30.0)
-    clear = _rec("i2f", "rgb", "ring", 0.80 + 2 * BANK_MARGIN, 30.0)
-    assert pick([near, bank]) is bank  # a lead within the margin: the simpler, faster bank
-    assert pick([clear, near, bank]) is clear
-    assert pick([near, clear]) is clear  # no bank among the candidates: the best row
-    assert pick([_rec("f2f", "xyz", "ring", 0.65, 50.0), xyz_bank])["method"] == "xyz"
-    assert recommendation_table([near, bank, clear])[1][0][2] == "MTFI I2F (RGB main)"
-    kept = recommendation_table([near, bank])[1][0]  # the bank kept: the MTFI row it kept out, and its lead
-    assert kept[2] == "Single RGB bank" and kept[9] == f"MTFI F2F (RGB main): +{BANK_MARGIN / 2:.3f}"
-    assert recommendation_table([near, bank, clear])[1][0][9] is None  # an MTFI row recommended itself
+    near, clear = _rec("f2f", "rgb", "ring", 0.85, 30.0), _rec("i2f", "rgb", "ring", 1.00, 30.0)
+    assert pick([near, bank], margin=0.1) is bank  # a lead within the margin: the simpler, faster bank
+    assert pick([clear, near, bank], margin=0.1) is clear
+    assert pick([near, clear], margin=0.1) is clear  # no bank among the candidates: the best row
+    f2f_xyz = _rec("f2f", "xyz", "ring", 0.65, 50.0)
+    assert pick([f2f_xyz, xyz_bank], margin=0.1)["method"] == "xyz"
+    assert pick([f2f_xyz, xyz_bank])["method"] == ("f2f" if 0.05 > BANK_MARGIN else "xyz")  # the report's margin
+
+
+def test_the_report_names_the_best_mtfi_row_and_its_lead_beside_every_pick() -> None:
+    bank, near = _rec("rgb", "rgb", "ring", 0.80, 10.0), _rec("f2f", "rgb", "ring", 0.80 + BANK_MARGIN + 0.05, 30.0)
+    tie = _rec("f2i", "rgb", "ring", 0.80, 12.0)
+    picked = recommendation_table([tie, near, bank])[1][0]  # a lead beyond the report's margin: the MTFI row
+    assert picked[2] == "MTFI F2F (RGB main)" and picked[9] == f"MTFI F2F (RGB main): +{BANK_MARGIN + 0.05:.3f}"
+    kept = recommendation_table([tie, bank])[1][0]  # a tie keeps the bank, and names the row it kept out
+    assert kept[2] == "Single RGB bank" and kept[9] == "MTFI F2I (RGB main): +0.000"
+    assert recommendation_table([bank])[1][0][9] is None  # nothing beside the bank
