@@ -351,8 +351,8 @@ def _recommendation_html(records: Sequence[Mapping[str, Any]]) -> str:
             "is approximate (on generated parts off by up to 0.2 in P-AUROC in one category). A row with a "
             f"second stream is recommended over its sensors' own bank when its merit is higher by more than "
             f"{BANK_MARGIN:g}: on generated parts, rows that saw nothing more than their bank led it by up to "
-            "0.05 through the placebo's error, and rows that saw more by as little. The last column names the "
-            "best such row and its merit minus the bank's.</p>")
+            "0.05 through the placebo's error, while rows that saw more led it by 0.003 to 0.04. The last "
+            "column names the best such row and its merit minus the bank's.</p>")
     return f"<h2>Which sensors to deploy</h2>{note}" + html_table(header, rows)
 
 
