@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOC, command_line, publish  # noqa: E402
 from bench_twin import add_groups, groups, skill  # noqa: E402
 
-from cmdiad.viz.recommend import BANK_MARGIN, SENSOR_SETS, bank_index, merit, merits, pick  # noqa: E402
+from cmdiad.viz.recommend import BANK_MARGIN, SENSOR_SETS, bank_index, challenger, merit, pick  # noqa: E402
 from cmdiad.viz.report import load_records, row_label, row_name  # noqa: E402
 
 Record = Mapping[str, Any]
@@ -81,15 +81,14 @@ def regrets(twin_run: Path, run: Path) -> list[dict[str, Any]]:
 
 
 def _lead(mine: Sequence[Record], exact: Mapping[str, float]) -> dict[str, Any] | None:
-    """The row with a second stream that the report names beside the bank (the highest estimated
-    merit), its estimated merit minus the bank's and its exact merit minus the bank's."""
-    bank = bank_index(mine)
-    if bank is None:
+    """The row with a second stream that the report names beside the bank (:func:`challenger`), its
+    estimated merit minus the bank's and its exact merit minus the bank's."""
+    found = challenger(mine)
+    if found is None:
         return None
-    scores = merits(mine)
-    top = max((i for i in range(len(mine)) if i != bank), key=scores.__getitem__)
-    bank_name, name = row_name(mine[bank]), row_name(mine[top])
-    return {"row": name, "estimated": scores[top] - scores[bank], "exact": exact[name] - exact[bank_name]}
+    row, lead = found
+    bank = row_name(mine[bank_index(mine)])
+    return {"row": row_name(row), "estimated": lead, "exact": exact[row_name(row)] - exact[bank]}
 
 
 def tables(cases: list[dict[str, Any]]) -> list[str]:

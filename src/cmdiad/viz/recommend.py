@@ -92,19 +92,28 @@ def bank_index(candidates: Sequence[Mapping[str, Any]]) -> int | None:
     return next((i for i, r in enumerate(candidates) if row_name(r) == BANKS.get(str(r.get("main")))), None)
 
 
-def _decide(candidates: Sequence[Mapping[str, Any]], margin: float) -> tuple[Mapping[str, Any], str | None]:
-    """The recommended record (see :func:`pick`) and the best row with a second stream beside the
-    sensors' own bank (the recommended one where it is), with its merit minus the bank's; ``None``
-    where the candidates lack the bank or any other row."""
-    scores = merits(candidates)
-    best = max(range(len(candidates)), key=scores.__getitem__)
+def challenger(candidates: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], float] | None:
+    """The row with the highest :func:`merit <merits>` other than the sensors' own bank, and its merit
+    minus the bank's; ``None`` where the candidates lack the bank or any other row."""
     bank = bank_index(candidates)
     others = [i for i in range(len(candidates)) if i != bank]
     if bank is None or not others:
-        return candidates[best], None
+        return None
+    scores = merits(candidates)
     top = max(others, key=scores.__getitem__)
-    lead = f"{row_label(row_name(candidates[top]))}: {scores[top] - scores[bank]:+.3f}"
-    return (candidates[best] if scores[best] - scores[bank] > margin else candidates[bank]), lead
+    return candidates[top], scores[top] - scores[bank]
+
+
+def _decide(candidates: Sequence[Mapping[str, Any]], margin: float) -> tuple[Mapping[str, Any], str | None]:
+    """The recommended record (see :func:`pick`) and the :func:`challenger` beside the sensors' own
+    bank (the recommended row where it is), as ``"row: lead"``."""
+    scores = merits(candidates)
+    best = candidates[max(range(len(candidates)), key=scores.__getitem__)]
+    found = challenger(candidates)
+    if found is None:
+        return best, None
+    row, lead = found
+    return (best if lead > margin else candidates[bank_index(candidates)]), f"{row_label(row_name(row))}: {lead:+.3f}"
 
 
 def pick(candidates: Sequence[Mapping[str, Any]], *, margin: float = BANK_MARGIN) -> Mapping[str, Any]:

@@ -75,7 +75,9 @@ def test_a_second_stream_displaces_the_sensors_own_bank_only_beyond_the_margin()
     assert pick([near, clear], margin=0.1) is clear  # no bank among the candidates: the best row
     f2f_xyz = _rec("f2f", "xyz", "ring", 0.65, 50.0)
     assert pick([f2f_xyz, xyz_bank], margin=0.1)["method"] == "xyz"
-    assert pick([f2f_xyz, xyz_bank])["method"] == ("f2f" if 0.05 > BANK_MARGIN else "xyz")  # the report's margin
+    assert pick([f2f_xyz, xyz_bank], margin=0.0)["method"] == "f2f"
+    # The report's margin: a lead within it keeps the bank.
+    assert pick([_rec("i2f", "rgb", "ring", 0.80 + BANK_MARGIN / 2, 30.0), bank]) is bank
 
 
 def test_the_report_names_the_best_mtfi_row_and_its_lead_beside_every_pick() -> None:
