@@ -77,8 +77,8 @@ def quoted_numbers(found: dict[str, list[str]], where: Path) -> list[str]:
     img = table(_section(found, "I-AUROC per defect type", where))
     overall = {m: table(_section(found, m, where)) for m in ("I-AUROC", "P-AUROC", "AUPRO@30%")}
     rgb, dual, xyz = "Single RGB bank", "Dual bank", "Single xyz bank"
-    out = []
-    for name in [m for m in pix if m.endswith("(RGB main)")] + [rgb]:
+    out = []  # a run of a subset of the rows (--set rows=...) gets what its banks allow
+    for name in ([m for m in pix if m.endswith("(RGB main)")] + [rgb]) if {rgb, dual} <= set(pix) else []:
         gaps = []
         for d in ("bump", "dent"):
             if name != rgb and d in pix[name] and dual in pix and pix[dual][d] > pix[rgb][d]:
@@ -90,7 +90,7 @@ def quoted_numbers(found: dict[str, list[str]], where: Path) -> list[str]:
                           f"dual {pix[dual][d] - placebo[dual][d]:+.3f})" for d in ("bump", "dent") if d in pix[name])
         out.append(f"{name}: mean I-AUROC / P-AUROC / AUPRO@30% {means}; pixel {', '.join(gaps) or '-'}; "
                    f"P-AUROC above its placebo: {above}; I-AUROC below the RGB bank on: {', '.join(below) or 'none'}")
-    for name in [m for m in pix if m.endswith("(xyz main)")]:
+    for name in [m for m in pix if m.endswith("(xyz main)")] if xyz in pix else []:
         below = [f"{d} {lvl} {t[name][d]:.3f} < {t[xyz][d]:.3f}" for lvl, t in (("I", img), ("P", pix))
                  for d in t[name] if t[name][d] < t[xyz][d]]
         stain = (f"; stain P-AUROC above its placebo {pix[name]['stain'] - placebo[name]['stain']:+.3f} "

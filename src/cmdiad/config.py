@@ -262,6 +262,14 @@ class FusionConfig:
     """``gated``, anomaly-map pixels: calibrated units added to a hallucinated stream's map before
     the streams are combined (its calibrated centre moves down by this many spreads), when its
     hallucination explains the real features of held-out parts (fidelity ``r2 > 0``); 0 otherwise."""
+    pixel_weight: float = 1.0
+    """``gated``, anomaly-map pixels: a hallucinated stream's calibrated map is multiplied by this
+    before the streams are combined (after ``pixel_offset``); 0 leaves it out."""
+    pixel_weight_by_fidelity: bool = False
+    """``gated``, anomaly-map pixels of an MTFI row: the detector multiplies ``pixel_weight`` by the
+    hallucination's fidelity ``r2`` on held-out parts, clipped to [0, 1] (the share of the real
+    features' variance it explains), so a map with ``r2 <= 0`` is left out. Measured on the
+    xyz-main rows only (docs/method.md); not the preset's."""
     fidelity_floor: float = -1.0
     """``gated``, anomaly-map pixels of an MTFI row: a hallucinated map whose fidelity on held-out
     parts is below ``fidelity_floor`` by more than ``fidelity_floor_se`` jackknife standard errors
@@ -302,6 +310,7 @@ class FusionConfig:
                f"unknown pixel_combine {self.pixel_combine!r}; use gated, max or real")
         _check(self.image_gate >= 0 and self.pixel_gate >= 0, "image_gate and pixel_gate must be >= 0")
         _check(math.isfinite(self.pixel_offset), "pixel_offset must be a finite number")
+        _check(math.isfinite(self.pixel_weight) and self.pixel_weight >= 0, "pixel_weight must be a finite number >= 0")
         _check(math.isfinite(self.fidelity_floor), "fidelity_floor must be a finite number")
         _check(math.isfinite(self.fidelity_floor_se) and self.fidelity_floor_se >= 0,
                "fidelity_floor_se must be a finite number >= 0")

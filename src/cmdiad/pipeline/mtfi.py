@@ -124,6 +124,9 @@ def earned_fusion_config(fusion: FusionConfig, fid: dict[str, float] | None) -> 
       map is left out of the pixels (``pixel_combine = "real"``); image scores keep it behind
       their gate. A map within its scatter of the floor stays in the maximum: leaving out a map
       that localises costs far more than keeping one more good-part draw.
+
+    With ``pixel_weight_by_fidelity`` the map's ``pixel_weight`` is multiplied by ``r2`` clipped to
+    [0, 1]; a weight of 0 leaves it out as the floor does.
     """
     fid = fid or {}
     r2 = fid.get("r2", float("nan"))
@@ -132,6 +135,12 @@ def earned_fusion_config(fusion: FusionConfig, fid: dict[str, float] | None) -> 
     if bound <= fusion.fidelity_floor:
         log.info("hallucination r2 %.3f (jackknife se %.3f) on held-out parts, below %g: its map is left out "
                  "of the pixels", r2, se, fusion.fidelity_floor)
+        return replace(fusion, pixel_combine="real", pixel_offset=0.0)
+    if fusion.pixel_weight_by_fidelity:
+        weight = fusion.pixel_weight * min(max(r2, 0.0), 1.0) if math.isfinite(r2) else fusion.pixel_weight
+        log.info("hallucination r2 %.3f on held-out parts: its map weighs %.3f in the pixels", r2, weight)
+        fusion = replace(fusion, pixel_weight=weight)
+    if fusion.pixel_weight == 0:
         return replace(fusion, pixel_combine="real", pixel_offset=0.0)
     if fusion.pixel_offset == 0 or r2 > 0:
         return fusion

@@ -286,9 +286,11 @@ class GatedFuser(CalibratedMaxFuser):
         if self._calibration(what) in MOMENT_CALIBRATIONS and self.config.gate_correction == "student_t":
             gates = np.array([student_t_gate(gate, int(n)) for n in (~np.isnan(rows)).sum(axis=0)])
         flags = hallucinated.astype(np.float64)[None]
-        if what == "pixel":  # z + offset for hallucinated columns, folded into their centres
+        if what == "pixel":  # weight * (z + offset) for hallucinated columns, folded into their constants
             constants = constants.copy()
             constants[0] -= self.config.pixel_offset * constants[1] * flags[0]
+            if self.config.pixel_weight > 0:
+                constants[1] /= np.where(flags[0] > 0, self.config.pixel_weight, 1.0)
         return np.concatenate([constants, gates * flags, flags])
 
     def _combine(self, what: str) -> str:
@@ -333,9 +335,10 @@ def pixel_setting(fusion: FusionConfig) -> str:
     ``maximum, offset B``, or ``added above gate G, offset B`` (``pixel_combine = "gated"``)."""
     if fusion.pixel_combine == "real":
         return LEFT_OUT
+    weight = "" if fusion.pixel_weight == 1 else f", weight {fusion.pixel_weight:.3g}"
     if fusion.pixel_combine == "max":
-        return f"maximum, offset {fusion.pixel_offset:g}"
-    return f"added above gate {fusion.pixel_gate:g}, offset {fusion.pixel_offset:g}"
+        return f"maximum, offset {fusion.pixel_offset:g}{weight}"
+    return f"added above gate {fusion.pixel_gate:g}, offset {fusion.pixel_offset:g}{weight}"
 
 
 def _with_flags(weights: np.ndarray) -> np.ndarray:

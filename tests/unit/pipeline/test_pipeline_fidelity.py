@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import pytest
 import torch
 
 from cmdiad.pipeline.mtfi import fidelity
@@ -120,3 +121,16 @@ def test_a_map_within_its_scatter_of_the_floor_stays_in_the_maximum() -> None:
     assert earned_fusion_config(cfg, {"r2": -1.04, "r2_se": float("nan")}) == left_out  # no scatter measured
     strict = FusionConfig(kind="gated", pixel_offset=0.5, fidelity_floor_se=0.0)
     assert earned_fusion_config(strict, {"r2": -1.04, "r2_se": 0.04}).pixel_combine == "real"
+
+
+def test_a_pixel_weight_by_fidelity_is_the_share_of_variance_the_hallucination_explains() -> None:
+    from cmdiad.config import FusionConfig
+    from cmdiad.pipeline.mtfi import earned_fusion_config
+
+    cfg = FusionConfig(kind="gated", pixel_combine="gated", pixel_offset=0.0, pixel_weight_by_fidelity=True)
+    assert earned_fusion_config(cfg, {"r2": 0.3}).pixel_weight == pytest.approx(0.3)
+    assert earned_fusion_config(replace(cfg, pixel_weight=0.5), {"r2": 1.4}).pixel_weight == pytest.approx(0.5)
+    for r2 in (0.0, -0.5):  # explains nothing: left out, as below the floor
+        assert earned_fusion_config(cfg, {"r2": r2}).pixel_combine == "real"
+    assert earned_fusion_config(cfg, None).pixel_weight == 1.0  # unmeasured: as set
+    assert earned_fusion_config(replace(cfg, pixel_weight_by_fidelity=False), {"r2": 0.3}).pixel_weight == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from cmdiad.scoring.fusion import (
     SumFuser,
     build_fuser,
     field_max_spread,
+    pixel_setting,
     student_t_gate,
 )
 
@@ -373,3 +375,18 @@ def test_only_the_gated_fuser_names_how_its_pixels_take_a_hallucinated_map() -> 
     assert pixel_setting(FusionConfig(kind="gated", pixel_combine="real")) == "main sensor only"
     assert pixel_setting(FusionConfig(kind="gated", pixel_combine="gated", pixel_gate=0.0, pixel_offset=0.0)) == (
         "added above gate 0, offset 0")
+
+
+def test_a_pixel_weight_scales_the_hallucinated_map_and_only_it() -> None:
+    rng = np.random.default_rng(6)
+    val = torch.from_numpy(rng.normal(size=(500, 2))).float()
+    rows = torch.from_numpy(rng.normal(size=(50, 2)) * 3).float()
+    cfg = FusionConfig(kind="gated", pixel_combine="gated", pixel_gate=0.0, pixel_offset=0.0)
+    full, weighted = (GatedFuser(replace(cfg, pixel_weight=w)).fit(val, val) for w in (1.0, 0.25))
+    centre, spread = full.pixel_weights[0], full.pixel_weights[1]
+    z = (rows.double().numpy() - centre) / spread
+    expected = z[:, 0] + 0.25 * np.clip(z[:, 1], 0.0, None)
+    assert np.allclose(weighted.pixel_scores(rows).numpy(), expected, atol=1e-5)
+    assert "weight 0.25" in pixel_setting(weighted.config) and "weight" not in pixel_setting(full.config)
+    with pytest.raises(ConfigError, match="pixel_weight"):
+        FusionConfig(kind="gated", pixel_weight=-0.5)
