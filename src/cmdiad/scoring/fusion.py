@@ -294,7 +294,9 @@ class GatedFuser(CalibratedMaxFuser):
         return np.concatenate([constants, gates * flags, flags])
 
     def _combine(self, what: str) -> str:
-        return self.config.image_combine if what == "image" else self.config.pixel_combine
+        if what == "image":
+            return self.config.image_combine
+        return "real" if self.config.pixel_weight == 0 else self.config.pixel_combine
 
     def image_scores(self, rows: torch.Tensor) -> torch.Tensor:
         """Fused image scores (N,) of rows (N, K)."""
@@ -333,7 +335,7 @@ def pixel_setting(fusion: FusionConfig) -> str:
     """How a ``gated`` fuser's pixels take an MTFI row's hallucinated map, in words (the names of
     :func:`cmdiad.pipeline.mtfi.pixel_fusion_candidates`): ``main sensor only`` (left out),
     ``maximum, offset B``, or ``added above gate G, offset B`` (``pixel_combine = "gated"``)."""
-    if fusion.pixel_combine == "real":
+    if fusion.pixel_combine == "real" or fusion.pixel_weight == 0:
         return LEFT_OUT
     weight = "" if fusion.pixel_weight == 1 else f", weight {fusion.pixel_weight:.3g}"
     if fusion.pixel_combine == "max":

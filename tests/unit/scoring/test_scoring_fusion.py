@@ -388,5 +388,8 @@ def test_a_pixel_weight_scales_the_hallucinated_map_and_only_it() -> None:
     expected = z[:, 0] + 0.25 * np.clip(z[:, 1], 0.0, None)
     assert np.allclose(weighted.pixel_scores(rows).numpy(), expected, atol=1e-5)
     assert "weight 0.25" in pixel_setting(weighted.config) and "weight" not in pixel_setting(full.config)
+    left_out = GatedFuser(replace(cfg, pixel_weight=0.0)).fit(val, val)  # weight 0: the main map alone
+    assert np.allclose(left_out.pixel_scores(rows).numpy(), z[:, 0], atol=1e-5)
+    assert pixel_setting(left_out.config) == "main sensor only"
     with pytest.raises(ConfigError, match="pixel_weight"):
         FusionConfig(kind="gated", pixel_weight=-0.5)
