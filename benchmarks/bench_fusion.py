@@ -263,7 +263,12 @@ def fuser_config(rule: str) -> FusionConfig:
             fields["pixel_calibration"] = key
             continue
         default = getattr(FusionConfig(), key)
-        fields[key] = type(default)(value)
+        if isinstance(default, bool):  # bool("False") is True
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"rule {rule!r}: {key} must be true or false, not {value!r}")
+            fields[key] = value.lower() == "true"
+        else:
+            fields[key] = type(default)(value)
     return FusionConfig(**fields)
 
 

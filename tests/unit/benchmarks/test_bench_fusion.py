@@ -71,3 +71,10 @@ def test_preset_rule_is_the_presets_fuser() -> None:
     assert bf.fuser_config(rule) == FusionConfig(**preset("default")["detector"]["fusion"])
     assert bf.fuser_config(bf.preset_rule("paper")) == FusionConfig(**{**preset("paper")["detector"]["fusion"],
                                                                        "fit_on": "validation"})
+
+
+def test_a_rule_parses_a_boolean_field_both_ways() -> None:
+    assert bf.fuser_config("gated:pixel_weight_by_fidelity=True").pixel_weight_by_fidelity is True
+    assert bf.fuser_config("gated:labelled_choice=false").labelled_choice is False  # bool("false") would be True
+    with pytest.raises(ValueError, match="labelled_choice"):
+        bf.fuser_config("gated:labelled_choice=0")
