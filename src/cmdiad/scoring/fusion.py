@@ -296,7 +296,7 @@ class GatedFuser(CalibratedMaxFuser):
     def _combine(self, what: str) -> str:
         if what == "image":
             return self.config.image_combine
-        return "real" if self.config.pixel_weight == 0 else self.config.pixel_combine
+        return "real" if pixel_left_out(self.config) else self.config.pixel_combine
 
     def image_scores(self, rows: torch.Tensor) -> torch.Tensor:
         """Fused image scores (N,) of rows (N, K)."""
@@ -331,11 +331,17 @@ LEFT_OUT = "main sensor only"
 """The :func:`pixel_setting` of a fuser whose anomaly maps leave the hallucinated map out."""
 
 
+def pixel_left_out(fusion: FusionConfig) -> bool:
+    """Whether a ``gated`` fuser's pixels leave a hallucinated map out: ``pixel_combine = "real"``
+    or a ``pixel_weight`` of 0."""
+    return fusion.pixel_combine == "real" or fusion.pixel_weight == 0
+
+
 def pixel_setting(fusion: FusionConfig) -> str:
     """How a ``gated`` fuser's pixels take an MTFI row's hallucinated map, in words (the names of
     :func:`cmdiad.pipeline.mtfi.pixel_fusion_candidates`): ``main sensor only`` (left out),
     ``maximum, offset B``, or ``added above gate G, offset B`` (``pixel_combine = "gated"``)."""
-    if fusion.pixel_combine == "real" or fusion.pixel_weight == 0:
+    if pixel_left_out(fusion):
         return LEFT_OUT
     weight = "" if fusion.pixel_weight == 1 else f", weight {fusion.pixel_weight:.3g}"
     if fusion.pixel_combine == "max":
