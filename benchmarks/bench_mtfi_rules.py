@@ -44,6 +44,10 @@ DEFAULT = bf.preset_rule()
 FORMER = "gated:calibration_folds=5"
 """The default preset's fusion until the nineteenth session: pixels the maximum of the calibrated
 maps, the hallucinated one raised by 0.5 when its fidelity r2 > 0 (``FusionConfig``'s defaults)."""
+UNWEIGHTED = "gated:calibration_folds=5;pixel_combine=gated;pixel_gate=0.0;pixel_offset=0.0"
+"""The default preset's fusion in the nineteenth and twentieth sessions: :data:`DEFAULT` with the
+hallucinated map at weight 1 whatever its fidelity."""
+UNWEIGHTED_NAME = "main + hallucinated above its median, weight 1 (default until the twentieth session)"
 log = logging.getLogger("bench_mtfi_rules")
 
 
@@ -127,7 +131,8 @@ def _rules(d: dict, stride: int, roles: list[bool], fid: dict | None, folds: dic
     image_by = {"default": image}
     image_by.update({name: bf.fused(d, rule, roles, fid, folds)[0] for name, rule in IMAGE_RULES.items()})
     surprise = _tail_surprise(val, test)
-    pixel_by = {"default": maps[sub], FORMER_NAME: bf.fused(d, FORMER, roles, fid, folds)[1][sub]}
+    pixel_by = {"default": maps[sub], UNWEIGHTED_NAME: bf.fused(d, UNWEIGHTED, roles, fid, folds)[1][sub],
+                FORMER_NAME: bf.fused(d, FORMER, roles, fid, folds)[1][sub]}
     pixel_by.update({name: f(z, surprise, off, d) for name, f in PIXEL_RULES.items()})
     strict = bf.earned_fusion_config(replace(bf.fuser_config(FORMER), fidelity_floor_se=0.0), fid)
     pixel_by[NO_MARGIN] = bf.fuse(z, bf.label_free_offset(strict))
@@ -407,8 +412,10 @@ def main() -> None:
             "better of the row's two streams (informative: as in 'Fusion never hurts') and minus the main "
             "sensor alone. `default` is the detector's own fusion (`gated`, 5 calibration folds; pixels: "
             "the main sensor's calibrated map plus the hallucinated one's part above its good-pixel median, "
-            "no offset, the hallucinated map left out when its fidelity r2 lies below -1 by more than 2 "
-            "jackknife standard errors over the 6 validation parts). The `former default`, the detector's "
+            "no offset, times the hallucinated map's fidelity r2 on the validation parts clipped to [0, 1], "
+            "so left out when r2 <= 0, and left out too when r2 lies below -1 by more than 2 jackknife "
+            "standard errors over the 6 validation parts). The same at weight 1 was the default in the "
+            "nineteenth and twentieth sessions. The `former default`, the detector's "
             "until the nineteenth session, took the maximum of the calibrated maps, the hallucinated one "
             "raised by 0.5 when r2 > 0, with the same floor. "
             f"P-AUROC on the pixels of a grid of stride {args.stride} in each direction. "

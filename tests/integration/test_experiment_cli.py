@@ -45,8 +45,13 @@ def test_every_output_exists(experiment_dir: Path) -> None:
         assert set(r["per_defect"]) == {"bump", "crack", "dent", "hole", "stain"}
         assert all(m["num_test"] == 2 for m in r["per_defect"].values())
         if r["method"] in ("f2f", "f2i", "i2f"):  # how the hallucinated map entered the pixels, from its fidelity
-            r2 = r["fidelity_r2"]  # the default preset: added above its good median, no offset, unless floored
-            assert r["pixel_setting"] == ("main sensor only" if r2 <= -1 else "added above gate 0, offset 0"), r
+            # the default preset: added above its good median, no offset, weighted by r2 clipped to
+            # [0, 1], so left out when r2 <= 0 (the floor at -1 lies below that)
+            r2 = r["fidelity_r2"]
+            weight = min(r2, 1.0)
+            expected = ("main sensor only" if r2 <= 0 else "added above gate 0, offset 0"
+                        + ("" if weight == 1 else f", weight {weight:.3g}"))
+            assert r["pixel_setting"] == expected, r
         else:
             assert "pixel_setting" not in r
     timings = json.loads((experiment_dir / "timings.json").read_text())

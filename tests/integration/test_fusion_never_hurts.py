@@ -108,6 +108,9 @@ class _NoiseDistiller(torch.nn.Module):
     # the hallucinated stream's pixels added above their good median instead of the maximum: better on
     # the generated sets' real distillers (docs/method.md), not with a hallucination that is noise
     ({"kind": "gated", "pixel_combine": "gated", "pixel_gate": 0.0, "fidelity_floor": -1e9}, False),
+    # the same weighted by fidelity, with no floor: the noise's r2 < 0 weighs its map 0
+    ({"kind": "gated", "pixel_combine": "gated", "pixel_gate": 0.0, "fidelity_floor": -1e9,
+      "pixel_weight_by_fidelity": True}, True),
     # the default preset's fuser (pixels: added above the good median, no offset): the floor leaves noise out
     ({k: v for k, v in preset("default")["detector"]["fusion"].items() if k not in ("fit_on", "calibration_folds")},
      True),
@@ -126,6 +129,6 @@ def test_mtfi_row_with_a_noise_hallucination_is_as_good_as_its_real_sensor(geome
     report = _check_against_xyz(det, geometry_set, holds)
     if det.fuser.kind == "gated":  # noise explains nothing of the real features: no offset raises its map
         assert report.fidelity["r2"] < -1 and det.fuser.config.pixel_offset == 0.0
-        left_out = cfg.fusion.fidelity_floor >= -1
+        left_out = cfg.fusion.fidelity_floor >= -1 or cfg.fusion.pixel_weight_by_fidelity
         assert (det.fuser.config.pixel_combine == "real") == left_out
         assert report.pixel_setting == ("main sensor only" if left_out else pixel_setting(det.fuser.config))

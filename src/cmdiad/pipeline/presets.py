@@ -28,9 +28,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             # good-pixel median, with no offset: on five generated sets no MTFI pixel shortfall
             # beyond the exact prior (null twins), where the former maximum with the hallucinated
             # map raised by 0.5 gave away the camera's own localisation of faint shaded defects
-            # (docs/method.md, "When the camera sees a little of the geometry").
+            # (docs/method.md, "When the camera sees a little of the geometry"). The hallucinated
+            # map weighs its fidelity r2 on the held-out parts, clipped to [0, 1]: a map that
+            # reproduces the real features poorly cannot lower the main sensor's localisation by
+            # its good-part tail (docs/method.md, "The second criterion with xyz main").
             "fusion": {"kind": "gated", "fit_on": "validation", "calibration_folds": 5,
-                       "pixel_combine": "gated", "pixel_gate": 0.0, "pixel_offset": 0.0},
+                       "pixel_combine": "gated", "pixel_gate": 0.0, "pixel_offset": 0.0,
+                       "pixel_weight_by_fidelity": True},
             # One distiller per MTFI row over every category's training samples: measured better on
             # average than one per category (docs/method.md, "Pooled distillation").
             "distill": {"epochs": 20, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 2, "width": 8,

@@ -116,20 +116,25 @@ def test_onnx_leaves_out_a_hallucinated_map_the_fit_left_out(tiny_data: Path, tm
 
 def test_onnx_scores_match_with_the_default_presets_fusion(tiny_data: Path, tmp_path: Path) -> None:
     # the shipped fuser: cross-fitted image calibration, and pixels the camera's map plus the
-    # hallucinated map's part above its good median (pixel_combine "gated", gate 0, no offset)
+    # hallucinated map's part above its good median (pixel_combine "gated", gate 0, no offset), times
+    # a weight. The preset weighs it by its fidelity r2, which this tiny set's distiller has below 0
+    # (the map left out, the case above): the weight is set here so that the map stays in.
     fusion = FusionConfig(**preset("default")["detector"]["fusion"])
-    cfg = replace(_cfg("f2f", "rgb"), fusion=replace(fusion, fidelity_floor=-1e9))  # keep the map in
+    assert fusion.pixel_weight_by_fidelity
+    fusion = replace(fusion, fidelity_floor=-1e9, pixel_weight_by_fidelity=False, pixel_weight=0.5)
+    cfg = replace(_cfg("f2f", "rgb"), fusion=fusion)
     torch.manual_seed(0)
     det = Detector(cfg, build_encoder(cfg, device="cpu", modalities=("rgb", "xyz")))
     report = det.fit(list_records(tiny_data, "ring", "train"), validation=list_records(tiny_data, "ring", "validation"))
-    assert report.pixel_setting == "added above gate 0, offset 0"
+    assert report.pixel_setting == "added above gate 0, offset 0, weight 0.5"
     save_detector(det, tmp_path / "model")
     loaded = load_detector(tmp_path / "model")
     test = list_records(tiny_data, "ring", "test")
     expected = loaded.score(test)
     got = load_onnx_model(export_onnx(loaded, tmp_path / "model.onnx")).score(test)
     _assert_parity(got, expected)
-    # the map is the camera's calibrated map plus the hallucinated one's excess over its median
+    # the map is the camera's calibrated map plus the hallucinated one's excess over its median, times
+    # the weight (folded into the hallucinated column's spread)
     (rgb, hal), w = (expected.per_modality[name][1] for name in ("rgb", "xyz_from_rgb")), det.fuser.pixel_weights
     z_rgb, z_hal = ((m - float(w[0, j])) / float(w[1, j]) for j, m in enumerate((rgb, hal)))
     torch.testing.assert_close(expected.anomaly_map, z_rgb + z_hal.clamp(min=0), rtol=1e-4, atol=1e-4)
