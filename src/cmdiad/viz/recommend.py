@@ -42,13 +42,13 @@ BANKS: dict[str, str] = {"rgb": "rgb", "xyz": "xyz", "both": "dual"}
 BANK_MARGIN = 0.1
 """How much higher a row's merit must be than its sensors' own bank's for it to be recommended
 instead. Measured on generated sets whose exact prior is known (``benchmarks/bench_recommend.py``,
-runs of the twentieth session, the current pixel fusion): MTFI rows that saw nothing beyond their
-prior led their bank by up to 0.049 in estimated merit (27 of 36 cells), rows that did see more
-by 0.003 to 0.038 (9 cells), so no margin separates the two. Without a margin the report would
-name a second stream on 4 of the demo's 6 one-sensor cells, where it sees nothing beyond its
-prior; with 0.1 it keeps the bank wherever a lead is within what the placebo's error produced
-(up to 0.069 under the former pixel fusion), at the cost of real leads it does not recommend
-(mean regret 0.0037 against 0.0018 without a margin; largest 0.041, s7 shaded dome), and names
+runs of the twenty-first session, the current pixel fusion): MTFI rows that saw nothing beyond
+their prior led their bank by up to 0.049 in estimated merit (27 of 36 cells), rows that did see
+more by 0.002 to 0.038 (9 cells), so no margin separates the two. Without a margin the report
+would name a second stream on 3 of the demo's 6 one-sensor cells, where it sees nothing beyond
+its prior; with 0.1 it keeps the bank wherever a lead is within what the placebo's error
+produced (up to 0.069 under the former pixel fusion), at the cost of real leads it does not
+recommend (mean regret 0.0037 against 0.0009 without a margin; largest 0.039, s7 shaded dome), and names
 beside the bank the best such row and its lead."""
 
 _RANKED = ("i_auroc", "p_auroc", "aupro_30")
