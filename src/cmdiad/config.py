@@ -269,7 +269,7 @@ class FusionConfig:
     """``gated``, anomaly-map pixels of an MTFI row: the detector multiplies ``pixel_weight`` by the
     hallucination's fidelity ``r2`` on held-out parts, clipped to [0, 1] (the share of the real
     features' variance it explains), so a map with ``r2 <= 0`` is left out. On in the ``default``
-    preset since the twenty-first session (docs/method.md, "The default pixel rule")."""
+    preset since the twenty-first session (docs/method.md, "The hallucinated map's weight")."""
     fidelity_floor: float = -1.0
     """``gated``, anomaly-map pixels of an MTFI row: a hallucinated map whose fidelity on held-out
     parts is below ``fidelity_floor`` by more than ``fidelity_floor_se`` jackknife standard errors

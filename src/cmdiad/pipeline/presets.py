@@ -31,7 +31,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             # (docs/method.md, "When the camera sees a little of the geometry"). The hallucinated
             # map weighs its fidelity r2 on the held-out parts, clipped to [0, 1]: a map that
             # reproduces the real features poorly cannot lower the main sensor's localisation by
-            # its good-part tail (docs/method.md, "The second criterion with xyz main").
+            # its good-part tail (docs/method.md, "The hallucinated map's weight").
             "fusion": {"kind": "gated", "fit_on": "validation", "calibration_folds": 5,
                        "pixel_combine": "gated", "pixel_gate": 0.0, "pixel_offset": 0.0,
                        "pixel_weight_by_fidelity": True},
