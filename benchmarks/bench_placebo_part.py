@@ -41,9 +41,11 @@ def part_mask(data: Path, sample: str, size: tuple[int, int]) -> np.ndarray:
     return (xyz != 0).any(axis=-1)
 
 
-def part_placebo(good_maps: np.ndarray, good_parts: np.ndarray, masks: np.ndarray) -> float:
-    """Placebo P-AUROC with each transplanted mask pixel counted only where it lies on the good part."""
-    ecdf = _mid_rank_ecdf(good_maps.reshape(-1)).reshape(good_maps.shape)
+def part_placebo(good_maps: np.ndarray, good_parts: np.ndarray, masks: np.ndarray,
+                 ecdf: np.ndarray | None = None) -> float:
+    """Placebo P-AUROC with each transplanted mask pixel counted only where it lies on the good part;
+    ``ecdf``: :func:`_mid_rank_ecdf` of ``good_maps`` flattened, when already computed."""
+    ecdf = (_mid_rank_ecdf(good_maps.reshape(-1)) if ecdf is None else ecdf).reshape(good_maps.shape)
     weight = good_parts * masks.sum(axis=0, dtype=np.float64)[None]
     return float((ecdf * weight).sum() / weight.sum())
 
@@ -59,12 +61,16 @@ def errors(twin_run: Path, run: Path) -> list[tuple[str, str, str, float, float]
         good = kinds == "good"
         maps = real["anomaly_maps"]
         size = maps.shape[1:]
-        good_parts = np.stack([parts.setdefault(s, part_mask(data, s, size)) for s in real["paths"][good]])
+        for sample in real["paths"][good]:  # the same good parts under every row: one plane fit each
+            if sample not in parts:
+                parts[sample] = part_mask(data, sample, size)
+        good_parts = np.stack([parts[sample] for sample in real["paths"][good]])
+        ecdf = _mid_rank_ecdf(maps[good].reshape(-1))
         transplant = placebo_per_defect(maps, real["gt_masks"], kinds)
         for kind in sorted(set(kinds.tolist()) - {"good"}):
             keep = good | (kinds == kind)
             exact = pixel_auroc(twin["anomaly_maps"][keep], twin["gt_masks"][keep])
-            mine = part_placebo(maps[good], good_parts, real["gt_masks"][kinds == kind])
+            mine = part_placebo(maps[good], good_parts, real["gt_masks"][kinds == kind], ecdf)
             out.append((path.parent.name, path.stem, kind, transplant[kind]["p_auroc_placebo"] - exact,
                         mine - exact))
     return out
